@@ -1,0 +1,269 @@
+"""Command-line entry points: ``jetstream-server`` and ``jetstream (server|api)``.
+
+Only this module installs signal handlers, sets up logging and picks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import SETTINGS, Setting, load_settings
+from .errors import ConfigError
+from .server import Server
+from .users import (
+    check_user_name,
+    hash_password,
+    read_users_file,
+    write_users_file,
+)
+
+__all__ = ["jetstream_main", "server_main"]
+
+log = logging.getLogger("jetstream.cli")
+
+EXIT_CONFIG = 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"jetstream-server: error: {message}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def _option(setting: Setting) -> Any:
+    kwargs: dict[str, Any] = {"envvar": setting.envvar, "help": setting.help, "default": None}
+    if setting.kind is bool:
+        kwargs.update(is_flag=True, flag_value=True)
+    elif setting.kind is list:
+        kwargs.update(multiple=True)
+    elif setting.kind is int:
+        kwargs.update(type=int)
+    elif setting.kind is Path:
+        kwargs.update(type=click.Path(path_type=Path))
+    return click.option("--" + setting.name, setting.attr, **kwargs)
+
+
+def _server_options(func: Any) -> Any:
+    for setting in reversed(SETTINGS):
+        func = _option(setting)(func)
+    return click.option("--config", "config_file", envvar="JETSTREAM_CONFIG",
+                        type=click.Path(path_type=Path),
+                        help="TOML file of settings (keys are the flag names).")(func)
+
+
+def _setup_logging(log_file: Path | None) -> None:
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(formatter)
+    root.addHandler(stderr)
+    if log_file is not None:
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            _fail(f"Cannot open --log file {log_file}: {exc.strerror}.")
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else 65536
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
+async def _serve(server: Server) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.close)
+    await server.start()
+    try:
+        await server.serve_forever()
+    finally:
+        server.close()
+        await server.wait_closed()
+        log.info("stopped")
+
+
+def run_server(config_file: Path | None, given: dict[str, Any]) -> None:
+    try:
+        settings = load_settings(given, config_file)
+    except ConfigError as exc:
+        _fail(str(exc))
+    _setup_logging(settings.log)
+    _raise_fd_limit()
+    import uvloop
+
+    server = Server(settings)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(server))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+class _ServerGroup(click.Group):
+    """``jetstream-server [OPTIONS]`` runs the daemon; ``... user`` manages users."""
+
+
+@click.group(cls=_ServerGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@_server_options
+@click.version_option(__version__, prog_name="jetstream-server")
+@click.pass_context
+def server_cli(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
+    """Run the jetstream-server daemon (or manage its users with 'user')."""
+    if ctx.invoked_subcommand is None:
+        run_server(config_file, given)
+
+
+@server_cli.group("user")
+def user_cli() -> None:
+    """Manage the users file: add, passwd, del, list."""
+
+
+_users_file_option = click.option(
+    "--users-file", type=click.Path(path_type=Path), envvar="JETSTREAM_USERS_FILE",
+    default=None, help="Users file (default: HOME/users).")
+
+
+def _users_path(users_file: Path | None) -> Path:
+    if users_file is not None:
+        return users_file
+    from .config import default_home
+
+    return default_home() / "users"
+
+
+def _read_password(name: str) -> str:
+    password = os.environ.get("JETSTREAM_API_PASSWORD")
+    if password is not None:
+        return password
+    try:
+        first = getpass.getpass(f"New password for {name}: ")
+        second = getpass.getpass("Repeat it: ")
+    except (EOFError, OSError):
+        _fail("No password given: set JETSTREAM_API_PASSWORD or run in a terminal.")
+    if first != second:
+        _fail("The passwords differ.")
+    return first
+
+
+def _load_users(path: Path, must_exist: bool) -> dict[str, str]:
+    if not path.exists() and not must_exist:
+        return {}
+    try:
+        return read_users_file(path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    raise AssertionError
+
+
+@user_cli.command("add")
+@click.argument("name")
+@_users_file_option
+def user_add(name: str, users_file: Path | None) -> None:
+    """Add user NAME (password from JETSTREAM_API_PASSWORD, else asked twice)."""
+    path = _users_path(users_file)
+    try:
+        check_user_name(name)
+    except ValueError as exc:
+        _fail(str(exc))
+    users = _load_users(path, must_exist=False)
+    if name in users:
+        _fail(f"User {name} already exists in {path}; use 'passwd' to change the password.")
+    password = _read_password(name)
+    if not password:
+        _fail("The password is empty.")
+    users[name] = hash_password(password)
+    write_users_file(path, users)
+    click.echo(f"Added user {name} to {path}.")
+
+
+@user_cli.command("passwd")
+@click.argument("name")
+@_users_file_option
+def user_passwd(name: str, users_file: Path | None) -> None:
+    """Change the password of user NAME."""
+    path = _users_path(users_file)
+    users = _load_users(path, must_exist=True)
+    if name not in users:
+        _fail(f"No user {name} in {path}.")
+    password = _read_password(name)
+    if not password:
+        _fail("The password is empty.")
+    users[name] = hash_password(password)
+    write_users_file(path, users)
+    click.echo(f"Changed the password of {name}.")
+
+
+@user_cli.command("del")
+@click.argument("name")
+@_users_file_option
+def user_del(name: str, users_file: Path | None) -> None:
+    """Remove user NAME."""
+    path = _users_path(users_file)
+    users = _load_users(path, must_exist=True)
+    if users.pop(name, None) is None:
+        _fail(f"No user {name} in {path}.")
+    write_users_file(path, users)
+    click.echo(f"Removed user {name}.")
+
+
+@user_cli.command("list")
+@_users_file_option
+def user_list(users_file: Path | None) -> None:
+    """List the users, one per line."""
+    for name in sorted(_load_users(_users_path(users_file), must_exist=True)):
+        click.echo(name)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="jetstream")
+def jetstream_cli() -> None:
+    """jetstream: run a server ('server') or send it an API command ('api')."""
+
+
+jetstream_cli.add_command(server_cli, "server")
+
+
+@jetstream_cli.command("api", context_settings={"ignore_unknown_options": True,
+                                                "allow_interspersed_args": False})
+@click.option("--host", default="localhost", envvar="JETSTREAM_API_HOST", show_default=True,
+              help="Server to connect to.")
+@click.option("--api-control-port", "port", type=int, default=8886,
+              envvar="JETSTREAM_API_CONTROL_PORT", show_default=True,
+              help="Its control API port.")
+@click.option("--user", default=None, envvar="JETSTREAM_API_USER",
+              help="Log in as this user (password from JETSTREAM_API_PASSWORD, else asked).")
+@click.argument("command")
+@click.argument("parameters", nargs=-1, type=click.UNPROCESSED)
+def api_cli(host: str, port: int, user: str | None, command: str,
+            parameters: tuple[str, ...]) -> None:
+    """Send COMMAND with --param=value parameters and print the result as JSON."""
+    from .console import run_console
+
+    sys.exit(run_console(host, port, user, command, list(parameters)))
+
+
+def server_main() -> None:
+    server_cli(prog_name="jetstream-server")
+
+
+def jetstream_main() -> None:
+    jetstream_cli(prog_name="jetstream")

@@ -1,0 +1,396 @@
+"""``send.*`` commands: destinations, manifests, transfers and user data."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+from .errors import InvalidParameter, InvalidState
+from .ids import new_id, now_us
+from .manifests import ManifestError, build_file_list, parse_console_mapping
+from .objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer
+from .registry import Command, Param, Registry
+from .sandbox import virtual_parts
+from .service import Call, check_user_data
+from .states import ManifestStatus
+
+__all__ = ["DEFAULT_CHECKPOINT_FREQUENCY_S", "DEFAULT_DATA_PORT", "register"]
+
+log = logging.getLogger("jetstream.send")
+
+DEFAULT_DATA_PORT = 8886
+DEFAULT_CHECKPOINT_FREQUENCY_S = 30
+#: Highest accepted sendRateMax: 100 Gbit/s, in kbit/s.
+MAX_RATE_KBPS = 100_000_000
+TRANSPORTS = ("udp", "tcp")
+
+
+# -- destinations ---------------------------------------------------------------------
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port)."""
+    text = address.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise InvalidParameter(f"Cannot read destinationAddress {address!r}.")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise InvalidParameter("destinationAddress names no host.")
+    if not port_text:
+        return host, DEFAULT_DATA_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise InvalidParameter(f"Port in destinationAddress {address!r} must be 1-65535.")
+    return host, int(port_text)
+
+
+async def resolve_host(host: str, port: int) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise InvalidParameter(f"Cannot resolve destination host {host!r}: {exc}.") from None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)  # IPv4 first
+    return str(infos[0][4][0])
+
+
+def _rate(value: int | None, name: str = "sendRateMax") -> int:
+    if value is None:
+        return 0
+    if not 0 <= value <= MAX_RATE_KBPS:
+        raise InvalidParameter(f"{name} is in kbit/s and must be 0 (automatic) to "
+                               f"{MAX_RATE_KBPS}.")
+    return value
+
+
+def _transport(value: str | None, default: str) -> str:
+    if value is None:
+        return default
+    if value not in TRANSPORTS:
+        raise InvalidParameter("dataTransport must be 'udp' or 'tcp'.")
+    return value
+
+
+async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    service = call.service
+    host, port = parse_address(p["destinationAddress"])
+    if p["destinationPassword"] is not None and p["destinationUser"] is None:
+        raise InvalidParameter("destinationPassword needs destinationUser.")
+    if p["destinationUser"] is not None and p["destinationToken"] is not None:
+        raise InvalidParameter("Give destinationUser or destinationToken, not both.")
+    wanted = Destination(
+        id=new_id(), owner=call.user, create_time_us=now_us(),
+        user_data=check_user_data(p["userData"] or {}),
+        address=p["destinationAddress"], host=host, ip="", port=port,
+        send_rate_max_kbps=_rate(p["sendRateMax"]),
+        data_transport=_transport(p["dataTransport"], "udp"),
+        remote_user=p["destinationUser"], remote_password=p["destinationPassword"],
+        remote_token=p["destinationToken"],
+    )
+    for existing in service.destinations.values():
+        if existing.same_parameters(wanted):
+            return "Destination exists.", _destination(call, existing)
+    wanted.ip = await resolve_host(host, port)
+    service.destinations[wanted.id] = wanted
+    log.info("destination %s (%s:%d) created by %s", wanted.id, wanted.ip, port, call.user)
+    return "Destination created.", _destination(call, wanted)
+
+
+def _destination(call: Call, destination: Destination) -> dict[str, Any]:
+    queued = len(call.service.scheduler.queue(destination.id))
+    return destination.to_api(queued)
+
+
+async def get_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    destination = call.service.find_destination(call.session, p["destinationId"])
+    return "Destination.", _destination(call, destination)
+
+
+async def get_destinations(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    found = [_destination(call, d) for d in call.service.destinations.values()
+             if call.session.can_see(d.owner)]
+    return f"{len(found)} destination(s).", found
+
+
+async def delete_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    service = call.service
+    destination = service.find_destination(call.session, p["destinationId"])
+    active = [t.id for t in service.transfers.values()
+              if t.destination_id == destination.id and not t.status.ended]
+    if active:
+        raise InvalidState(
+            f"Destination {destination.id} has {len(active)} unfinished transfer(s); "
+            "cancel or delete them first.")
+    del service.destinations[destination.id]
+    log.info("destination %s deleted by %s", destination.id, call.user)
+    return "Destination deleted.", _destination(call, destination)
+
+
+# -- manifests ------------------------------------------------------------------------
+
+def _requested_mappings(p: dict[str, Any]) -> list[tuple[str, str]]:
+    file_mappings, mappings = p["fileMappings"], p["mappings"]
+    if (file_mappings is None) == (mappings is None):
+        raise InvalidParameter(
+            "createManifest needs exactly one of fileMappings ({SOURCE: DESTINATION} or "
+            "[\"SOURCE:DESTINATION\", ...]) and mappings ({DESTINATION: SOURCE}).")
+    pairs: list[tuple[str, str]] = []
+    if mappings is not None:
+        if not isinstance(mappings, dict):
+            raise InvalidParameter("mappings must be an object {DESTINATION: SOURCE}.")
+        pairs = [(src, dst) for dst, src in mappings.items()]
+    elif isinstance(file_mappings, dict):
+        pairs = list(file_mappings.items())
+    elif isinstance(file_mappings, list):
+        for item in file_mappings:
+            if not isinstance(item, str):
+                raise InvalidParameter("fileMappings list items must be 'SOURCE:DESTINATION'.")
+            try:
+                pairs.append(parse_console_mapping(item))
+            except ValueError as exc:
+                raise InvalidParameter(str(exc)) from None
+    elif isinstance(file_mappings, str):
+        try:
+            pairs.append(parse_console_mapping(file_mappings))
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None
+    else:
+        raise InvalidParameter("fileMappings must be an object or a list of strings.")
+    if not pairs:
+        raise InvalidParameter("createManifest needs at least one file mapping.")
+    for src, dst in pairs:
+        if not isinstance(src, str) or not isinstance(dst, str) or not src or not dst:
+            raise InvalidParameter("Every file mapping needs a source and a destination path.")
+    return pairs
+
+
+async def create_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    service = call.service
+    manifest = Manifest(id=new_id(), owner=call.user, create_time_us=now_us(),
+                        user_data=check_user_data(p["userData"] or {}),
+                        requested=_requested_mappings(p))
+    service.manifests[manifest.id] = manifest
+    service.spawn(_build_manifest(call, manifest))
+    return "Manifest requested.", manifest.to_api()
+
+
+async def _build_manifest(call: Call, manifest: Manifest) -> None:
+    root = call.service.sandbox_root(manifest.owner)
+    loop = asyncio.get_running_loop()
+    try:
+        files = await loop.run_in_executor(None, build_file_list, root, manifest.requested)
+    except ManifestError as exc:
+        manifest.status, manifest.error_message = ManifestStatus.ERROR, str(exc)
+        log.info("manifest %s failed: %s", manifest.id, exc)
+        return
+    manifest.files = files
+    manifest.status = ManifestStatus.COMPLETE
+    log.info("manifest %s complete: %d files, %d bytes", manifest.id, manifest.total_files,
+             manifest.total_size)
+
+
+async def get_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    return "Manifest.", call.service.find_manifest(call.session, p["manifestId"]).to_api()
+
+
+async def get_manifest_files(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    manifest = call.service.find_manifest(call.session, p["manifestId"])
+    return "Manifest files.", manifest.files_to_api()
+
+
+async def get_manifests(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    found = [m.to_api() for m in call.service.manifests.values()
+             if call.session.can_see(m.owner)]
+    return f"{len(found)} manifest(s).", found
+
+
+async def delete_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    service = call.service
+    manifest = service.find_manifest(call.session, p["manifestId"])
+    users = [t.id for t in service.transfers.values()
+             if t.manifest_id == manifest.id and not t.status.ended]
+    if users:
+        raise InvalidState(f"Manifest {manifest.id} is used by unfinished transfer(s) "
+                           f"{', '.join(users)}.")
+    del service.manifests[manifest.id]
+    return "Manifest deleted.", manifest.to_api()
+
+
+# -- transfers ------------------------------------------------------------------------
+
+async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    service = call.service
+    destination = service.find_destination(call.session, p["destinationId"])
+    manifest = service.find_manifest(call.session, p["manifestId"])
+    if manifest.status is ManifestStatus.PENDING:
+        raise InvalidState(f"Manifest {manifest.id} is still being built; wait until its "
+                           "status is complete.")
+    if manifest.status is ManifestStatus.ERROR:
+        raise InvalidState(f"Manifest {manifest.id} failed: {manifest.error_message}")
+    destination_path = p["destinationPath"]
+    if destination_path is not None:
+        virtual_parts(destination_path)
+    checkpoint = p["checkpointFrequencySeconds"]
+    if checkpoint is not None and not 1 <= checkpoint <= 86_400:
+        raise InvalidParameter("checkpointFrequencySeconds must be 1 to 86400.")
+    priority = DEFAULT_PRIORITY if p["priority"] is None else p["priority"]
+    if not -(2**31) <= priority < 2**31:
+        raise InvalidParameter("priority must fit in 32 bits.")
+    user_data = check_user_data(p["userData"] or {})
+    transfer = Transfer(
+        id=new_id(), owner=call.user, create_time_us=now_us(), user_data=user_data,
+        destination_id=destination.id, manifest_id=manifest.id,
+        destination_path=destination_path, priority=priority,
+        send_rate_max_kbps=None if p["sendRateMax"] is None else _rate(p["sendRateMax"]),
+        checkpoint_frequency_s=checkpoint or DEFAULT_CHECKPOINT_FREQUENCY_S,
+        data_transport=_transport(p["dataTransport"], destination.data_transport),
+        total_bytes=manifest.total_size or 0, total_files=manifest.total_files or 0,
+        initial_user_data=dict(user_data),
+    )
+    service.scheduler.enqueue(transfer)
+    log.info("transfer %s created by %s: manifest %s to destination %s", transfer.id,
+             call.user, manifest.id, destination.id)
+    return "Transfer created.", _transfer(call, transfer)
+
+
+def _transfer(call: Call, transfer: Transfer) -> dict[str, Any]:
+    return transfer.to_api(call.service.scheduler.effective_rate_kbps(transfer))
+
+
+async def get_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    return "Transfer.", _transfer(call, call.service.find_transfer(call.session,
+                                                                   p["transferId"]))
+
+
+async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    wanted = p["destinationId"]
+    found = [_transfer(call, t) for t in call.service.transfers.values()
+             if call.session.can_see(t.owner)
+             and (wanted is None or t.destination_id == wanted)]
+    return f"{len(found)} transfer(s).", found
+
+
+async def suspend_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    transfer = call.service.find_transfer(call.session, p["transferId"])
+    call.service.scheduler.suspend(transfer)
+    return "Transfer suspended.", _transfer(call, transfer)
+
+
+async def resume_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    transfer = call.service.find_transfer(call.session, p["transferId"])
+    call.service.scheduler.resume(transfer)
+    return "Transfer resumed.", _transfer(call, transfer)
+
+
+async def cancel_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    transfer = call.service.find_transfer(call.session, p["transferId"])
+    call.service.scheduler.cancel(transfer)
+    return "Transfer cancelled.", _transfer(call, transfer)
+
+
+async def fail_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    transfer = call.service.find_transfer(call.session, p["transferId"])
+    message = p["errorMessage"] or f"Failed by {call.user}."
+    call.service.scheduler.fail(transfer, message)
+    return "Transfer failed.", _transfer(call, transfer)
+
+
+async def delete_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    transfer = call.service.find_transfer(call.session, p["transferId"])
+    call.service.scheduler.delete(transfer)
+    return "Transfer deleted.", _transfer(call, transfer)
+
+
+async def set_send_rate(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    transfer = call.service.find_transfer(call.session, p["transferId"])
+    if transfer.status.ended:
+        raise InvalidState(f"Transfer {transfer.id} is {transfer.status.value}; its rate "
+                           "can no longer change.")
+    call.service.scheduler.set_rate(transfer, _rate(p["sendRateMax"]))
+    return "Send rate changed.", _transfer(call, transfer)
+
+
+# -- user data ------------------------------------------------------------------------
+
+def _object_api(call: Call, obj: Any) -> dict[str, Any]:
+    if isinstance(obj, Destination):
+        return _destination(call, obj)
+    if isinstance(obj, Transfer):
+        return _transfer(call, obj)
+    result: dict[str, Any] = obj.to_api()
+    return result
+
+
+async def update_object_user_data(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    obj = call.service.find_object(call.session, p["objectId"])
+    merged = {**obj.user_data, **p["userData"]}
+    obj.user_data = check_user_data(merged)
+    return "User data updated.", _object_api(call, obj)
+
+
+async def delete_object_user_data(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    obj = call.service.find_object(call.session, p["objectId"])
+    if p["key"] not in obj.user_data:
+        raise InvalidParameter(f"Object {p['objectId']} has no user data key {p['key']!r}.")
+    del obj.user_data[p["key"]]
+    return "User data deleted.", _object_api(call, obj)
+
+
+def register(registry: Registry) -> None:
+    dest_id = Param("destinationId", str, required=True)
+    manifest_id = Param("manifestId", str, required=True)
+    transfer_id = (Param("transferId", str, required=True),)
+    user_data = Param("userData", dict)
+    for name, handler, params in (
+        ("createDestination", create_destination, (
+            Param("destinationAddress", str, required=True),
+            Param("sendRateMax", int, nullable=True),
+            Param("dataTransport", str, nullable=True),
+            Param("destinationUser", str, nullable=True),
+            Param("destinationPassword", str, nullable=True),
+            Param("destinationToken", str, nullable=True),
+            user_data)),
+        ("getDestination", get_destination, (dest_id,)),
+        ("getDestinations", get_destinations, ()),
+        ("deleteDestination", delete_destination, (dest_id,)),
+        ("createManifest", create_manifest, (
+            Param("fileMappings", object), Param("mappings", object), user_data)),
+        ("getManifest", get_manifest, (manifest_id,)),
+        ("getManifestFiles", get_manifest_files, (manifest_id,)),
+        ("getManifests", get_manifests, ()),
+        ("deleteManifest", delete_manifest, (manifest_id,)),
+        ("createTransfer", create_transfer, (
+            dest_id, manifest_id,
+            Param("destinationPath", str, nullable=True),
+            Param("priority", int, nullable=True),
+            Param("sendRateMax", int, nullable=True),
+            Param("checkpointFrequencySeconds", int, nullable=True),
+            Param("dataTransport", str, nullable=True),
+            user_data)),
+        ("getTransfer", get_transfer, transfer_id),
+        ("getTransfers", get_transfers, (Param("destinationId", str, nullable=True),)),
+        ("suspendTransfer", suspend_transfer, transfer_id),
+        ("resumeTransfer", resume_transfer, transfer_id),
+        ("cancelTransfer", cancel_transfer, transfer_id),
+        ("failTransfer", fail_transfer, (*transfer_id,
+                                         Param("errorMessage", str, nullable=True))),
+        ("deleteTransfer", delete_transfer, transfer_id),
+        ("setSendRate", set_send_rate, (*transfer_id,
+                                        Param("sendRateMax", int, required=True))),
+        ("updateObjectUserData", update_object_user_data, (
+            Param("objectId", str, required=True), Param("userData", dict, required=True))),
+        ("deleteObjectUserData", delete_object_user_data, (
+            Param("objectId", str, required=True), Param("key", str, required=True))),
+    ):
+        registry.add(Command("send." + name, handler, params))

@@ -1,0 +1,62 @@
+"""Server commands (unqualified names): auth, superuser, getServerInfo, queued requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ApiError, InvalidParameter, PermissionDenied
+from .registry import Command, Param, Registry
+from .service import Call
+
+__all__ = ["register"]
+
+
+async def auth(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    await call.service.authenticate(call.session, p["user"], p["password"])
+    return "Authenticated.", {"user": call.session.user}
+
+
+async def superuser(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    if call.user not in call.service.settings.superuser:
+        raise PermissionDenied(f"User {call.user} is not a superuser.")
+    call.session.raised = True
+    return "Session raised to superuser.", {"user": call.user, "superuser": True}
+
+
+async def get_server_info(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    return "Server information.", call.service.server_info(call.session)
+
+
+def _record_id(p: dict[str, Any]) -> int:
+    request_id: int = p["requestId"]
+    if request_id < 1:
+        raise InvalidParameter("requestId must be a positive integer.")
+    return request_id
+
+
+async def get_request_status(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    record = call.service.requests.get(_record_id(p), call.session.can_see)
+    return "Request status.", record.to_api()
+
+
+async def get_request_result(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    record = call.service.requests.get(_record_id(p), call.session.can_see)
+    await record.done.wait()
+    if record.status == "error":
+        error = ApiError(record.message)
+        error.code = record.code or "error"
+        raise error
+    return record.message, record.result
+
+
+def register(registry: Registry) -> None:
+    request_id = (Param("requestId", int, required=True),)
+    for command in (
+        Command("auth", auth, (Param("user", str, required=True),
+                               Param("password", str, required=True)), needs_auth=False),
+        Command("superuser", superuser),
+        Command("getServerInfo", get_server_info, needs_auth=False),
+        Command("getRequestStatus", get_request_status, request_id, asyncable=False),
+        Command("getRequestResult", get_request_result, request_id, asyncable=False),
+    ):
+        registry.add(command)

@@ -1,0 +1,154 @@
+"""Server settings: one table, read from flags, ``JETSTREAM_*`` variables and a TOML file.
+
+Precedence, highest first: the command line, the environment (``--api-port`` reads
+``JETSTREAM_API_PORT``), the ``--config`` TOML file (keys are the flag names without the
+dashes in front, with ``-`` or ``_``), then the defaults below. Paths left at their
+defaults live under one home folder, ``$JETSTREAM_HOME`` or
+``~/.local/share/jetstream-server``, which is created with an empty users file and an
+empty sandbox on first start, so that the server runs with no settings at all.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["SETTINGS", "Setting", "Settings", "default_home", "load_settings"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the flag without "--"
+    kind: type  # str, int, bool, Path or list
+    help: str
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def envvar(self) -> str:
+        return "JETSTREAM_" + self.name.upper().replace("-", "_")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("api-host", str, "Address the control API listens on (default: all interfaces)."),
+    Setting("api-port", int, "TCP port of the control API (default 8886; 0 picks one)."),
+    Setting("api-allow-remote-control", bool,
+            "Accept API connections from addresses other than loopback."),
+    Setting("recv-port", int, "Data port, UDP and TCP (default 8886; 0 picks one)."),
+    Setting("users-file", Path, "Users file (default: HOME/users)."),
+    Setting("superuser", list, "A user who may raise a session with superuser(); repeatable."),
+    Setting("sandbox-dir", str,
+            "Root of every user's files; %u, %d, %f, %% expand (default: HOME/sandbox)."),
+    Setting("persistent-state-dir", Path, "Folder of the server's state (default: HOME/state)."),
+    Setting("trigger-dir", Path, "Folder of trigger scripts."),
+    Setting("trigger-log", bool, "Log each trigger run and show its output on stderr."),
+    Setting("trigger-on-api", bool, "Run on.<command> triggers after every API command."),
+    Setting("log", Path, "Also write the log to this file."),
+    Setting("server-name", str, "Friendly server name (default: the host name)."),
+)
+_BY_KEY = {s.name: s for s in SETTINGS} | {s.attr: s for s in SETTINGS}
+
+
+def default_home() -> Path:
+    env = os.environ.get("JETSTREAM_HOME")
+    if env:
+        return Path(env)
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(data) / "jetstream-server"
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_host: str | None = None
+    api_port: int = 8886
+    api_allow_remote_control: bool = False
+    recv_port: int = 8886
+    users_file: Path = field(default_factory=lambda: default_home() / "users")
+    superuser: tuple[str, ...] = ()
+    sandbox_dir: str = field(default_factory=lambda: str(default_home() / "sandbox"))
+    persistent_state_dir: Path = field(default_factory=lambda: default_home() / "state")
+    trigger_dir: Path | None = None
+    trigger_log: bool = False
+    trigger_on_api: bool = False
+    log: Path | None = None
+    server_name: str = field(default_factory=socket.gethostname)
+    #: Settings left at their defaults (their paths may be created on start).
+    defaulted: frozenset[str] = frozenset()
+
+    def public(self) -> dict[str, Any]:
+        """The settings as a superuser sees them in getServerInfo's ``configuration``."""
+        return {s.attr: _plain(getattr(self, s.attr)) for s in SETTINGS}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
+    """Merge ``given`` (from flags or the environment; None means not given) over the
+    TOML file's values and the defaults."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_read_toml(config_file))
+    for key, value in given.items():
+        if value is not None and value != ():
+            values[_BY_KEY[key].attr] = value
+    for key in ("users_file", "persistent_state_dir", "trigger_dir", "log"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key]).expanduser()
+    if "superuser" in values:
+        values["superuser"] = tuple(values["superuser"])
+    for key in ("api_port", "recv_port"):
+        port = values.get(key)
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"--{key.replace('_', '-')} must be between 0 and 65535.")
+    defaulted = frozenset(s.attr for s in SETTINGS if s.attr not in values)
+    return Settings(**values, defaulted=defaulted)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as stream:
+            data = tomllib.load(stream)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            raise ConfigError(f"Unknown setting {key!r} in config file {path}.")
+        values[setting.attr] = _check_type(setting, value, path)
+    return values
+
+
+def _check_type(setting: Setting, value: Any, path: Path) -> Any:
+    expected: tuple[type, ...]
+    if setting.kind is list:
+        if isinstance(value, str):
+            return [value]
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        expected_name = "a list of strings"
+    else:
+        expected = (str,) if setting.kind in (str, Path) else (setting.kind,)
+        ok = isinstance(value, expected) and not (
+            setting.kind is int and isinstance(value, bool))
+        expected_name = {str: "a string", Path: "a string", int: "an integer",
+                         bool: "true or false"}[setting.kind]
+    if not ok:
+        raise ConfigError(f"Setting {setting.name!r} in config file {path} must be "
+                          f"{expected_name}.")
+    return value

@@ -1,0 +1,186 @@
+"""``jetstream api``: one command per invocation, exactly as JetStream's console.
+
+    jetstream api [--host H] [--api-control-port P] [--user U] COMMAND [--param=value ...]
+
+Parameters are the API's camelCase names, as ``--name=value`` or ``--name value``; a
+parameter given without a value is ``true``. Scalars are converted to the parameter's
+type, ``null`` clears a parameter that may be null, dict and list parameters take a JSON
+literal, and ``--fileMappings=SRC:DST`` may repeat. The result is printed as JSON
+(``indent=1, sort_keys=True``).
+
+Exit status: 0 success; 1 the server answered with an error (message on stderr); 2 usage
+error; 3 cannot connect or authenticate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import sys
+from typing import Any
+
+from .client import ApiError, AsyncClient, ConnectionFailed
+from .errors import ApiError as ServerApiError
+from .manifests import parse_console_mapping
+from .registry import Command, Registry
+
+__all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "UsageError", "parse_parameters",
+           "run_console"]
+
+EXIT_API_ERROR, EXIT_USAGE, EXIT_CONNECT = 1, 2, 3
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _registry() -> Registry:
+    from .commands_send import register as register_send
+    from .commands_server import register as register_server
+
+    registry = Registry()
+    register_server(registry)
+    register_send(registry)
+    return registry
+
+
+def _split(args: list[str]) -> list[tuple[str, str | None]]:
+    pairs: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UsageError(f"Unexpected argument {arg!r}: parameters look like "
+                             "--name=value.")
+        name, eq, value = arg[2:].partition("=")
+        if eq:
+            pairs.append((name, value))
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            pairs.append((name, args[i + 1]))
+            i += 1
+        else:
+            pairs.append((name, None))
+        i += 1
+    return pairs
+
+
+def _convert(command: str, name: str, kind: type, nullable: bool, text: str | None) -> Any:
+    if text is None:
+        if kind in (bool, object):
+            return True
+        raise UsageError(f"--{name} needs a value.")
+    if nullable and text == "null":
+        return None
+    if kind is str:
+        return text
+    if kind is bool:
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise UsageError(f"--{name} of {command} takes true or false.")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"--{name} of {command} takes an integer, not {text!r}.") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise UsageError(f"--{name} of {command} takes a number, not {text!r}.") from None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        if kind is object:
+            return text
+        raise UsageError(f"--{name} of {command} takes a JSON literal, e.g. "
+                         f"--{name}='{{\"key\": 1}}'.") from None
+    if kind is not object and not isinstance(value, kind):
+        raise UsageError(f"--{name} of {command} takes a JSON "
+                         f"{'object' if kind is dict else 'list'}.")
+    return value
+
+
+def parse_parameters(command_name: str, args: list[str]) -> dict[str, Any]:
+    """Turn ``--name=value`` arguments into typed API parameters."""
+    command: Command | None
+    try:
+        command, _ = _registry().resolve(command_name)
+    except ServerApiError:  # unknown here; the server has the last word
+        command = None
+    kinds = {p.name: p for p in command.params} if command else {}
+    params: dict[str, Any] = {}
+    mappings: dict[str, str] = {}
+    for name, text in _split(args):
+        param = kinds.get(name)
+        if name == "fileMappings" and text is not None and not text.lstrip().startswith(
+                ("{", "[")):
+            try:
+                src, dst = parse_console_mapping(text)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            mappings[src] = dst
+            continue
+        if name in params:
+            raise UsageError(f"--{name} is given more than once.")
+        if param is None:
+            params[name] = _convert(command_name, name, object, False, text)
+        else:
+            params[name] = _convert(command_name, name, param.kind, param.nullable, text)
+    if mappings:
+        if "fileMappings" in params:
+            raise UsageError("Give --fileMappings as SRC:DST (repeatable) or as one JSON "
+                             "literal, not both.")
+        params["fileMappings"] = mappings
+    return params
+
+
+async def _run(host: str, port: int, user: str | None, password: str | None,
+               command: str, params: dict[str, Any]) -> tuple[int, Any]:
+    try:
+        client = await AsyncClient.connect(host, port)
+    except ConnectionFailed as exc:
+        return EXIT_CONNECT, str(exc)
+    async with client:
+        try:
+            if user is not None:
+                assert password is not None
+                try:
+                    await client.auth(user, password)
+                except ApiError as exc:
+                    return EXIT_CONNECT, exc.message
+            result = await client.call(command, **params)
+        except ApiError as exc:
+            if exc.code == "remote_control_refused":
+                return EXIT_CONNECT, exc.message
+            return EXIT_API_ERROR, exc.message
+        except ConnectionFailed as exc:
+            return EXIT_CONNECT, str(exc)
+    return 0, result
+
+
+def run_console(host: str, port: int, user: str | None, command: str, args: list[str]) -> int:
+    try:
+        params = parse_parameters(command, args)
+    except UsageError as exc:
+        print(f"jetstream api: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    password = None
+    if user is not None:
+        password = os.environ.get("JETSTREAM_API_PASSWORD")
+        if password is None:
+            try:
+                password = getpass.getpass(f"Password for {user}: ")
+            except (EOFError, OSError):
+                print("jetstream api: no password: set JETSTREAM_API_PASSWORD",
+                      file=sys.stderr)
+                return EXIT_CONNECT
+    status, value = asyncio.run(_run(host, port, user, password, command, params))
+    if status == 0:
+        print(json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False))
+    else:
+        print(f"jetstream api: {value}", file=sys.stderr)
+    return status

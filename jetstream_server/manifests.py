@@ -1,0 +1,95 @@
+"""Building a manifest's file list from (source, destination) mappings.
+
+:func:`build_file_list` is plain blocking code; the server runs it in a worker thread.
+Directories expand recursively (entries in name order); an empty directory becomes one
+``isEmptyDir`` entry; symlinks are followed as long as they stay inside the sandbox, and a
+directory that contains itself through a symlink is refused. Any problem raises
+:class:`ManifestError` with a message that names the path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .errors import ApiError
+from .objects import FileMapping
+from .sandbox import resolve_in_sandbox, virtual_parts
+
+__all__ = ["ManifestError", "build_file_list", "parse_console_mapping"]
+
+#: A manifest may hold at most this many entries (a bound on memory and on API answers).
+MAX_MANIFEST_ENTRIES = 1_000_000
+
+
+class ManifestError(Exception):
+    """Why a manifest could not be built; the message names the path."""
+
+
+def parse_console_mapping(text: str) -> tuple[str, str]:
+    """Split a console ``SRC:DST`` mapping. ``::`` separates when present (paths with
+    drive letters); otherwise the first ``:`` does."""
+    sep = "::" if "::" in text else ":"
+    src, found, dst = text.partition(sep)
+    if not found or not src or not dst:
+        raise ValueError(f"File mapping {text!r} must look like SOURCE:DESTINATION.")
+    return src, dst
+
+
+def build_file_list(root: str, requested: list[tuple[str, str]]) -> list[FileMapping]:
+    """The manifest entries for ``requested`` (source, destination) pairs under ``root``."""
+    files: list[FileMapping] = []
+    for src, dst in requested:
+        try:
+            virtual_parts(dst)
+            real = resolve_in_sandbox(root, src)
+        except ApiError as exc:
+            raise ManifestError(exc.message) from None
+        if not dst.strip("/"):
+            raise ManifestError(f"Destination path {dst!r} names no file.")
+        _add(root, real, src, dst, files, ())
+    seen: dict[str, str] = {}
+    for entry in files:
+        earlier = seen.setdefault(entry.dest_path, entry.src_path)
+        if earlier != entry.src_path:
+            raise ManifestError(
+                f"{earlier} and {entry.src_path} both map to destination {entry.dest_path}."
+            )
+    return files
+
+
+def _add(root: str, real: os.PathLike[str] | str, src: str, dst: str,
+         files: list[FileMapping], parents: tuple[tuple[int, int], ...]) -> None:
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        raise ManifestError(f"Cannot read {src}: {exc.strerror}.") from None
+    if stat.S_ISREG(st.st_mode):
+        _append(files, FileMapping(src, dst, st.st_size, False,
+                                   bool(st.st_mode & 0o111), st.st_mtime_ns // 1000))
+    elif stat.S_ISDIR(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        if key in parents:
+            raise ManifestError(f"{src} is a directory that contains itself (symlink loop).")
+        try:
+            names = sorted(os.listdir(real))
+        except OSError as exc:
+            raise ManifestError(f"Cannot list {src}: {exc.strerror}.") from None
+        if not names:
+            _append(files, FileMapping(src, dst, 0, True, False, st.st_mtime_ns // 1000))
+        for name in names:
+            child_src = src.rstrip("/") + "/" + name
+            try:
+                child_real = resolve_in_sandbox(root, child_src)
+            except ApiError as exc:
+                raise ManifestError(exc.message) from None
+            _add(root, child_real, child_src, dst.rstrip("/") + "/" + name, files,
+                 (*parents, key))
+    else:
+        raise ManifestError(f"{src} is not a regular file or a directory.")
+
+
+def _append(files: list[FileMapping], entry: FileMapping) -> None:
+    if len(files) >= MAX_MANIFEST_ENTRIES:
+        raise ManifestError(f"Manifest has more than {MAX_MANIFEST_ENTRIES} entries.")
+    files.append(entry)

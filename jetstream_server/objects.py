@@ -1,0 +1,205 @@
+"""The objects users create (destinations, manifests, transfers) and their API structures.
+
+Field names in :meth:`to_api` follow JetStream's structures. Stored credentials are kept
+here for the data plane but never appear in any structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .states import ManifestStatus, TransferStatus
+
+__all__ = ["DEFAULT_PRIORITY", "Destination", "FileMapping", "Manifest", "Owned", "Transfer"]
+
+DEFAULT_PRIORITY = 100
+#: The accounting unit of the block counters, in bytes (JetStream reports 256).
+BLOCK_SIZE_BYTES = 256
+
+
+@dataclass
+class Owned:
+    """What every user-created object has: an id, an owner and free-form user data."""
+
+    id: str
+    owner: str
+    create_time_us: int
+    user_data: dict[str, Any]
+
+
+@dataclass
+class Destination(Owned):
+    address: str  # as given: host or host:port
+    host: str
+    ip: str
+    port: int
+    send_rate_max_kbps: int
+    data_transport: str
+    remote_user: str | None = None
+    remote_password: str | None = field(default=None, repr=False)
+    remote_token: str | None = None
+    last_error: str | None = None
+    last_error_message: str | None = None
+    last_recv_time_us: int | None = None
+    last_send_time_us: int | None = None
+
+    def same_parameters(self, other: Destination) -> bool:
+        """True when ``other`` was created with the same parameters (idempotent create)."""
+        return (self.owner, self.host, self.port, self.send_rate_max_kbps, self.data_transport,
+                self.remote_user, self.remote_password, self.remote_token) == (
+            other.owner, other.host, other.port, other.send_rate_max_kbps, other.data_transport,
+            other.remote_user, other.remote_password, other.remote_token)
+
+    def to_api(self, queued: int) -> dict[str, Any]:
+        return {
+            "destinationId": self.id,
+            "destinationAddress": self.address,
+            "destinationIP": self.ip,
+            "destinationPort": self.port,
+            "destinationUser": self.remote_user,
+            "destinationToken": None if self.remote_token is None else "(set)",
+            "hasCredentials": self.remote_password is not None or self.remote_token is not None,
+            "sendRateMax": self.send_rate_max_kbps,
+            "dataTransport": self.data_transport,
+            "connectionId": None,
+            "encryptionEnabled": False,
+            "encryptedConnectionState": "disconnected",
+            "destinationPublicKey": None,
+            "lastDestinationServerId": None,
+            "lastError": self.last_error,
+            "lastErrorMessage": self.last_error_message,
+            "lastRecvTime": self.last_recv_time_us,
+            "lastSendTime": self.last_send_time_us,
+            "numTransfersQueued": queued,
+            "creationTime": self.create_time_us,
+            "owner": self.owner,
+            "ownerToken": None,
+            "ownerTokenSession": None,
+            "userData": self.user_data,
+        }
+
+
+@dataclass(frozen=True)
+class FileMapping:
+    src_path: str  # as the user named it (inside the sender's sandbox, if any)
+    dest_path: str
+    file_size: int
+    is_empty_dir: bool
+    executable: bool
+    modification_time_us: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "srcPath": self.src_path,
+            "destPath": self.dest_path,
+            "fileSize": self.file_size,
+            "isEmptyDir": self.is_empty_dir,
+            "executable": self.executable,
+            "modificationTime": self.modification_time_us,
+        }
+
+
+@dataclass
+class Manifest(Owned):
+    status: ManifestStatus = ManifestStatus.PENDING
+    error_message: str | None = None
+    files: list[FileMapping] = field(default_factory=list)
+    #: The mappings as requested, (source, destination) pairs.
+    requested: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def total_files(self) -> int | None:
+        if self.status is not ManifestStatus.COMPLETE:
+            return None
+        return sum(1 for f in self.files if not f.is_empty_dir)
+
+    @property
+    def total_size(self) -> int | None:
+        if self.status is not ManifestStatus.COMPLETE:
+            return None
+        return sum(f.file_size for f in self.files)
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "manifestId": self.id,
+            "status": self.status.value,
+            "processing": self.status is ManifestStatus.PENDING,
+            "errorMessage": self.error_message,
+            "totalFiles": self.total_files,
+            "totalSize": self.total_size,
+            "creationTime": self.create_time_us,
+            "owner": self.owner,
+            "ownerToken": None,
+            "ownerTokenSession": None,
+            "userData": self.user_data,
+        }
+
+    def files_to_api(self) -> dict[str, Any]:
+        return {"manifestId": self.id, "fileMappings": [f.to_api() for f in self.files]}
+
+
+@dataclass
+class Transfer(Owned):
+    destination_id: str
+    manifest_id: str
+    destination_path: str | None
+    priority: int
+    send_rate_max_kbps: int | None  # None: the destination's
+    checkpoint_frequency_s: int | None
+    data_transport: str
+    total_bytes: int
+    total_files: int
+    #: userData as given to createTransfer (what recv.transferComplete.json reports).
+    initial_user_data: dict[str, Any] = field(default_factory=dict)
+    status: TransferStatus = TransferStatus.PENDING
+    error_message: str | None = None
+    queue_seq: int = 0
+    queue_time_us: int | None = None
+    start_time_us: int | None = None
+    end_time_us: int | None = None
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    blocks_sent: int = 0
+    blocks_acked: int = 0
+    blocks_retransmitted: int = 0
+    packets_sent: int = 0
+    packets_recv: int = 0
+
+    @property
+    def total_blocks(self) -> int:
+        return -(-self.total_bytes // BLOCK_SIZE_BYTES)
+
+    def to_api(self, effective_rate_kbps: int) -> dict[str, Any]:
+        return {
+            "transferId": self.id,
+            "destinationId": self.destination_id,
+            "manifestId": self.manifest_id,
+            "destinationPath": self.destination_path,
+            "priority": self.priority,
+            "sendRateMax": effective_rate_kbps,
+            "checkpointFrequencySeconds": self.checkpoint_frequency_s,
+            "dataTransport": self.data_transport,
+            "status": self.status.value,
+            "processing": not self.status.ended,
+            "errorMessage": self.error_message,
+            "requestTime": self.create_time_us,
+            "queueTime": self.queue_time_us,
+            "startTime": self.start_time_us,
+            "endTime": self.end_time_us,
+            "totalBytes": self.total_bytes,
+            "totalFiles": self.total_files,
+            "totalBlocks": self.total_blocks,
+            "blockSize": BLOCK_SIZE_BYTES,
+            "bytesSent": self.bytes_sent,
+            "bytesRecv": self.bytes_recv,
+            "blocksSent": self.blocks_sent,
+            "blocksAcked": self.blocks_acked,
+            "blocksRetransmitted": self.blocks_retransmitted,
+            "packetsSent": self.packets_sent,
+            "packetsRecv": self.packets_recv,
+            "owner": self.owner,
+            "ownerToken": None,
+            "ownerTokenSession": None,
+            "userData": self.user_data,
+        }

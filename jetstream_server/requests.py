@@ -1,0 +1,106 @@
+"""Queued (``...Async``) requests: their records, status and results.
+
+A record belongs to the user who queued it, so ``getRequestStatus`` and
+``getRequestResult`` work from any connection of that user (the console opens one per
+command). Finished records are kept for ``keep_s`` (one hour) and at most ``max_records``
+are kept: when the bound is reached the oldest finished record is dropped, and if none has
+finished the new request is refused with ``busy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ApiError, Busy, InternalError, NotFound
+
+__all__ = ["RequestBook", "RequestRecord"]
+
+
+@dataclass
+class RequestRecord:
+    request_id: int
+    owner: str | None
+    command: str
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    status: str = "pending"
+    message: str = ""
+    result: Any = None
+    code: str | None = None
+    finished_at: float | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "requestId": self.request_id,
+            "command": self.command,
+            "processing": not self.done.is_set(),
+            "status": self.status,
+            "errorMessage": self.message if self.status == "error" else None,
+        }
+
+
+class RequestBook:
+    def __init__(self, keep_s: float = 3600.0, max_records: int = 10_000) -> None:
+        self.keep_s = keep_s
+        self.max_records = max_records
+        self._records: dict[int, RequestRecord] = {}
+        self._next_id = 1
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, owner: str | None, command: str,
+               run: Callable[[], Awaitable[tuple[str, Any]]]) -> RequestRecord:
+        self._expire()
+        if len(self._records) >= self.max_records:
+            raise Busy(f"Too many queued requests ({self.max_records}); try again later.")
+        record = RequestRecord(self._next_id, owner, command)
+        self._next_id += 1
+        self._records[record.request_id] = record
+        task = asyncio.get_running_loop().create_task(self._run(record, run))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return record
+
+    async def _run(self, record: RequestRecord,
+                   run: Callable[[], Awaitable[tuple[str, Any]]]) -> None:
+        try:
+            record.message, record.result = await run()
+            record.status = "success"
+        except ApiError as exc:
+            record.status, record.message, record.code = "error", exc.message, exc.code
+        except asyncio.CancelledError:
+            record.status, record.message, record.code = (
+                "error", "The server stopped before the request finished.", "internal_error")
+            raise
+        except Exception as exc:  # a bug: report it, keep serving
+            record.status, record.message, record.code = (
+                "error", f"Internal error: {exc!r}", InternalError.code)
+        finally:
+            record.finished_at = time.monotonic()
+            record.done.set()
+
+    def get(self, request_id: int, visible: Callable[[str | None], bool]) -> RequestRecord:
+        record = self._records.get(request_id)
+        if record is None or not visible(record.owner):
+            raise NotFound(f"No request with id {request_id} (records are kept for one hour).")
+        return record
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        finished = [r for r in self._records.values() if r.finished_at is not None]
+        for record in finished:
+            assert record.finished_at is not None
+            if now - record.finished_at > self.keep_s:
+                del self._records[record.request_id]
+        if len(self._records) >= self.max_records:
+            for record in sorted(finished, key=lambda r: r.finished_at or 0.0):
+                if len(self._records) < self.max_records:
+                    break
+                self._records.pop(record.request_id, None)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,71 @@
+"""Sandbox paths: placeholder expansion and confinement of a user's paths to the sandbox.
+
+A user sees the sandbox as ``/``: the virtual path ``/a/b`` means ``<sandbox>/a/b``, and a
+relative ``a/b`` means the same. A path with a ``..`` component or a NUL byte is refused
+rather than normalised, and so is one whose real location (symlinks resolved) is outside
+the sandbox. A sandbox of ``/`` gives the whole file system, as JetStream does without one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import InvalidParameter, PermissionDenied
+
+__all__ = ["expand_sandbox", "resolve_in_sandbox", "split_user", "virtual_parts"]
+
+
+def split_user(full_name: str) -> tuple[str, str]:
+    """(user, domain) of ``DOMAIN\\user`` or ``user@domain``; the domain may be empty."""
+    if "\\" in full_name:
+        domain, _, user = full_name.partition("\\")
+        return user, domain
+    if "@" in full_name:
+        user, _, domain = full_name.partition("@")
+        return user, domain
+    return full_name, ""
+
+
+def expand_sandbox(template: str, full_name: str) -> str:
+    """Expand ``%u`` (user), ``%d`` (domain), ``%f`` (full user name) and ``%%``."""
+    user, domain = split_user(full_name)
+    out: list[str] = []
+    i = 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "%" and i + 1 < len(template):
+            code = template[i + 1]
+            expansion = {"u": user, "d": domain, "f": full_name, "%": "%"}.get(code)
+            if expansion is not None:
+                out.append(expansion)
+                i += 2
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def virtual_parts(path: str) -> list[str]:
+    """The components of a user's path, refusing NUL bytes and ``..``."""
+    if "\x00" in path:
+        raise InvalidParameter(f"Path {path!r} contains a NUL byte.")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidParameter(f"Path {path!r} contains '..', which is not allowed.")
+    return parts
+
+
+def resolve_in_sandbox(root: str, path: str) -> Path:
+    """The real path of the user's ``path`` inside ``root``, which must exist.
+
+    Raises :class:`PermissionDenied` when symlinks lead out of the sandbox.
+    """
+    real_root = os.path.realpath(root)
+    if not os.path.isdir(real_root):
+        raise InvalidParameter(f"Sandbox folder {root} does not exist.")
+    joined = os.path.join(real_root, *virtual_parts(path))
+    real = os.path.realpath(joined)
+    if real_root != "/" and real != real_root and not real.startswith(real_root + os.sep):
+        raise PermissionDenied(f"Path {path} leads outside the sandbox.")
+    return Path(real)

@@ -1,0 +1,230 @@
+"""The server's core without sockets: state, sessions, authentication and dispatch.
+
+:class:`Service` owns the objects (destinations, manifests, transfers), the transfer
+scheduler, queued requests and the users file. :meth:`Service.handle` takes one decoded
+request from a :class:`Session` and returns the response; the control listener in
+:mod:`jetstream_server.server` only moves lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+
+from . import __version__
+from .codec import Request, error_response, success_response
+from .config import Settings
+from .errors import (
+    ApiError,
+    AuthFailed,
+    AuthRequired,
+    InternalError,
+    InvalidParameter,
+    NotFound,
+)
+from .ids import new_id, now_us
+from .objects import Destination, Manifest, Owned, Transfer
+from .registry import SECRET_PARAMETERS, Registry
+from .requests import RequestBook
+from .sandbox import expand_sandbox
+from .throttle import LoginThrottle
+from .transfers import DataPlane, Scheduler
+from .users import UserStore
+
+__all__ = ["API_VERSION", "Call", "Service", "Session"]
+
+log = logging.getLogger("jetstream.api")
+T = TypeVar("T", bound=Owned)
+
+#: Compatibility number of the control API, reported as ``apiVersion``.
+API_VERSION = 1
+#: Largest ``userData`` object accepted, serialised, in bytes.
+MAX_USER_DATA_BYTES = 64 * 1024
+
+
+@dataclass
+class Session:
+    """One control connection: who is on the other end and what they may do."""
+
+    peer: tuple[str, int]
+    user: str | None = None
+    raised: bool = False
+
+    @property
+    def peer_text(self) -> str:
+        host, port = self.peer
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def can_see(self, owner: str | None) -> bool:
+        return self.raised or (owner is not None and owner == self.user)
+
+
+@dataclass
+class Call:
+    """What a command handler gets besides its parameters."""
+
+    service: Service
+    session: Session
+
+    @property
+    def user(self) -> str:
+        if self.session.user is None:  # dispatch checks auth before handlers run
+            raise AuthRequired("Authenticate first with auth.")
+        return self.session.user
+
+
+class Service:
+    def __init__(self, settings: Settings, users: UserStore,
+                 data_plane: DataPlane | None = None) -> None:
+        from .commands_send import register as register_send
+        from .commands_server import register as register_server
+
+        self.settings = settings
+        self.users = users
+        self.server_id = new_id()
+        self.start_time_us = now_us()
+        self.api_port = settings.api_port
+        self.recv_port = settings.recv_port
+        self.destinations: dict[str, Destination] = {}
+        self.manifests: dict[str, Manifest] = {}
+        self.transfers: dict[str, Transfer] = {}
+        self.scheduler = Scheduler(self.transfers, self.destinations, self.manifests,
+                                   data_plane)
+        self.requests = RequestBook()
+        self.throttle = LoginThrottle()
+        self.registry = Registry()
+        register_server(self.registry)
+        register_send(self.registry)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    async def handle(self, session: Session, request: Request) -> dict[str, Any]:
+        """Run one request and return its response (never raises but CancelledError)."""
+        started = time.monotonic()
+        try:
+            command, queued = self.registry.resolve(request.name)
+            if command.needs_auth and session.user is None:
+                raise AuthRequired(
+                    f"{command.name} needs an authenticated session: call auth with "
+                    "'user' and 'password' first.")
+            params = command.check_parameters(request.parameters)
+            call = Call(self, session)
+            if queued:
+                record = self.requests.submit(session.user, command.name + "Async",
+                                              lambda: command.handler(call, params))
+                message, result = "Request queued.", {"requestId": record.request_id}
+            else:
+                message, result = await command.handler(call, params)
+            response = success_response(request.id, message, result)
+        except ApiError as exc:
+            response = error_response(request.id, exc.code, exc.message)
+        except Exception:
+            log.exception("internal error in %s", request.name)
+            response = error_response(request.id, InternalError.code,
+                                      f"Internal error while running {request.name}; "
+                                      "the server log has the details.")
+        log.debug("%s %s %s %s (%.1f ms)", session.peer_text, session.user or "-",
+                  request.name, response["status"], (time.monotonic() - started) * 1000)
+        return response
+
+    @staticmethod
+    def public_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+        """The parameters with secrets removed (for logs and triggers)."""
+        return {k: v for k, v in parameters.items() if k not in SECRET_PARAMETERS}
+
+    # -- authentication ---------------------------------------------------------------
+
+    async def authenticate(self, session: Session, user: str, password: str) -> None:
+        address = session.peer[0]
+        delay = self.throttle.delay_s(address, user, time.monotonic())
+        if delay:
+            await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, self.users.verify, user, password)
+        if not ok:
+            self.throttle.failed(address, user, time.monotonic())
+            log.warning("failed login from %s", session.peer_text)
+            raise AuthFailed("Authentication failed: wrong user name or password.")
+        self.throttle.succeeded(address, user)
+        session.user, session.raised = user, False
+        log.info("%s logged in from %s", user, session.peer_text)
+
+    # -- objects ----------------------------------------------------------------------
+
+    def sandbox_root(self, user: str) -> str:
+        return expand_sandbox(self.settings.sandbox_dir, user)
+
+    def find_object(self, session: Session, object_id: str) -> Owned:
+        for table in (self.destinations, self.manifests, self.transfers):
+            obj = table.get(object_id)
+            if obj is not None and session.can_see(obj.owner):
+                return obj  # type: ignore[return-value]
+        raise NotFound(f"No destination, manifest or transfer with id {object_id}.")
+
+    def find_destination(self, session: Session, destination_id: str) -> Destination:
+        return _visible(self.destinations, session, destination_id, "destination")
+
+    def find_manifest(self, session: Session, manifest_id: str) -> Manifest:
+        return _visible(self.manifests, session, manifest_id, "manifest")
+
+    def find_transfer(self, session: Session, transfer_id: str) -> Transfer:
+        return _visible(self.transfers, session, transfer_id, "transfer")
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a background task that the service owns and cancels on close."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.requests.close()
+
+    # -- server information -----------------------------------------------------------
+
+    def server_info(self, session: Session) -> dict[str, Any]:
+        import socket
+
+        info: dict[str, Any] = {
+            "allowRemoteControl": self.settings.api_allow_remote_control,
+            "apiControlPort": self.api_port,
+            "apiVersion": API_VERSION,
+            "APITokensAvailable": False,
+            "authRequired": True,
+            "encryptionAvailable": False,
+            "eventLogAvailable": False,
+            "hostName": socket.gethostname(),
+            "publicKey": None,
+            "receiver": {"recvPort": self.recv_port},
+            "serverExternalAddress": None,
+            "serverId": self.server_id,
+            "serverName": self.settings.server_name,
+            "startTime": self.start_time_us,
+            "version": __version__,
+        }
+        if session.raised:
+            info["configuration"] = self.settings.public()
+        return info
+
+
+def _visible(table: dict[str, T], session: Session, object_id: str,
+                       kind: str) -> T:
+    obj = table.get(object_id)
+    if obj is None or not session.can_see(obj.owner):
+        raise NotFound(f"No {kind} with id {object_id}.")
+    return obj
+
+
+def check_user_data(value: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(value)) > MAX_USER_DATA_BYTES:
+        raise InvalidParameter(f"userData is larger than {MAX_USER_DATA_BYTES} bytes.")
+    return value

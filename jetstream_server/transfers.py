@@ -1,0 +1,163 @@
+"""Transfer queues and the place where the data plane plugs in.
+
+Each destination has its own queue: its ``pending`` transfers ordered by ``priority``
+(lower first), then by age. When a :class:`DataPlane` is attached, the scheduler hands the
+head of a destination's queue to it as soon as that destination has no transfer
+``sending``; the data plane reports back through :meth:`Scheduler.progress`,
+:meth:`Scheduler.finished` and :meth:`Scheduler.requeue`. Without a data plane,
+transfers wait in their queues (``pending``) and every other operation still works.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from .ids import now_us
+from .objects import Destination, Manifest, Transfer
+from .states import TransferStatus, transfer_move
+
+__all__ = ["MAX_SENDING_PER_DESTINATION", "DataPlane", "Scheduler"]
+
+log = logging.getLogger("jetstream.transfers")
+
+#: Transfers of one destination that move data at the same time.
+MAX_SENDING_PER_DESTINATION = 1
+
+
+class DataPlane(Protocol):
+    """What moves the bytes. ``start`` must not block; the rest act on a running flow."""
+
+    def start(self, transfer: Transfer, destination: Destination, manifest: Manifest) -> None:
+        ...
+
+    def stop(self, transfer_id: str) -> None:
+        """Stop moving data (suspend, cancel, fail or delete); progress is kept."""
+
+    def set_rate(self, transfer_id: str, rate_kbps: int) -> None:
+        ...
+
+
+class Scheduler:
+    def __init__(
+        self,
+        transfers: dict[str, Transfer],
+        destinations: dict[str, Destination],
+        manifests: dict[str, Manifest],
+        data_plane: DataPlane | None = None,
+        on_change: Callable[[Transfer], None] | None = None,
+    ) -> None:
+        self.transfers = transfers
+        self.destinations = destinations
+        self.manifests = manifests
+        self.data_plane = data_plane
+        self.on_change = on_change
+        self._seq = 0
+
+    # -- queues -----------------------------------------------------------------------
+
+    def queue(self, destination_id: str) -> list[Transfer]:
+        """The pending transfers of a destination, in the order they will be sent."""
+        waiting = [t for t in self.transfers.values()
+                   if t.destination_id == destination_id
+                   and t.status is TransferStatus.PENDING]
+        return sorted(waiting, key=lambda t: (t.priority, t.queue_seq))
+
+    def effective_rate_kbps(self, transfer: Transfer) -> int:
+        if transfer.send_rate_max_kbps is not None:
+            return transfer.send_rate_max_kbps
+        destination = self.destinations.get(transfer.destination_id)
+        return destination.send_rate_max_kbps if destination else 0
+
+    def enqueue(self, transfer: Transfer) -> None:
+        self._seq += 1
+        transfer.queue_seq = self._seq
+        transfer.queue_time_us = now_us()
+        self.transfers[transfer.id] = transfer
+        self._changed(transfer)
+        self.poke(transfer.destination_id)
+
+    def poke(self, destination_id: str) -> None:
+        """Start queued transfers of ``destination_id`` while it has room."""
+        if self.data_plane is None:
+            return
+        destination = self.destinations.get(destination_id)
+        if destination is None:
+            return
+        sending = sum(1 for t in self.transfers.values()
+                      if t.destination_id == destination_id
+                      and t.status is TransferStatus.SENDING)
+        for transfer in self.queue(destination_id)[: MAX_SENDING_PER_DESTINATION - sending]:
+            self._move(transfer, "start")
+            if transfer.start_time_us is None:
+                transfer.start_time_us = now_us()
+            self.data_plane.start(transfer, destination, self.manifests[transfer.manifest_id])
+
+    # -- user actions -----------------------------------------------------------------
+
+    def suspend(self, transfer: Transfer) -> None:
+        self._stop(transfer, "suspend")
+
+    def resume(self, transfer: Transfer) -> None:
+        self._move(transfer, "resume")
+        self.poke(transfer.destination_id)
+
+    def cancel(self, transfer: Transfer) -> None:
+        self._stop(transfer, "cancel")
+
+    def fail(self, transfer: Transfer, message: str) -> None:
+        self._stop(transfer, "fail", message)
+
+    def delete(self, transfer: Transfer) -> None:
+        if not transfer.status.ended:
+            self._stop(transfer, "cancel")
+        del self.transfers[transfer.id]
+
+    def set_rate(self, transfer: Transfer, rate_kbps: int) -> None:
+        transfer.send_rate_max_kbps = rate_kbps
+        if transfer.status is TransferStatus.SENDING and self.data_plane is not None:
+            self.data_plane.set_rate(transfer.id, self.effective_rate_kbps(transfer))
+        self._changed(transfer)
+
+    # -- reports from the data plane --------------------------------------------------
+
+    def finished(self, transfer: Transfer, error_message: str | None = None) -> None:
+        """The data plane is done with ``transfer``: complete, or failed with a message."""
+        if transfer.status is not TransferStatus.SENDING:
+            return  # already stopped by a user action
+        if error_message is None:
+            self._move(transfer, "complete")
+        else:
+            self._move(transfer, "fail", error_message)
+        self.poke(transfer.destination_id)
+
+    def requeue(self, transfer: Transfer, error_message: str) -> None:
+        """The peer is unreachable for now: back into the queue, to be retried."""
+        if transfer.status is TransferStatus.SENDING:
+            self._move(transfer, "requeue")
+            log.info("transfer %s requeued: %s", transfer.id, error_message)
+
+    def progress(self, transfer: Transfer) -> None:
+        self._changed(transfer)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _stop(self, transfer: Transfer, action: str, message: str | None = None) -> None:
+        was_sending = transfer.status is TransferStatus.SENDING
+        self._move(transfer, action, message)
+        if was_sending and self.data_plane is not None:
+            self.data_plane.stop(transfer.id)
+        self.poke(transfer.destination_id)
+
+    def _move(self, transfer: Transfer, action: str, message: str | None = None) -> None:
+        transfer.status = transfer_move(transfer.id, transfer.status, action)
+        if transfer.status is TransferStatus.ERROR:
+            transfer.error_message = message
+        if transfer.status.ended:
+            transfer.end_time_us = now_us()
+        self._changed(transfer)
+
+    def _changed(self, transfer: Transfer) -> None:
+        if self.on_change is not None:
+            self.on_change(transfer)

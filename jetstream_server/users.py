@@ -1,0 +1,147 @@
+"""The local users file: user names and salted, slow password hashes (scrypt).
+
+One user per line, ``NAME:$scrypt$ln=14,r=8,p=1$SALT$HASH`` with SALT and HASH in base64;
+blank lines and lines starting with ``#`` are ignored. The file is written atomically with
+mode 0600. Plain-text passwords are never stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import tempfile
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = [
+    "UserStore",
+    "check_user_name",
+    "hash_password",
+    "read_users_file",
+    "verify_password",
+    "write_users_file",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@\-]{0,63}$")
+_LOG2_N, _R, _P = 14, 8, 1
+_HASH = re.compile(r"^\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
+_MAX_PASSWORD_BYTES = 4096
+
+
+def check_user_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(
+            f"Invalid user name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-', "
+            "not starting with a punctuation mark."
+        )
+    return name
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, _LOG2_N, _R, _P)
+    return (f"$scrypt$ln={_LOG2_N},r={_R},p={_P}$"
+            f"{base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}")
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True when ``password`` matches ``stored``; takes the same time either way."""
+    match = _HASH.match(stored)
+    if match is None:
+        return False
+    log2_n, r, p = (int(match.group(i)) for i in (1, 2, 3))
+    if not (10 <= log2_n <= 20 and 1 <= r <= 16 and 1 <= p <= 4):
+        return False
+    salt = base64.b64decode(match.group(4))
+    expected = base64.b64decode(match.group(5))
+    return hmac.compare_digest(_scrypt(password, salt, log2_n, r, p), expected)
+
+
+def _scrypt(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
+    data = password.encode("utf-8", "surrogatepass")[:_MAX_PASSWORD_BYTES]
+    return hashlib.scrypt(data, salt=salt, n=1 << log2_n, r=r, p=p, maxmem=64 * 1024 * 1024,
+                          dklen=32)
+
+
+#: Verified against when a user name is unknown, so that an unknown name costs the same time.
+_DUMMY_HASH = hash_password(secrets.token_hex(8))
+
+
+def read_users_file(path: Path) -> dict[str, str]:
+    """Read ``path`` into {name: hash}; raise :class:`ConfigError` naming what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Users file {path} does not exist: create it with "
+            f"'jetstream-server user add NAME --users-file {path}'."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read users file {path}: {exc}.") from None
+    users: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, stored = line.partition(":")
+        if not sep or not _NAME.match(name) or not _HASH.match(stored):
+            raise ConfigError(f"Users file {path}, line {number}: expected NAME:$scrypt$... .")
+        users[name] = stored
+    return users
+
+
+def write_users_file(path: Path, users: dict[str, str]) -> None:
+    """Replace ``path`` atomically with ``users``, readable only by its owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# jetstream-server users: managed by 'jetstream-server user'\n"]
+    lines += [f"{name}:{stored}\n" for name, stored in sorted(users.items())]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.writelines(lines)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class UserStore:
+    """The server's view of the users file, re-read whenever the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._users: dict[str, str] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the file if it changed. Raises :class:`ConfigError` if it cannot."""
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise ConfigError(f"Cannot read users file {self.path}: {exc.strerror}.") from None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp != self._stamp:
+            self._users = read_users_file(self.path)
+            self._stamp = stamp
+
+    def names(self) -> list[str]:
+        return sorted(self._users)
+
+    def verify(self, name: str, password: str) -> bool:
+        """Check a password (slow: call it off the event loop)."""
+        try:
+            self.reload()
+        except ConfigError:
+            pass  # keep the last good copy; the operator sees the error in the log
+        stored = self._users.get(name)
+        ok = verify_password(password, stored if stored is not None else _DUMMY_HASH)
+        return ok and stored is not None
