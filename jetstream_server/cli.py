@@ -126,7 +126,7 @@ class _ServerGroup(click.Group):
 @_server_options
 @click.version_option(__version__, prog_name="jetstream-server")
 @click.pass_context
-def server_cli(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
+def server_cli(ctx: click.Context, /, config_file: Path | None, **given: Any) -> None:
     """Run the jetstream-server daemon (or manage its users with 'user')."""
     if ctx.invoked_subcommand is None:
         run_server(config_file, given)
@@ -261,9 +261,20 @@ def api_cli(host: str, port: int, user: str | None, command: str,
     sys.exit(run_console(host, port, user, command, list(parameters)))
 
 
+def _main(group: click.Group, prog_name: str) -> None:
+    """Run ``group``; a usage error is one line on stderr and exit status 2."""
+    try:
+        group.main(prog_name=prog_name, standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(f"{prog_name}: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+
+
 def server_main() -> None:
-    server_cli(prog_name="jetstream-server")
+    _main(server_cli, "jetstream-server")
 
 
 def jetstream_main() -> None:
-    jetstream_cli(prog_name="jetstream")
+    _main(jetstream_cli, "jetstream")

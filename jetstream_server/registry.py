@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import AmbiguousCommand, InvalidParameter, MissingParameter, UnknownCommand
 
-__all__ = ["Command", "Param", "Registry", "SECRET_PARAMETERS"]
+__all__ = ["SECRET_PARAMETERS", "Command", "Param", "Registry"]
 
 #: Parameters never echoed into logs or triggers.
 SECRET_PARAMETERS = frozenset({"password", "destinationPassword"})

@@ -164,7 +164,7 @@ class Service:
         for table in (self.destinations, self.manifests, self.transfers):
             obj = table.get(object_id)
             if obj is not None and session.can_see(obj.owner):
-                return obj  # type: ignore[return-value]
+                return obj
         raise NotFound(f"No destination, manifest or transfer with id {object_id}.")
 
     def find_destination(self, session: Session, destination_id: str) -> Destination:

@@ -6,20 +6,20 @@ names the object, its status and the action, so an API client gets a clear error
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from .errors import InvalidState
 
 __all__ = ["TRANSFER_MOVES", "ManifestStatus", "TransferStatus", "transfer_move"]
 
 
-class ManifestStatus(str, Enum):
+class ManifestStatus(StrEnum):
     PENDING = "pending"
     COMPLETE = "complete"
     ERROR = "error"
 
 
-class TransferStatus(str, Enum):
+class TransferStatus(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
     SUSPENDED = "suspended"

@@ -126,6 +126,9 @@ class UserStore:
         """Re-read the file if it changed. Raises :class:`ConfigError` if it cannot."""
         try:
             st = self.path.stat()
+        except FileNotFoundError:
+            read_users_file(self.path)  # raises the error that says how to create it
+            raise
         except OSError as exc:
             raise ConfigError(f"Cannot read users file {self.path}: {exc.strerror}.") from None
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -1,0 +1,149 @@
+"""Shared fixtures: real servers on port 0, in this process or as separate processes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jetstream_server.client import AsyncClient
+from jetstream_server.config import Settings, load_settings
+from jetstream_server.server import Server
+from jetstream_server.users import hash_password, write_users_file
+
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}
+BIN = Path(sys.executable).parent
+
+
+@functools.cache
+def _hash(password: str) -> str:
+    return hash_password(password)
+
+
+def write_users(path: Path, users: dict[str, str] | None = None) -> Path:
+    write_users_file(path, {name: _hash(pw) for name, pw in (users or PASSWORDS).items()})
+    return path
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A server home: users file with alice, bob and root, and a sandbox folder."""
+    (tmp_path / "sandbox").mkdir()
+    write_users(tmp_path / "users")
+    return tmp_path
+
+
+def make_settings(home: Path, **overrides: Any) -> Settings:
+    given: dict[str, Any] = {
+        "api_host": "127.0.0.1", "api_port": 0, "recv_port": 0,
+        "users_file": home / "users", "sandbox_dir": str(home / "sandbox"),
+        "persistent_state_dir": home / "state", "superuser": ("root",),
+    }
+    given.update(overrides)
+    return load_settings(given, None)
+
+
+@pytest.fixture
+async def server(home: Path) -> AsyncIterator[Server]:
+    async with Server(make_settings(home)) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def connect(server: Server) -> AsyncIterator[Callable[..., Any]]:
+    """connect(user=None) -> an AsyncClient, logged in as ``user`` when given."""
+    clients: list[AsyncClient] = []
+
+    async def _connect(user: str | None = None) -> AsyncClient:
+        client = await AsyncClient.connect("127.0.0.1", server.api_port)
+        clients.append(client)
+        if user is not None:
+            await client.auth(user, PASSWORDS[user])
+        return client
+
+    yield _connect
+    for client in clients:
+        await client.close()
+
+
+def command(name: str) -> str:
+    """The installed console script ``name`` (beside this Python)."""
+    path = BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    assert found, f"{name} is not installed: pip install -e '.[test]'"
+    return found
+
+
+class ServerProcess:
+    """``jetstream-server`` run as a separate process, the way an operator would."""
+
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.log_path = home / "server.log"
+        self.stream = self.log_path.open("wb")
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [command("jetstream-server"), "--api-host", "127.0.0.1", "--api-port", "0",
+             "--recv-port", "0", "--users-file", str(home / "users"),
+             "--sandbox-dir", str(home / "sandbox"),
+             "--persistent-state-dir", str(home / "state"), *args],
+            stdout=self.stream, stderr=subprocess.STDOUT, env=full_env)
+        self.api_port = self._wait_port()
+
+    def _wait_port(self, timeout_s: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            match = re.search(r"listening on TCP \S+:(\d+)", text)
+            if match:
+                return int(match.group(1))
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        raise AssertionError("server did not start:\n" + self.log_path.read_text())
+
+    def api(self, *args: str, user: str | None = None, password: str | None = None,
+            timeout_s: float = 20.0) -> subprocess.CompletedProcess[str]:
+        argv = [command("jetstream"), "api", "--api-control-port", str(self.api_port)]
+        if user is not None:
+            argv += ["--user", user]
+        env = {k: v for k, v in os.environ.items() if k != "JETSTREAM_API_PASSWORD"}
+        if password is not None:
+            env["JETSTREAM_API_PASSWORD"] = password
+        return subprocess.run([*argv, *args], capture_output=True, text=True, env=env,
+                              timeout=timeout_s, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.stream.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def server_process(home: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def _start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(home, *args, env=env)
+        started.append(proc)
+        return proc
+
+    yield _start
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,109 @@
+"""API connections from other machines are refused unless --api-allow-remote-control.
+
+The remote client runs in a network namespace of this test's own, joined to the host by a
+veth pair on 198.18.0.0/15 (the range set aside for network tests); the host gets a
+blackhole route for that range so nothing addressed there can leave the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from jetstream_server.server import Server, is_loopback
+from tests.conftest import make_settings
+
+NETWORK = "198.18.0.0/15"
+
+
+def test_loopback_addresses_are_recognised() -> None:
+    for host in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "::1%lo"):
+        assert is_loopback(host), host
+    for host in ("198.18.0.2", "::ffff:198.18.0.2", "2001:db8::1", "localhost-ish", ""):
+        assert not is_loopback(host), host
+
+
+async def test_a_dual_stack_listener_accepts_ipv4_and_ipv6_loopback(home: Path) -> None:
+    async with Server(make_settings(home, api_host=None)) as server:
+        for host in ("127.0.0.1", "::1"):
+            reader, writer = await asyncio.open_connection(host, server.api_port)
+            writer.write(b'{"request": "getServerInfo"}\n')
+            response = orjson.loads(await asyncio.wait_for(reader.readline(), 10))
+            assert response["status"] == "success", host
+            writer.close()
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    subprocess.run(["ip", *args], check=check, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def namespace() -> Iterator[tuple[str, str, str]]:
+    """(namespace, host address, namespace address), removed afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to build a network namespace")
+    tag = f"{os.getpid() % 100000}"
+    name, veth_host, veth_ns = f"jst{tag}", f"jsth{tag}", f"jstn{tag}"
+    third = os.getpid() % 250 + 1
+    host_ip, ns_ip = f"198.18.{third}.1", f"198.18.{third}.2"
+    try:
+        _ip("route", "replace", "blackhole", NETWORK)
+        _ip("netns", "add", name)
+        _ip("link", "add", veth_host, "type", "veth", "peer", "name", veth_ns)
+        _ip("link", "set", veth_ns, "netns", name)
+        _ip("addr", "add", f"{host_ip}/30", "dev", veth_host)
+        _ip("link", "set", veth_host, "up")
+        _ip("-n", name, "addr", "add", f"{ns_ip}/30", "dev", veth_ns)
+        _ip("-n", name, "link", "set", veth_ns, "up")
+        _ip("-n", name, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as exc:
+        _ip("link", "del", veth_host, check=False)
+        _ip("netns", "del", name, check=False)
+        pytest.skip(f"cannot build a network namespace here: {exc.stderr!r}")
+    try:
+        yield name, host_ip, ns_ip
+    finally:
+        _ip("link", "del", veth_host, check=False)
+        _ip("netns", "del", name, check=False)
+        _ip("route", "del", "blackhole", NETWORK, check=False)
+
+
+_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b'{"request": "getServerInfo", "id": 1}\\n')
+print(s.makefile("rb").readline().decode(), end="")
+"""
+
+
+async def _remote_answer(namespace: str, host: str, port: int) -> dict[str, object]:
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", namespace, sys.executable, "-c", _CLIENT, host, str(port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    answer: dict[str, object] = orjson.loads(out)
+    return answer
+
+
+async def test_remote_clients_are_refused_unless_allowed(
+        home: Path, namespace: tuple[str, str, str]) -> None:
+    name, host_ip, _ = namespace
+    async with Server(make_settings(home, api_host=host_ip)) as closed:
+        refused = await _remote_answer(name, host_ip, closed.api_port)
+        assert refused["status"] == "error"
+        assert refused["code"] == "remote_control_refused"
+        assert "--api-allow-remote-control" in str(refused["message"])
+    async with Server(make_settings(home, api_host=host_ip,
+                                    api_allow_remote_control=True)) as open_:
+        accepted = await _remote_answer(name, host_ip, open_.api_port)
+        assert accepted["status"] == "success"
+        assert accepted["result"]["allowRemoteControl"] is True  # type: ignore[index]

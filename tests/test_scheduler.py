@@ -1,0 +1,118 @@
+"""Transfer queues: per-destination order and the calls the data plane receives.
+
+The data plane here records what it is told; the real one (UDP/TCP) plugs into the same
+three calls.
+"""
+
+from __future__ import annotations
+
+from jetstream_server.ids import new_id
+from jetstream_server.objects import Destination, Manifest, Transfer
+from jetstream_server.states import ManifestStatus, TransferStatus
+from jetstream_server.transfers import Scheduler
+
+
+class RecordingDataPlane:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, object]] = []
+
+    def start(self, transfer: Transfer, destination: Destination, manifest: Manifest) -> None:
+        self.calls.append(("start", transfer.id, destination.id))
+
+    def stop(self, transfer_id: str) -> None:
+        self.calls.append(("stop", transfer_id, None))
+
+    def set_rate(self, transfer_id: str, rate_kbps: int) -> None:
+        self.calls.append(("rate", transfer_id, rate_kbps))
+
+
+def _destination(rate: int = 0) -> Destination:
+    return Destination(id=new_id(), owner="alice", create_time_us=0, user_data={},
+                       address="h", host="h", ip="127.0.0.1", port=9,
+                       send_rate_max_kbps=rate, data_transport="udp")
+
+
+def _transfer(destination: Destination, manifest: Manifest, priority: int = 100) -> Transfer:
+    return Transfer(id=new_id(), owner="alice", create_time_us=0, user_data={},
+                    destination_id=destination.id, manifest_id=manifest.id,
+                    destination_path=None, priority=priority, send_rate_max_kbps=None,
+                    checkpoint_frequency_s=30, data_transport="udp", total_bytes=1,
+                    total_files=1)
+
+
+def _setup() -> tuple[Scheduler, RecordingDataPlane, Destination, Destination, Manifest]:
+    plane = RecordingDataPlane()
+    a, b = _destination(rate=5000), _destination()
+    manifest = Manifest(id=new_id(), owner="alice", create_time_us=0, user_data={},
+                        status=ManifestStatus.COMPLETE)
+    scheduler = Scheduler({}, {a.id: a, b.id: b}, {manifest.id: manifest}, plane)
+    return scheduler, plane, a, b, manifest
+
+
+def test_one_transfer_per_destination_runs_in_priority_then_age_order() -> None:
+    scheduler, plane, a, b, manifest = _setup()
+    first = _transfer(a, manifest)
+    scheduler.enqueue(first)
+    late_low = _transfer(a, manifest, priority=120)
+    early_high = _transfer(a, manifest, priority=50)
+    same_high = _transfer(a, manifest, priority=50)
+    other_dest = _transfer(b, manifest)
+    for transfer in (late_low, early_high, same_high, other_dest):
+        scheduler.enqueue(transfer)
+    assert [c[1] for c in plane.calls] == [first.id, other_dest.id]
+    assert scheduler.queue(a.id) == [early_high, same_high, late_low]
+    order = []
+    for _ in range(3):
+        running = next(t for t in scheduler.transfers.values()
+                       if t.destination_id == a.id and t.status is TransferStatus.SENDING)
+        scheduler.finished(running)
+        assert running.status is TransferStatus.COMPLETE and running.end_time_us
+        order.append(plane.calls[-1][1])
+    assert order == [early_high.id, same_high.id, late_low.id]
+
+
+def test_suspend_stops_the_flow_and_lets_the_next_one_run() -> None:
+    scheduler, plane, a, _, manifest = _setup()
+    first, second = _transfer(a, manifest), _transfer(a, manifest)
+    scheduler.enqueue(first)
+    scheduler.enqueue(second)
+    scheduler.suspend(first)
+    assert plane.calls[-2:] == [("stop", first.id, None), ("start", second.id, a.id)]
+    scheduler.resume(first)
+    assert first.status is TransferStatus.PENDING  # waits behind the running one
+    scheduler.set_rate(second, 1234)
+    assert plane.calls[-1] == ("rate", second.id, 1234)
+    scheduler.cancel(second)
+    assert plane.calls[-2:] == [("stop", second.id, None), ("start", first.id, a.id)]
+    scheduler.finished(first, "peer refused: wrong password")
+    assert first.status is TransferStatus.ERROR
+    assert first.error_message == "peer refused: wrong password"
+
+
+def test_a_requeued_transfer_keeps_its_place() -> None:
+    scheduler, plane, a, _, manifest = _setup()
+    first, second = _transfer(a, manifest), _transfer(a, manifest)
+    scheduler.enqueue(first)
+    scheduler.enqueue(second)
+    scheduler.requeue(first, "unreachable")
+    assert first.status is TransferStatus.PENDING
+    assert scheduler.queue(a.id) == [first, second]
+    scheduler.poke(a.id)
+    assert plane.calls[-1] == ("start", first.id, a.id)
+
+
+def test_the_destination_rate_applies_unless_the_transfer_sets_one() -> None:
+    scheduler, _, a, _, manifest = _setup()
+    transfer = _transfer(a, manifest)
+    assert scheduler.effective_rate_kbps(transfer) == 5000
+    transfer.send_rate_max_kbps = 0
+    assert scheduler.effective_rate_kbps(transfer) == 0
+
+
+def test_without_a_data_plane_transfers_wait_in_their_queue() -> None:
+    scheduler, _, a, _, manifest = _setup()
+    scheduler.data_plane = None
+    transfer = _transfer(a, manifest)
+    scheduler.enqueue(transfer)
+    assert transfer.status is TransferStatus.PENDING
+    assert scheduler.queue(a.id) == [transfer]
