@@ -1,0 +1,79 @@
+"""How a transfer's files map onto one sequence of numbered blocks.
+
+Blocks ``[0, meta_blocks)`` carry the transfer's metadata (JSON). Then each file in
+manifest order gets ``ceil(size / block_size)`` data blocks followed by one digest block
+(the file's SHA-256 and size); a zero-byte file has only its digest block, and an empty
+directory has no block at all. Block numbers and offsets are 64-bit.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_right
+from dataclasses import dataclass
+
+__all__ = ["DIGEST", "Layout", "Slot"]
+
+DIGEST = struct.Struct("!32sQ")  # sha256, size
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What one block holds."""
+
+    file: int  # -1 for metadata
+    offset: int  # byte offset in the file (or in the metadata)
+    length: int  # payload bytes
+    digest: bool = False
+
+
+class Layout:
+    def __init__(self, block_size: int, meta_size: int, sizes: list[int | None]) -> None:
+        """``sizes``: per manifest entry, the file size, or None for an empty directory."""
+        if block_size <= 0:
+            raise ValueError("block size must be positive")
+        self.block_size = block_size
+        self.meta_size = meta_size
+        self.meta_blocks = -(-meta_size // block_size)
+        self.sizes = sizes
+        self.first: list[int] = []  # first block of each file with blocks
+        self.files: list[int] = []  # their manifest indexes
+        self.data_blocks: dict[int, int] = {}
+        self._first_of: dict[int, int] = {}
+        block = self.meta_blocks
+        for index, size in enumerate(sizes):
+            if size is None:
+                continue
+            self.first.append(block)
+            self.files.append(index)
+            self._first_of[index] = block
+            count = -(-size // block_size)
+            self.data_blocks[index] = count
+            block += count + 1
+        self.total_blocks = block
+
+    def file_range(self, index: int) -> tuple[int, int]:
+        """[first, end) blocks of file ``index``, its digest block included."""
+        first = self._first_of[index]
+        return first, first + self.data_blocks[index] + 1
+
+    def digest_block(self, index: int) -> int:
+        first, end = self.file_range(index)
+        return end - 1
+
+    def locate(self, block: int) -> Slot:
+        if not 0 <= block < self.total_blocks:
+            raise IndexError(block)
+        if block < self.meta_blocks:
+            offset = block * self.block_size
+            return Slot(-1, offset, min(self.block_size, self.meta_size - offset))
+        i = bisect_right(self.first, block) - 1
+        index = self.files[i]
+        relative = block - self.first[i]
+        count = self.data_blocks[index]
+        if relative == count:
+            return Slot(index, 0, DIGEST.size, digest=True)
+        offset = relative * self.block_size
+        size = self.sizes[index]
+        assert size is not None
+        return Slot(index, offset, min(self.block_size, size - offset))

@@ -1,0 +1,73 @@
+"""The transfer metadata the sender sends first (JSON in the metadata blocks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = ["FileEntry", "Metadata", "decode_metadata", "encode_metadata"]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # the manifest's destination path (the target path)
+    src: str  # the manifest's source path, as the sender's user named it
+    size: int | None  # None: an empty directory
+    mtime_us: int
+    executable: bool
+
+
+@dataclass(frozen=True)
+class Metadata:
+    transfer_id: str
+    destination_path: str | None
+    files: list[FileEntry]
+    user_data: dict[str, Any] = field(default_factory=dict)
+    sender: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sizes(self) -> list[int | None]:
+        return [f.size for f in self.files]
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size or 0 for f in self.files)
+
+
+def encode_metadata(meta: Metadata) -> bytes:
+    return orjson.dumps({
+        "v": 1,
+        "transferId": meta.transfer_id,
+        "destinationPath": meta.destination_path,
+        "userData": meta.user_data,
+        "sender": meta.sender,
+        "files": [[f.path, f.src, f.size, f.mtime_us, f.executable] for f in meta.files],
+    })
+
+
+def decode_metadata(data: bytes) -> Metadata:
+    """Parse and check the metadata; ValueError says what is wrong."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ValueError("transfer metadata is not valid JSON") from None
+    if not isinstance(obj, dict) or obj.get("v") != 1:
+        raise ValueError("unknown transfer metadata version")
+    files: list[FileEntry] = []
+    for item in obj.get("files", []):
+        if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)
+                and isinstance(item[1], str) and (item[2] is None or (
+                    isinstance(item[2], int) and item[2] >= 0))
+                and isinstance(item[3], int) and isinstance(item[4], bool)):
+            raise ValueError("malformed file entry in transfer metadata")
+        files.append(FileEntry(item[0], item[1], item[2], item[3], item[4]))
+    destination_path = obj.get("destinationPath")
+    user_data = obj.get("userData") or {}
+    if destination_path is not None and not isinstance(destination_path, str):
+        raise ValueError("malformed destinationPath in transfer metadata")
+    if not isinstance(user_data, dict):
+        raise ValueError("malformed userData in transfer metadata")
+    return Metadata(str(obj.get("transferId", "")), destination_path, files, user_data,
+                    obj.get("sender") or {})

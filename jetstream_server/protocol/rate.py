@@ -1,0 +1,145 @@
+"""Pacing and automatic rate control, sans-I/O (time is passed in, in seconds).
+
+:class:`Pacer` is a token bucket: it lets bytes out at ``rate_bps`` with a burst of at
+most ``burst_s`` worth of data (and at least one datagram), so a limited sender never
+exceeds its limit over any window longer than the burst.
+
+:class:`RateController` finds the rate automatically, in the manner of BBR: it measures the
+delivery rate at the receiver (bytes the receiver got, over the receiver's own clock) and
+the round-trip time, keeps the largest recent delivery rate as the bottleneck estimate,
+and paces at that estimate times a gain that cycles 1.25, 0.75, 1, 1, 1, 1, 1, 1 per
+round trip, so it probes for more room and then drains the queue it made. Random loss
+lowers the delivery rate only by the loss fraction, so it is not taken for congestion.
+At start the gain is 2 until the estimate stops growing by 25% for three rounds.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["Pacer", "RateController"]
+
+_CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+class Pacer:
+    def __init__(self, rate_bps: float, burst_s: float = 0.002, min_burst_bytes: int = 1500,
+                 now: float = 0.0) -> None:
+        self.rate_bps = rate_bps
+        self.burst_s = burst_s
+        self.min_burst_bytes = min_burst_bytes
+        self._tokens = 0.0
+        self._last = now
+
+    @property
+    def burst_bytes(self) -> float:
+        return max(self.rate_bps / 8 * self.burst_s, self.min_burst_bytes)
+
+    def set_rate(self, rate_bps: float, now: float) -> None:
+        self._refill(now)
+        self.rate_bps = rate_bps
+        self._tokens = min(self._tokens, self.burst_bytes)
+
+    def _refill(self, now: float) -> None:
+        if now > self._last:
+            self._tokens = min(self._tokens + (now - self._last) * self.rate_bps / 8,
+                               self.burst_bytes)
+            self._last = now
+
+    def allows(self, size: int, now: float) -> bool:
+        self._refill(now)
+        return self._tokens >= size - 0.5
+
+    def consume(self, size: int) -> None:
+        self._tokens -= size
+
+    def next_time(self, size: int, now: float) -> float:
+        """When ``size`` bytes will be allowed."""
+        self._refill(now)
+        missing = size - 0.5 - self._tokens
+        if missing <= 0:
+            return now
+        return now + max(missing * 8 / self.rate_bps, 1e-6)
+
+
+class RateController:
+    def __init__(self, initial_bps: float = 10e6, max_bps: float = 10e9,
+                 min_bps: float = 256e3) -> None:
+        self.max_bps = max_bps
+        self.min_bps = min_bps
+        self.btl_bps = initial_bps / 2  # startup doubles it
+        self.min_rtt_s = 0.1
+        self.startup = True
+        self._full_rounds = 0
+        self._full_bw = 0.0
+        self._cycle = 0
+        self._round_end = 0.0
+        self._samples: deque[tuple[float, float]] = deque()  # (time, delivery rate)
+        self._deliveries: deque[tuple[float, int]] = deque()  # (receiver time, bytes)
+        self._rtt_samples: deque[tuple[float, float]] = deque()
+
+    @property
+    def round_s(self) -> float:
+        return max(self.min_rtt_s, 0.01)
+
+    def on_rtt(self, rtt_s: float, now: float) -> None:
+        samples = self._rtt_samples  # a monotonic deque: rising RTTs
+        while samples and samples[-1][1] >= rtt_s:
+            samples.pop()
+        samples.append((now, rtt_s))
+        while now - samples[0][0] > 10.0:
+            samples.popleft()
+        self.min_rtt_s = samples[0][1]
+
+    def on_delivery(self, receiver_time_s: float, received_bytes: int, now: float) -> None:
+        """The receiver had received ``received_bytes`` at ``receiver_time_s``."""
+        deliveries = self._deliveries
+        deliveries.append((receiver_time_s, received_bytes))
+        span = self.round_s
+        while len(deliveries) > 2 and receiver_time_s - deliveries[1][0] >= span:
+            deliveries.popleft()
+        first_t, first_b = deliveries[0]
+        if receiver_time_s - first_t >= span * 0.5 and received_bytes > first_b:
+            rate = (received_bytes - first_b) * 8 / (receiver_time_s - first_t)
+            samples = self._samples  # a monotonic deque: falling rates
+            while samples and samples[-1][1] <= rate:
+                samples.pop()
+            samples.append((now, rate))
+        window = 10 * self.round_s
+        while len(self._samples) > 1 and now - self._samples[0][0] > window:
+            self._samples.popleft()
+        if self._samples:
+            self.btl_bps = max(self._samples[0][1], self.min_bps)
+        if now >= self._round_end:
+            self._next_round(now)
+
+    def _next_round(self, now: float) -> None:
+        self._round_end = now + self.round_s
+        if self.startup:
+            if self.btl_bps >= self._full_bw * 1.25:
+                self._full_bw = self.btl_bps
+                self._full_rounds = 0
+            else:
+                self._full_rounds += 1
+                if self._full_rounds >= 3:
+                    self.startup = False
+                    self._cycle = 1  # drain first
+        else:
+            self._cycle = (self._cycle + 1) % len(_CYCLE)
+
+    @property
+    def gain(self) -> float:
+        return 2.0 if self.startup else _CYCLE[self._cycle]
+
+    def pacing_bps(self, limit_bps: float | None = None) -> float:
+        """The rate to pace at now, never above ``limit_bps`` when one is set."""
+        rate = min(self.btl_bps * self.gain, self.max_bps)
+        if limit_bps:
+            if self.btl_bps >= 0.97 * limit_bps:
+                return limit_bps  # the path carries the limit: hold it, no drain dips
+            rate = min(rate, limit_bps)
+        return max(rate, self.min_bps)
+
+    def window_bytes(self) -> float:
+        """Most bytes in flight: two bottleneck-delay products, at least 256 KiB."""
+        return max(2 * self.btl_bps / 8 * max(self.min_rtt_s, 0.005), 256 * 1024)

@@ -1,0 +1,338 @@
+"""The receiving end of one transfer session, sans-I/O.
+
+The endpoint parses each datagram's header and hands the body to
+:meth:`ReceiverCore.receive`. The core answers the handshake, collects the metadata, hands
+file data out as :attr:`ReceiverCore.writes` (file, offset, bytes) for the adapter to write,
+raises events (:class:`MetadataReady`, :class:`FileReady`, :class:`Closed`) for the adapter
+to act on, and acknowledges. The adapter reports back with :meth:`metadata_accepted`,
+:meth:`file_committed` and :meth:`fail`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from .layout import DIGEST, Layout
+from .ranges import RangeSet
+from .wire import (
+    ACK_COMPLETE,
+    ACK_READY,
+    DATA_HEADER,
+    MAX_ACK_RANGES,
+    Ack,
+    Challenge,
+    Garbage,
+    Hello,
+    Kind,
+    encode,
+    encode_ack,
+    encode_challenge,
+    encode_error,
+)
+
+__all__ = ["Authorizer", "Closed", "FileReady", "MetadataReady", "ReceiverCore", "RecvPhase"]
+
+#: Data datagrams between two acknowledgements (more often when blocks go missing).
+ACK_EVERY = 16
+ACK_DELAY_S = 0.005
+IDLE_TIMEOUT_S = 120.0
+MAX_METADATA_BYTES = 256 * 1024 * 1024
+MIN_BLOCK, MAX_BLOCK = 256, 1024 * 1024
+#: ACK datagrams sent at once when many ranges are missing.
+MAX_ACK_DATAGRAMS = 4
+_U32 = 2**32
+
+
+class Authorizer(Protocol):
+    allow_anonymous: bool
+
+    def challenge(self, user: str) -> tuple[bytes, int, int, int]:
+        """(salt, log2 n, r, p) of the user's password hash; made up for unknown users."""
+        ...
+
+    def verify(self, user: str, proof: bytes, nonce: bytes, session: int,
+               transfer_id: bytes) -> bool:
+        ...
+
+
+class RecvPhase(Enum):
+    CHALLENGED = "challenged"
+    METADATA = "metadata"
+    PREPARING = "preparing"
+    DATA = "data"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class MetadataReady:
+    metadata: bytes
+
+
+@dataclass(frozen=True)
+class FileReady:
+    file: int
+    digest: bytes
+    size: int
+
+
+@dataclass(frozen=True)
+class Closed:
+    reason: str
+
+
+Event = MetadataReady | FileReady | Closed
+
+
+class ReceiverCore:
+    def __init__(self, session: int, hello: Hello, authorizer: Authorizer,
+                 now: float) -> None:
+        if not MIN_BLOCK <= hello.block_size <= MAX_BLOCK:
+            raise Garbage("block size out of range")
+        if not 0 < hello.meta_size <= MAX_METADATA_BYTES or \
+                hello.meta_blocks != -(-hello.meta_size // hello.block_size):
+            raise Garbage("bad metadata size")
+        self.session = session
+        self.hello = hello
+        self.authorizer = authorizer
+        self.user: str | None = None
+        self.error: str | None = None
+        self.layout: Layout | None = None
+        self.received = RangeSet()
+        self.metadata = bytearray(hello.meta_size)
+        self.writes: list[tuple[int, int, bytes]] = []
+        self.events: deque[Event] = deque()
+        self.committed = 0
+        self._file_blocks: dict[int, int] = {}
+        self._digests: dict[int, tuple[bytes, int]] = {}
+        self._control: list[bytes] = []
+        self._nonce = secrets.token_bytes(16)
+        self._unacked = 0
+        self._ack_now = False
+        self._ack_due: float | None = None
+        self._echo_ts = 0
+        self._echo_at = now
+        self.last_recv_s = now
+        self.packets = 0
+        self.bytes = 0
+        self.duplicates = 0
+        self.phase = RecvPhase.CHALLENGED
+        if hello.user:
+            salt, log2_n, r, p = authorizer.challenge(hello.user)
+            self._challenge = encode_challenge(
+                session, Challenge(self._nonce, log2_n, r, p, salt))
+            self._control.append(self._challenge)
+        elif authorizer.allow_anonymous:
+            self._accept("anonymous")
+        else:
+            self.fail("This server accepts transfers only from its users: give the "
+                      "destination the destinationUser and destinationPassword of an "
+                      "account on it.")
+
+    # -- from the adapter -------------------------------------------------------------
+
+    def fail(self, message: str) -> None:
+        if self.phase in (RecvPhase.FAILED, RecvPhase.CLOSED, RecvPhase.COMPLETE):
+            return
+        self.phase = RecvPhase.FAILED
+        self.error = message
+        self._control.append(encode_error(self.session, Kind.ERROR, message))
+
+    def metadata_accepted(self, layout: Layout) -> None:
+        if self.phase is not RecvPhase.PREPARING:
+            return
+        self.layout = layout
+        self.phase = RecvPhase.DATA
+        self._ack_now = True
+        if not layout.files:
+            self._complete()
+
+    def file_committed(self, file: int) -> None:
+        if self.phase is not RecvPhase.DATA or self.layout is None:
+            return
+        self.committed += 1
+        if self.committed == len(self.layout.files):
+            self._complete()
+
+    def _complete(self) -> None:
+        self.phase = RecvPhase.COMPLETE
+        self._ack_now = True
+
+    def _accept(self, user: str) -> None:
+        self.user = user
+        self.phase = RecvPhase.METADATA
+        self._control.append(encode(Kind.ACCEPT, self.session))
+
+    # -- datagrams --------------------------------------------------------------------
+
+    def receive(self, kind: Kind, body: memoryview, size: int, now: float) -> None:
+        """One datagram of this session (header checked); raises Garbage if malformed."""
+        self.last_recv_s = now
+        self.packets += 1
+        self.bytes += size
+        phase = self.phase
+        if phase in (RecvPhase.FAILED, RecvPhase.CLOSED):
+            if phase is RecvPhase.FAILED and kind is not Kind.CLOSE:
+                self._control.append(encode_error(self.session, Kind.ERROR,
+                                                  self.error or "failed"))
+            if kind is Kind.CLOSE:
+                self.phase = RecvPhase.CLOSED
+            return
+        if kind is Kind.DATA:
+            self._data(body, now)
+        elif kind is Kind.HELLO:
+            if phase is RecvPhase.CHALLENGED:
+                self._control.append(self._challenge)
+            else:
+                self._control.append(encode(Kind.ACCEPT, self.session))
+        elif kind is Kind.AUTH:
+            self._auth(bytes(body))
+        elif kind is Kind.PING:
+            self._ack_now = True
+        elif kind is Kind.CLOSE:
+            if phase is not RecvPhase.COMPLETE:
+                reason = bytes(body[2:]).decode(errors="replace") or "closed by the sender"
+                self.events.append(Closed(reason))
+            self.phase = RecvPhase.CLOSED
+        else:
+            raise Garbage(f"unexpected {kind.name}")
+
+    def _auth(self, proof: bytes) -> None:
+        if self.phase is not RecvPhase.CHALLENGED:
+            if self.phase is not RecvPhase.FAILED:
+                self._control.append(encode(Kind.ACCEPT, self.session))
+            return
+        user = self.hello.user
+        if self.authorizer.verify(user, proof, self._nonce, self.session,
+                                  self.hello.transfer_id):
+            self._accept(user)
+        else:
+            self.fail(f"The receiving server refused user {user!r}: wrong user name or "
+                      "password.")
+
+    def _data(self, body: memoryview, now: float) -> None:
+        if self.phase is RecvPhase.CHALLENGED:
+            raise Garbage("data before authentication")
+        if len(body) < DATA_HEADER.size:
+            raise Garbage("short DATA")
+        block, sent_us = DATA_HEADER.unpack_from(body, 0)
+        payload = body[DATA_HEADER.size:]
+        if sent_us > self._echo_ts:  # the newest transmission seen, for RTT and losses
+            self._echo_ts, self._echo_at = sent_us, now
+        meta_blocks = self.hello.meta_blocks
+        if block < meta_blocks:
+            self._metadata_block(block, payload)
+        elif self.phase is RecvPhase.DATA and self.layout is not None:
+            self._file_block(block, payload, self.layout)
+        elif self.phase is RecvPhase.COMPLETE:
+            self.duplicates += 1
+            self._ack_now = True
+            return
+        else:
+            return  # file data before the metadata is accepted: the sender resends it
+        self._unacked += 1
+
+    def _metadata_block(self, block: int, payload: memoryview) -> None:
+        offset = block * self.hello.block_size
+        expected = min(self.hello.block_size, self.hello.meta_size - offset)
+        if len(payload) != expected:
+            raise Garbage("bad metadata block length")
+        if not self.received.add(block):
+            self.duplicates += 1
+            return
+        self.metadata[offset:offset + expected] = payload
+        if self.phase is RecvPhase.METADATA and \
+                self.received.first_missing(0) >= self.hello.meta_blocks:
+            self.phase = RecvPhase.PREPARING
+            self.events.append(MetadataReady(bytes(self.metadata)))
+
+    def _file_block(self, block: int, payload: memoryview, layout: Layout) -> None:
+        if block >= layout.total_blocks:
+            raise Garbage("block beyond the transfer")
+        slot = layout.locate(block)
+        if len(payload) != slot.length:
+            raise Garbage("bad block length")
+        previous_end = self.received.first_missing(0)
+        if not self.received.add(block):
+            self.duplicates += 1
+            return
+        if block > previous_end:
+            self._ack_now = True  # a gap: tell the sender soon
+        if slot.digest:
+            digest, size = DIGEST.unpack(payload)
+            if size != layout.sizes[slot.file]:
+                self.fail(f"File {slot.file} changed size during the transfer.")
+                return
+            self._digests[slot.file] = (digest, size)
+        else:
+            self.writes.append((slot.file, slot.offset, bytes(payload)))
+        count = self._file_blocks.get(slot.file, 0) + 1
+        self._file_blocks[slot.file] = count
+        if count == layout.data_blocks[slot.file] + 1:
+            digest, size = self._digests.pop(slot.file)
+            self.events.append(FileReady(slot.file, digest, size))
+
+    # -- outputs and time -------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        out, self._control = self._control, []
+        if self.phase in (RecvPhase.METADATA, RecvPhase.PREPARING, RecvPhase.DATA,
+                          RecvPhase.COMPLETE):
+            if self._unacked and self._ack_due is None:
+                self._ack_due = now + ACK_DELAY_S
+            if self._ack_now or self._unacked >= ACK_EVERY or (
+                    self._ack_due is not None and now >= self._ack_due):
+                out += self._acks(now)
+        return out
+
+    def _acks(self, now: float) -> list[bytes]:
+        self._unacked, self._ack_now, self._ack_due = 0, False, None
+        cum = self.received.first_missing(0)
+        flags = 0
+        if self.phase is RecvPhase.DATA:
+            flags |= ACK_READY
+        elif self.phase is RecvPhase.COMPLETE:
+            flags |= ACK_READY | ACK_COMPLETE
+        ranges = self.received.ranges_from(cum, MAX_ACK_RANGES * MAX_ACK_DATAGRAMS)
+        out: list[bytes] = []
+        delay_us = min(int((now - self._echo_at) * 1e6), _U32 - 1)
+        for i in range(0, max(len(ranges), 1), MAX_ACK_RANGES):
+            chunk = _fit_u32(cum, ranges[i:i + MAX_ACK_RANGES])
+            out.append(encode_ack(self.session, Ack(
+                cum, self.packets, self.bytes, int(now * 1e6), self._echo_ts, delay_us,
+                self.committed, flags, chunk)))
+        return out
+
+    def get_timer(self) -> float | None:
+        if self.phase is RecvPhase.CLOSED:
+            return None
+        deadline = self.last_recv_s + IDLE_TIMEOUT_S
+        if self._ack_due is not None:
+            deadline = min(deadline, self._ack_due)
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        if self.phase is RecvPhase.CLOSED:
+            return
+        if now - self.last_recv_s >= IDLE_TIMEOUT_S:
+            if self.phase is not RecvPhase.COMPLETE:
+                self.events.append(Closed(
+                    f"The sender was silent for {IDLE_TIMEOUT_S:.0f} s."))
+            self.phase = RecvPhase.CLOSED
+
+
+def _fit_u32(cum: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Keep the ranges whose gaps and lengths fit the ACK's 32-bit fields."""
+    out: list[tuple[int, int]] = []
+    previous = cum
+    for start, end in ranges:
+        if start - previous >= _U32 or end - start >= _U32:
+            break
+        out.append((start, end))
+        previous = end
+    return out

@@ -1,0 +1,363 @@
+"""The sending end of one transfer session, sans-I/O.
+
+Feed it with :meth:`SenderCore.receive_datagram`, take what it wants sent from
+:meth:`SenderCore.datagrams_to_send`, and call :meth:`SenderCore.handle_timer` at
+:meth:`SenderCore.get_timer`. Time is passed in (seconds, monotonic). File data comes from
+a :class:`BlockSource`, which may answer "not yet" (None) while it reads ahead.
+
+Phases: HELLO (and CHALLENGE/AUTH when the destination has credentials) until ACCEPT; then
+the metadata blocks until the receiver's ACK says it is ready; then every block, paced,
+with selective retransmission of what the receiver's ACKs show missing; then wait for the
+ACK that says every file is verified and in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections import OrderedDict, deque
+from enum import Enum
+from typing import Protocol
+
+from .layout import Layout, Slot
+from .ranges import RangeSet
+from .rate import Pacer, RateController
+from .wire import (
+    ACK_COMPLETE,
+    ACK_READY,
+    DATA_HEADER,
+    HEADER,
+    MAGIC,
+    VERSION,
+    Ack,
+    Challenge,
+    Garbage,
+    Hello,
+    Kind,
+    decode_ack,
+    decode_challenge,
+    decode_error,
+    encode,
+    encode_error,
+    encode_hello,
+    parse_header,
+    seal,
+)
+
+__all__ = ["BlockSource", "SendPhase", "SenderCore", "SourceError", "auth_proof"]
+
+#: The least time a later datagram must have been sent after a block, and seen by the
+#: receiver, before the block counts as lost (reordering tolerance).
+REORDER_MIN_S = 0.001
+HANDSHAKE_RTO_S = 0.25
+MAX_RTO_S = 2.0
+#: Give up when the receiver has been silent this long.
+SILENCE_TIMEOUT_S = 60.0
+KEEPALIVE_S = 0.5
+
+
+class SourceError(Exception):
+    """A source file cannot be sent as the manifest describes it (message names it)."""
+
+
+class BlockSource(Protocol):
+    def block(self, slot: Slot) -> bytes | memoryview | None:
+        """The payload of a file block or digest block; None when not read yet."""
+        ...
+
+
+class SendPhase(Enum):
+    HANDSHAKE = "handshake"
+    NEED_PROOF = "need proof"
+    AUTH_SENT = "auth sent"
+    METADATA = "metadata"
+    DATA = "data"
+    DONE = "done"
+    FAILED = "failed"
+
+
+def auth_proof(verifier: bytes, nonce: bytes, session: int, transfer_id: bytes) -> bytes:
+    """What proves the sender knows the password: HMAC-SHA256 keyed with the scrypt hash."""
+    message = nonce + struct.pack("!Q", session) + transfer_id
+    return hmac.new(verifier, message, hashlib.sha256).digest()
+
+
+class SenderCore:
+    def __init__(self, session: int, hello: Hello, metadata: bytes, layout: Layout,
+                 source: BlockSource, now: float, rate_limit_bps: float | None = None,
+                 reliable: bool = False) -> None:
+        self.session = session
+        self.hello = hello
+        self.metadata = metadata
+        self.layout = layout
+        self.source = source
+        self.reliable = reliable  # TCP data mode: nothing is ever lost
+        self.phase = SendPhase.HANDSHAKE
+        self.challenge: Challenge | None = None
+        self.error: str | None = None
+        self.rate_limit_bps = rate_limit_bps or None
+        self.controller = RateController()
+        self.pacer = Pacer(self._rate(), now=now)
+        self.suspended = False
+        self.acked = RangeSet()
+        #: block -> time of its last transmission, oldest first
+        self.in_flight: OrderedDict[int, float] = OrderedDict()
+        self.lost: deque[int] = deque()
+        self.next_new = 0
+        self._echo_max_s = 0.0
+        self.srtt_s: float | None = None
+        self.rttvar_s = 0.0
+        self.committed = 0
+        self._control: list[bytes] = [encode_hello(session, hello)]
+        self._handshake_at = now + HANDSHAKE_RTO_S
+        self._handshake_rto = HANDSHAKE_RTO_S
+        self._last_recv_s = now
+        self._last_ack_s = now
+        self._pto_count = 0
+        self._keepalive_at = now + KEEPALIVE_S
+        self._proof: bytes | None = None
+        # counters, as the Transfer structure shows them
+        self.bytes_sent = 0
+        self.bytes_recv = 0
+        self.packets_sent = 0
+        self.packets_recv = 0
+        self.blocks_sent = 0
+        self.blocks_retransmitted = 0
+        self.datagrams_dropped = 0
+
+    # -- inputs -----------------------------------------------------------------------
+
+    @property
+    def blocks_acked(self) -> int:
+        return self.acked.count
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (SendPhase.DONE, SendPhase.FAILED)
+
+    def set_rate_limit(self, rate_limit_bps: float | None, now: float) -> None:
+        self.rate_limit_bps = rate_limit_bps or None
+        self.pacer.set_rate(self._rate(), now)
+
+    def provide_proof(self, verifier: bytes) -> None:
+        """The scrypt hash of the destination password under the receiver's salt."""
+        if self.phase is not SendPhase.NEED_PROOF or self.challenge is None:
+            return
+        self._proof = auth_proof(verifier, self.challenge.nonce, self.session,
+                                 self.hello.transfer_id)
+        self._control.append(encode(Kind.AUTH, self.session, self._proof))
+        self.phase = SendPhase.AUTH_SENT
+
+    def fail(self, message: str) -> None:
+        if not self.finished:
+            self.phase, self.error = SendPhase.FAILED, message
+
+    def close_datagram(self, reason: str) -> bytes:
+        return encode_error(self.session, Kind.CLOSE, reason)
+
+    def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
+        try:
+            kind, session = parse_header(data)
+        except Garbage:
+            self.datagrams_dropped += 1
+            return
+        if session != self.session:
+            self.datagrams_dropped += 1
+            return
+        self.packets_recv += 1
+        self.bytes_recv += len(data)
+        self._last_recv_s = now
+        body = memoryview(data)[HEADER.size:]
+        try:
+            self._receive(kind, body, now)
+        except Garbage:
+            self.datagrams_dropped += 1
+
+    def _receive(self, kind: Kind, body: memoryview, now: float) -> None:
+        if kind is Kind.CHALLENGE and self.phase is SendPhase.HANDSHAKE:
+            self.challenge = decode_challenge(body)
+            self.phase = SendPhase.NEED_PROOF
+        elif kind is Kind.ACCEPT and self.phase in (SendPhase.HANDSHAKE, SendPhase.AUTH_SENT):
+            self.phase = SendPhase.METADATA
+            self._last_ack_s = now
+        elif kind is Kind.ERROR and not self.finished:
+            self.fail(decode_error(body) or "The receiver refused the transfer.")
+        elif kind is Kind.ACK and self.phase in (SendPhase.METADATA, SendPhase.DATA):
+            self._on_ack(decode_ack(body), now)
+
+    def _on_ack(self, ack: Ack, now: float) -> None:
+        self._last_ack_s = now
+        self._pto_count = 0
+        if ack.echo_ts_us:
+            echo_s = ack.echo_ts_us / 1e6
+            rtt = now - echo_s - ack.echo_delay_us / 1e6
+            if 0 < rtt < 60:
+                self._rtt_sample(rtt, now)
+            self._echo_max_s = max(self._echo_max_s, echo_s)
+        self.controller.on_delivery(ack.recv_ts_us / 1e6, ack.bytes, now)
+        self.pacer.set_rate(self._rate(), now)
+        in_flight = self.in_flight
+        for start, end in [(0, ack.cum), *ack.ranges]:
+            end = min(end, self.layout.total_blocks)
+            for new_start, new_end in self.acked.add_range(start, end):
+                for block in range(new_start, new_end):
+                    in_flight.pop(block, None)
+        self.committed = ack.committed
+        if ack.flags & ACK_READY and self.phase is SendPhase.METADATA:
+            self.phase = SendPhase.DATA
+        if ack.flags & ACK_COMPLETE:
+            self.phase = SendPhase.DONE
+            return
+        if not self.reliable:
+            self._detect_losses(now)
+
+    def _rtt_sample(self, rtt: float, now: float) -> None:
+        if self.srtt_s is None:
+            self.srtt_s, self.rttvar_s = rtt, rtt / 2
+        else:
+            self.rttvar_s = 0.75 * self.rttvar_s + 0.25 * abs(self.srtt_s - rtt)
+            self.srtt_s = 0.875 * self.srtt_s + 0.125 * rtt
+        self.controller.on_rtt(rtt, now)
+
+    def _detect_losses(self, now: float) -> None:
+        """A block is lost when the receiver has seen a datagram sent a reordering
+        window after the block's last transmission, and not the block."""
+        horizon = self._echo_max_s - max((self.srtt_s or 0.1) / 8, REORDER_MIN_S)
+        in_flight = self.in_flight
+        while in_flight:
+            block, sent_s = next(iter(in_flight.items()))
+            if sent_s >= horizon:
+                break
+            del in_flight[block]
+            self.lost.append(block)
+
+    def _rate(self) -> float:
+        return self.controller.pacing_bps(self.rate_limit_bps)
+
+    # -- outputs ----------------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float, limit: int = 64) -> list[bytes | bytearray]:
+        out: list[bytes | bytearray] = []
+        if self._control:
+            out, self._control = list(self._control), []
+            self.packets_sent += len(out)
+            self.bytes_sent += sum(len(d) for d in out)
+        if self.finished or self.suspended or self.phase not in (SendPhase.METADATA,
+                                                                 SendPhase.DATA):
+            return out
+        pacer = self.pacer
+        size = HEADER.size + DATA_HEADER.size + self.layout.block_size
+        window = self.controller.window_bytes() / self.layout.block_size + 64
+        while len(out) < limit and pacer.allows(size, now):
+            block = self._next_block(window)
+            if block is None:
+                break
+            datagram = self._data_datagram(block, now)
+            if datagram is None:
+                break
+            out.append(datagram)
+            pacer.consume(len(datagram))
+        return out
+
+    def _next_block(self, window: float) -> int | None:
+        while self.lost:
+            block = self.lost[0]
+            if block in self.acked:
+                self.lost.popleft()
+                continue
+            return block
+        limit = self.layout.meta_blocks if self.phase is SendPhase.METADATA else \
+            self.layout.total_blocks
+        if self.next_new < limit and len(self.in_flight) < window:
+            return self.next_new
+        return None
+
+    def _data_datagram(self, block: int, now: float) -> bytearray | None:
+        slot = self.layout.locate(block)
+        if slot.file < 0:
+            payload: bytes | memoryview | None = self.metadata[slot.offset:
+                                                               slot.offset + slot.length]
+        else:
+            try:
+                payload = self.source.block(slot)
+            except SourceError as exc:
+                self.fail(str(exc))
+                return None
+        if payload is None:
+            return None  # the source is still reading; the adapter wakes us
+        if len(payload) != slot.length:
+            self.fail(f"internal: block {block} has {len(payload)} bytes, not {slot.length}")
+            return None
+        datagram = bytearray(HEADER.size + DATA_HEADER.size + slot.length)
+        HEADER.pack_into(datagram, 0, MAGIC, VERSION, Kind.DATA, self.session, 0)
+        DATA_HEADER.pack_into(datagram, HEADER.size, block, int(now * 1e6))
+        datagram[HEADER.size + DATA_HEADER.size:] = payload
+        seal(datagram, len(datagram))
+        retransmit = bool(self.lost) and self.lost[0] == block
+        if retransmit:
+            self.lost.popleft()
+            self.blocks_retransmitted += 1
+        else:
+            self.next_new += 1
+        self.in_flight[block] = now
+        self.in_flight.move_to_end(block)
+        self.blocks_sent += 1
+        self.packets_sent += 1
+        self.bytes_sent += len(datagram)
+        return datagram
+
+    def get_timer(self) -> float | None:
+        if self.finished:
+            return None
+        deadlines = [self._last_recv_s + SILENCE_TIMEOUT_S]
+        if self.phase in (SendPhase.HANDSHAKE, SendPhase.AUTH_SENT):
+            deadlines.append(self._handshake_at)
+        elif self.phase in (SendPhase.METADATA, SendPhase.DATA):
+            deadlines.append(self._keepalive_at)
+            if self.in_flight and not self.reliable:
+                deadlines.append(self._last_ack_s + self._pto())
+        return min(deadlines)
+
+    def next_send_time(self, now: float) -> float | None:
+        """When datagrams_to_send would next have data to give (pacing), if it has any."""
+        if self.finished or self.suspended or self.phase not in (SendPhase.METADATA,
+                                                                 SendPhase.DATA):
+            return None
+        window = self.controller.window_bytes() / self.layout.block_size + 64
+        if self._next_block(window) is None:
+            return None
+        return self.pacer.next_time(HEADER.size + DATA_HEADER.size + self.layout.block_size,
+                                    now)
+
+    def _pto(self) -> float:
+        srtt = self.srtt_s if self.srtt_s is not None else 0.25
+        base = srtt + max(4 * self.rttvar_s, 0.01) + 0.025
+        return float(min(base * (2 ** self._pto_count), MAX_RTO_S * 4))
+
+    def handle_timer(self, now: float) -> None:
+        if self.finished:
+            return
+        if now - self._last_recv_s >= SILENCE_TIMEOUT_S:
+            self.fail(f"No answer from the receiver for {SILENCE_TIMEOUT_S:.0f} s.")
+            return
+        if self.phase in (SendPhase.HANDSHAKE, SendPhase.AUTH_SENT) and \
+                now >= self._handshake_at:
+            if self.phase is SendPhase.HANDSHAKE:
+                self._control.append(encode_hello(self.session, self.hello))
+            elif self._proof is not None:
+                self._control.append(encode(Kind.AUTH, self.session, self._proof))
+            self._handshake_rto = min(self._handshake_rto * 2, MAX_RTO_S)
+            self._handshake_at = now + self._handshake_rto
+        if self.phase in (SendPhase.METADATA, SendPhase.DATA):
+            if now >= self._keepalive_at:
+                self._control.append(encode(Kind.PING, self.session))
+                self._keepalive_at = now + KEEPALIVE_S
+            if self.in_flight and not self.reliable and \
+                    now >= self._last_ack_s + self._pto():
+                # nothing acknowledged for a while: resend the oldest block and back off
+                block = next(iter(self.in_flight))
+                del self.in_flight[block]
+                self.lost.appendleft(block)
+                self._pto_count += 1
+                self._last_ack_s = now

@@ -1,0 +1,219 @@
+"""Datagram formats of the data protocol (see docs/protocol.md), sans-I/O.
+
+Every datagram starts with a 16-byte header, all integers big-endian::
+
+    0  u16  magic 0x4A53 ("JS")
+    2  u8   version (1)
+    3  u8   type
+    4  u64  session id (chosen at random by the sender)
+    12 u32  CRC-32 of the whole datagram, computed with this field zero
+
+A datagram whose magic, version, length or CRC is wrong is garbage: it is dropped and
+counted, never acted on. Over the TCP data mode the same datagrams travel as frames, each
+preceded by its length (u32), after a 4-byte preface ``JSTD``.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+__all__ = [
+    "DATA_HEADER",
+    "HEADER",
+    "MAGIC",
+    "MAX_DATAGRAM",
+    "TCP_PREFACE",
+    "VERSION",
+    "Ack",
+    "Challenge",
+    "Garbage",
+    "Hello",
+    "Kind",
+    "decode_ack",
+    "decode_challenge",
+    "decode_error",
+    "decode_hello",
+    "encode",
+    "encode_ack",
+    "encode_challenge",
+    "encode_error",
+    "encode_hello",
+    "parse_header",
+    "seal",
+]
+
+MAGIC = 0x4A53
+VERSION = 1
+TCP_PREFACE = b"JSTD"
+#: Largest datagram or TCP frame accepted (TCP frames carry bigger blocks).
+MAX_DATAGRAM = 1024 * 1024 + 64
+
+HEADER = struct.Struct("!HBBQI")  # magic, version, type, session, crc
+DATA_HEADER = struct.Struct("!QQ")  # block index, sender timestamp (us)
+_HELLO = struct.Struct("!16sIQQB")  # transfer id, block size, meta size, meta blocks, flags
+_CHALLENGE = struct.Struct("!16sBBBB")  # nonce, log2 n, r, p, salt length
+_ACK = struct.Struct("!QQQQQIQBH")  # cum, packets, bytes, recv ts, echo ts, echo delay,
+#                                     committed files, flags, range count
+_RANGE = struct.Struct("!II")  # gap from the previous range's end, length
+_ERROR = struct.Struct("!H")
+
+
+class Kind(IntEnum):
+    HELLO = 1
+    CHALLENGE = 2
+    AUTH = 3
+    ACCEPT = 4
+    ERROR = 5
+    DATA = 6
+    ACK = 7
+    CLOSE = 8
+    PING = 9
+
+
+class Garbage(Exception):
+    """The bytes are not a valid datagram of this protocol."""
+
+
+def seal(buffer: bytearray | memoryview, length: int) -> None:
+    """Write the CRC of ``buffer[:length]`` into its header (CRC field zero on entry)."""
+    crc = zlib.crc32(buffer[:length])
+    struct.pack_into("!I", buffer, 12, crc)
+
+
+def encode(kind: Kind, session: int, body: bytes = b"") -> bytes:
+    buffer = bytearray(HEADER.size + len(body))
+    HEADER.pack_into(buffer, 0, MAGIC, VERSION, kind, session, 0)
+    buffer[HEADER.size:] = body
+    seal(buffer, len(buffer))
+    return bytes(buffer)
+
+
+def parse_header(data: bytes | memoryview) -> tuple[Kind, int]:
+    """(kind, session) of a datagram, after checking magic, version and CRC."""
+    if len(data) < HEADER.size:
+        raise Garbage("short datagram")
+    magic, version, kind, session, crc = HEADER.unpack_from(data, 0)
+    if magic != MAGIC or version != VERSION:
+        raise Garbage("bad magic or version")
+    check = zlib.crc32(data[:12])
+    check = zlib.crc32(b"\0\0\0\0", check)
+    check = zlib.crc32(data[16:], check)
+    if check != crc:
+        raise Garbage("bad checksum")
+    try:
+        return Kind(kind), session
+    except ValueError:
+        raise Garbage("unknown type") from None
+
+
+@dataclass(frozen=True)
+class Hello:
+    transfer_id: bytes  # 16 bytes
+    block_size: int
+    meta_size: int
+    meta_blocks: int
+    user: str
+    flags: int = 0
+
+
+def encode_hello(session: int, hello: Hello) -> bytes:
+    user = hello.user.encode()
+    body = _HELLO.pack(hello.transfer_id, hello.block_size, hello.meta_size,
+                       hello.meta_blocks, hello.flags) + user
+    return encode(Kind.HELLO, session, body)
+
+
+def decode_hello(body: bytes | memoryview) -> Hello:
+    if len(body) < _HELLO.size or len(body) > _HELLO.size + 256:
+        raise Garbage("bad HELLO length")
+    transfer_id, block_size, meta_size, meta_blocks, flags = _HELLO.unpack_from(body, 0)
+    try:
+        user = bytes(body[_HELLO.size:]).decode()
+    except UnicodeDecodeError:
+        raise Garbage("bad HELLO user") from None
+    return Hello(transfer_id, block_size, meta_size, meta_blocks, user, flags)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: bytes
+    log2_n: int
+    r: int
+    p: int
+    salt: bytes
+
+
+def encode_challenge(session: int, challenge: Challenge) -> bytes:
+    body = _CHALLENGE.pack(challenge.nonce, challenge.log2_n, challenge.r, challenge.p,
+                           len(challenge.salt)) + challenge.salt
+    return encode(Kind.CHALLENGE, session, body)
+
+
+def decode_challenge(body: bytes | memoryview) -> Challenge:
+    if len(body) < _CHALLENGE.size:
+        raise Garbage("bad CHALLENGE length")
+    nonce, log2_n, r, p, salt_len = _CHALLENGE.unpack_from(body, 0)
+    salt = bytes(body[_CHALLENGE.size:_CHALLENGE.size + salt_len])
+    if len(salt) != salt_len:
+        raise Garbage("bad CHALLENGE salt")
+    return Challenge(nonce, log2_n, r, p, salt)
+
+
+@dataclass
+class Ack:
+    cum: int  # every block below this is received
+    packets: int  # data datagrams received so far in this session
+    bytes: int  # datagram bytes received so far
+    recv_ts_us: int  # receiver's clock when sent
+    echo_ts_us: int  # the newest sender timestamp seen
+    echo_delay_us: int  # how long ago that datagram arrived
+    committed: int  # files verified and under their final names
+    flags: int  # ACK_READY, ACK_COMPLETE
+    ranges: list[tuple[int, int]]  # received [start, end) ranges above cum
+
+
+ACK_READY = 1  # the receiver has accepted the metadata: file data may flow
+ACK_COMPLETE = 2  # every file is verified, fsynced and under its final name
+#: Ranges in one ACK datagram (keeps it under 1400 bytes).
+MAX_ACK_RANGES = 160
+
+
+def encode_ack(session: int, ack: Ack) -> bytes:
+    parts = [_ACK.pack(ack.cum, ack.packets, ack.bytes, ack.recv_ts_us, ack.echo_ts_us,
+                       ack.echo_delay_us, ack.committed, ack.flags, len(ack.ranges))]
+    previous = ack.cum
+    for start, end in ack.ranges:
+        parts.append(_RANGE.pack(start - previous, end - start))
+        previous = end
+    return encode(Kind.ACK, session, b"".join(parts))
+
+
+def decode_ack(body: bytes | memoryview) -> Ack:
+    if len(body) < _ACK.size:
+        raise Garbage("bad ACK length")
+    cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, count = \
+        _ACK.unpack_from(body, 0)
+    if len(body) != _ACK.size + count * _RANGE.size:
+        raise Garbage("bad ACK range count")
+    ranges: list[tuple[int, int]] = []
+    previous = cum
+    for i in range(count):
+        gap, length = _RANGE.unpack_from(body, _ACK.size + i * _RANGE.size)
+        start = previous + gap
+        ranges.append((start, start + length))
+        previous = start + length
+    return Ack(cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, ranges)
+
+
+def encode_error(session: int, kind: Kind, message: str) -> bytes:
+    """An ERROR (or CLOSE, with a reason) carrying a message for the operator."""
+    return encode(kind, session, _ERROR.pack(0) + message.encode()[:1000])
+
+
+def decode_error(body: bytes | memoryview) -> str:
+    if len(body) < _ERROR.size:
+        return ""
+    return bytes(body[_ERROR.size:]).decode(errors="replace")

@@ -1,0 +1,210 @@
+"""Two protocol cores joined by an in-memory link with seeded loss, duplication,
+reordering and corruption, on a simulated clock. No sockets, no disk."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+import secrets
+from dataclasses import dataclass, field
+
+from jetstream_server.protocol.layout import DIGEST, Layout, Slot
+from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, \
+    encode_metadata
+from jetstream_server.protocol.receiver import Closed, FileReady, MetadataReady, \
+    ReceiverCore
+from jetstream_server.protocol.sender import SenderCore, auth_proof
+from jetstream_server.protocol.wire import HEADER, Garbage, Hello, Kind, decode_hello, \
+    parse_header
+from jetstream_server.users import hash_password
+
+
+class MemorySource:
+    def __init__(self, files: list[bytes | None]) -> None:
+        self.files = files
+
+    def block(self, slot: Slot) -> bytes | None:
+        data = self.files[slot.file]
+        assert data is not None
+        if slot.digest:
+            return DIGEST.pack(hashlib.sha256(data).digest(), len(data))
+        return data[slot.offset:slot.offset + slot.length]
+
+
+class MemoryAuthorizer:
+    def __init__(self, users: dict[str, str], allow_anonymous: bool = False) -> None:
+        self.allow_anonymous = allow_anonymous
+        self.users = {name: hash_password(pw) for name, pw in users.items()}
+
+    def _parts(self, user: str) -> tuple[bytes, bytes]:
+        import base64
+
+        stored = self.users.get(user, self.users.get("alice", ""))
+        _, _, _params, salt, digest = stored.split("$")
+        return base64.b64decode(salt), base64.b64decode(digest)
+
+    def challenge(self, user: str) -> tuple[bytes, int, int, int]:
+        return self._parts(user)[0], 14, 8, 1
+
+    def verify(self, user: str, proof: bytes, nonce: bytes, session: int,
+               transfer_id: bytes) -> bool:
+        if user not in self.users:
+            return False
+        expected = auth_proof(self._parts(user)[1], nonce, session, transfer_id)
+        return secrets.compare_digest(expected, proof)
+
+
+def verifier_for(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, n=1 << log2_n, r=r, p=p,
+                          maxmem=64 * 1024 * 1024, dklen=32)
+
+
+@dataclass
+class LinkConfig:
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    corrupt: float = 0.0
+    delay_s: float = 0.01
+    rate_bps: float = 200e6  # the link's own speed
+    seed: int = 0
+
+
+@dataclass
+class Outcome:
+    files: list[bytes | None]
+    complete: bool
+    sender_error: str | None
+    receiver_error: str | None
+    payload_bytes: int
+    wire_bytes_sender: int
+    blocks_sent: int
+    blocks_retransmitted: int
+    corrupted_dropped: int = 0
+    events: list[object] = field(default_factory=list)
+
+
+def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
+        user: str = "alice", password: str = "pw", users: dict[str, str] | None = None,
+        allow_anonymous: bool = False, rate_limit_bps: float | None = None,
+        max_time_s: float = 600.0) -> Outcome:
+    rng = random.Random(link.seed)
+    entries = [FileEntry(f"/f{i}", f"/src{i}", None if d is None else len(d), 0, False)
+               for i, d in enumerate(files)]
+    meta = encode_metadata(Metadata("ab" * 16, None, entries))
+    layout = Layout(block_size, len(meta), [e.size for e in entries])
+    session = rng.getrandbits(64)
+    hello = Hello(bytes(16), block_size, len(meta), layout.meta_blocks, user)
+    now = 0.0
+    sender = SenderCore(session, hello, meta, layout, MemorySource(files), now,
+                        rate_limit_bps=rate_limit_bps)
+    authorizer = MemoryAuthorizer(users if users is not None else {"alice": "pw"},
+                                  allow_anonymous)
+    receiver: ReceiverCore | None = None
+    received: list[bytearray | None] = [None if d is None else bytearray(len(d))
+                                        for d in files]
+    queue: list[tuple[float, int, str, bytes]] = []
+    seq = 0
+    link_free = {"s": 0.0, "r": 0.0}
+    corrupted = 0
+    events: list[object] = []
+
+    def transmit(datagrams: list[bytes] | list[bytes | bytearray], to: str) -> None:
+        nonlocal seq, corrupted
+        direction = "s" if to == "r" else "r"
+        for datagram in datagrams:
+            data = bytes(datagram)
+            start = max(now, link_free[direction])
+            link_free[direction] = start + len(data) * 8 / link.rate_bps
+            if rng.random() < link.loss:
+                continue
+            copies = 2 if rng.random() < link.duplicate else 1
+            for _ in range(copies):
+                arrive = link_free[direction] + link.delay_s
+                if rng.random() < link.reorder:
+                    arrive += rng.uniform(0, link.delay_s)
+                payload = data
+                if rng.random() < link.corrupt:
+                    flipped = bytearray(payload)
+                    bit = rng.randrange(len(flipped) * 8)
+                    flipped[bit // 8] ^= 1 << (bit % 8)
+                    payload = bytes(flipped)
+                    corrupted += 1
+                seq += 1
+                heapq.heappush(queue, (arrive, seq, to, payload))
+
+    def receiver_step() -> None:
+        assert receiver is not None
+        for file, offset, data in receiver.writes:
+            target = received[file]
+            assert target is not None
+            target[offset:offset + len(data)] = data
+        receiver.writes.clear()
+        while receiver.events:
+            event = receiver.events.popleft()
+            events.append(event)
+            if isinstance(event, MetadataReady):
+                decoded = decode_metadata(event.metadata)
+                receiver.metadata_accepted(Layout(block_size, len(event.metadata),
+                                                  decoded.sizes))
+            elif isinstance(event, FileReady):
+                data = bytes(received[event.file] or b"")
+                if hashlib.sha256(data).digest() == event.digest:
+                    receiver.file_committed(event.file)
+                else:
+                    receiver.fail(f"checksum mismatch in file {event.file}")
+            elif isinstance(event, Closed):
+                pass
+        transmit(receiver.datagrams_to_send(now), "s")
+
+    transmit(sender.datagrams_to_send(now), "r")
+    while now < max_time_s and not sender.finished:
+        candidates = [t for t in (sender.get_timer(), sender.next_send_time(now),
+                                  receiver.get_timer() if receiver else None) if t is not None]
+        if queue:
+            candidates.append(queue[0][0])
+        if not candidates:
+            break
+        now = max(now, min(candidates))
+        while queue and queue[0][0] <= now:
+            _, _, to, data = heapq.heappop(queue)
+            if to == "s":
+                sender.receive_datagram(data, now)
+                continue
+            try:
+                kind, sid = parse_header(data)
+                body = memoryview(data)[HEADER.size:]
+                if receiver is None:
+                    if kind is not Kind.HELLO:
+                        continue
+                    receiver = ReceiverCore(sid, decode_hello(body), authorizer, now)
+                else:
+                    receiver.receive(kind, body, len(data), now)
+            except Garbage:
+                continue
+            receiver_step()
+        if sender.challenge is not None and sender.phase.value == "need proof":
+            c = sender.challenge
+            sender.provide_proof(verifier_for(password, c.salt, c.log2_n, c.r, c.p))
+        timer = sender.get_timer()
+        if timer is not None and now >= timer:
+            sender.handle_timer(now)
+        if receiver is not None:
+            rtimer = receiver.get_timer()
+            if rtimer is not None and now >= rtimer:
+                receiver.handle_timer(now)
+            receiver_step()
+        transmit(sender.datagrams_to_send(now), "r")
+    return Outcome(
+        files=[None if r is None else bytes(r) for r in received],
+        complete=sender.phase.value == "done",
+        sender_error=sender.error,
+        receiver_error=receiver.error if receiver else None,
+        payload_bytes=sum(len(d) for d in files if d is not None),
+        wire_bytes_sender=sender.bytes_sent,
+        blocks_sent=sender.blocks_sent,
+        blocks_retransmitted=sender.blocks_retransmitted,
+        corrupted_dropped=corrupted,
+        events=events,
+    )

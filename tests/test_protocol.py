@@ -1,0 +1,167 @@
+"""The data protocol's cores, driven through an in-memory lossy link (no sockets)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jetstream_server.protocol.layout import Layout
+from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, \
+    encode_metadata
+from jetstream_server.protocol.ranges import RangeSet
+from jetstream_server.protocol.wire import (
+    Ack,
+    Garbage,
+    decode_ack,
+    encode_ack,
+    parse_header,
+)
+from tests.protocol_link import LinkConfig, run
+
+files_strategy = st.lists(
+    st.one_of(st.none(), st.binary(max_size=20_000)), min_size=1, max_size=5)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(files=files_strategy, loss=st.floats(0, 0.2), duplicate=st.floats(0, 0.1),
+       reorder=st.floats(0, 0.2), corrupt=st.floats(0, 0.05), seed=st.integers(0, 2**32))
+def test_files_arrive_identical_through_a_hostile_link(
+        files: list[bytes | None], loss: float, duplicate: float, reorder: float,
+        corrupt: float, seed: int) -> None:
+    outcome = run(files, LinkConfig(loss=loss, duplicate=duplicate, reorder=reorder,
+                                    corrupt=corrupt, seed=seed), block_size=512)
+    assert outcome.complete, (outcome.sender_error, outcome.receiver_error)
+    assert outcome.files == files
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.01, 0.05, 0.2])
+def test_retransmission_stays_bounded(loss: float) -> None:
+    data = bytes(range(256)) * 4000  # ~1 MB
+    outcome = run([data], LinkConfig(loss=loss, seed=7), block_size=1024)
+    assert outcome.complete and outcome.files == [data]
+    # every datagram carries 32 header bytes per 1024 payload bytes (3.1 %), plus the
+    # handshake and metadata: the small constant overhead
+    overhead = 0.04
+    assert outcome.wire_bytes_sender <= (1 + 2 * loss + overhead) * len(data) + 20_000
+
+
+def test_corrupted_datagrams_are_never_written() -> None:
+    data = hashlib.sha256(b"x").digest() * 20_000
+    outcome = run([data], LinkConfig(corrupt=0.2, seed=11), block_size=1024)
+    assert outcome.corrupted_dropped > 50
+    assert outcome.complete and outcome.files == [data]
+
+
+def test_wrong_password_and_anonymous_are_refused_unless_allowed() -> None:
+    wrong = run([b"data"], LinkConfig(), password="nope")
+    assert not wrong.complete
+    assert wrong.sender_error is not None and "wrong user name or password" in \
+        wrong.sender_error
+    assert wrong.files == [bytes(4)]  # nothing was accepted
+    anonymous = run([b"data"], LinkConfig(), user="")
+    assert not anonymous.complete and "destinationUser" in (anonymous.sender_error or "")
+    allowed = run([b"data"], LinkConfig(), user="", allow_anonymous=True)
+    assert allowed.complete and allowed.files == [b"data"]
+
+
+def test_a_rate_limited_sender_stays_under_its_limit() -> None:
+    data = b"z" * 2_000_000
+    outcome = run([data], LinkConfig(delay_s=0.005), block_size=1024,
+                  rate_limit_bps=8e6)
+    assert outcome.complete
+    # 2 MB at 8 Mbit/s takes at least 2 s; the simulated clock is checked in
+    # test_pacer_never_exceeds_its_rate below; here the bytes on the wire add up
+    assert outcome.wire_bytes_sender < len(data) * 1.05
+
+
+def test_pacer_never_exceeds_its_rate() -> None:
+    from jetstream_server.protocol.rate import Pacer
+
+    pacer = Pacer(8e6, now=0.0)  # 1 MB/s
+    now, sent = 0.0, []
+    while now < 3.0:
+        if pacer.allows(1400, now):
+            pacer.consume(1400)
+            sent.append(now)
+        else:
+            now = pacer.next_time(1400, now)
+    for start in [i / 10 for i in range(20)]:
+        window = [t for t in sent if start <= t < start + 1.0]
+        assert len(window) * 1400 <= 1_000_000 * 1.0 + 1500 * 2
+
+
+def test_layout_maps_blocks_with_64_bit_offsets() -> None:
+    five_gib = 5 * 1024**3
+    layout = Layout(1400, 3000, [five_gib, None, 0, 10])
+    assert layout.meta_blocks == 3
+    blocks_big = -(-five_gib // 1400)
+    first, end = layout.file_range(0)
+    assert (first, end) == (3, 3 + blocks_big + 1)
+    last_data = layout.locate(end - 2)
+    assert last_data.offset == (blocks_big - 1) * 1400 and last_data.offset > 2**32
+    assert last_data.length == five_gib - last_data.offset
+    assert layout.locate(end - 1).digest
+    assert layout.file_range(2) == (end, end + 1)  # a zero-byte file: its digest block
+    assert layout.total_blocks == end + 1 + 2
+
+
+def test_range_set_tracks_new_subranges() -> None:
+    ranges = RangeSet()
+    assert ranges.add_range(10, 20) == [(10, 20)]
+    assert ranges.add_range(15, 30) == [(20, 30)]
+    assert ranges.add_range(0, 5) == [(0, 5)]
+    assert ranges.add(5) and not ranges.add(5)
+    assert ranges.ranges() == [(0, 6), (10, 30)]
+    assert ranges.add_range(0, 40) == [(6, 10), (30, 40)]
+    assert ranges.ranges() == [(0, 40)] and ranges.count == 40
+    assert ranges.first_missing(0) == 40 and 39 in ranges and 40 not in ranges
+
+
+@given(st.lists(st.integers(0, 300), max_size=300))
+def test_range_set_agrees_with_a_plain_set(values: list[int]) -> None:
+    ranges, plain = RangeSet(), set()
+    for value in values:
+        assert ranges.add(value) == (value not in plain)
+        plain.add(value)
+    assert ranges.count == len(plain)
+    assert all((v in ranges) == (v in plain) for v in range(302))
+    assert ranges.missing(0, 302) == RangeSet_missing(plain, 302)
+
+
+def RangeSet_missing(plain: set[int], end: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for v in range(end):
+        if v not in plain:
+            if out and out[-1][1] == v:
+                out[-1] = (out[-1][0], v + 1)
+            else:
+                out.append((v, v + 1))
+    return out
+
+
+def test_ack_round_trip_and_garbage_detection() -> None:
+    base = 2**40  # block numbers are 64-bit
+    ack = Ack(base, 5, 6000, 123, 456, 7, 2, 3, [(base + 5, base + 10), (base + 99, base + 2**31)])
+    datagram = encode_ack(99, ack)
+    assert decode_ack(memoryview(datagram)[16:]) == ack
+    assert parse_header(datagram)[1] == 99
+    broken = bytearray(datagram)
+    broken[20] ^= 1
+    with pytest.raises(Garbage):
+        parse_header(bytes(broken))
+    for junk in (b"", b"JS", b"\x00" * 64, datagram[:15]):
+        with pytest.raises(Garbage):
+            parse_header(junk)
+
+
+def test_metadata_round_trip_and_refusal() -> None:
+    meta = Metadata("ab", "/in", [FileEntry("/a b.txt", "/src/a b.txt", 5, 1, True),
+                                  FileEntry("/empty", "/src/empty", None, 2, False)],
+                    {"job": 1}, {"server": "x"})
+    assert decode_metadata(encode_metadata(meta)) == meta
+    for junk in (b"[]", b"{", b'{"v": 1, "files": [[1, 2, 3, 4, 5]]}'):
+        with pytest.raises(ValueError):
+            decode_metadata(junk)
