@@ -8,10 +8,12 @@ import logging
 import socket
 from typing import Any
 
+from .dataplane.sending import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE
 from .errors import InvalidParameter, InvalidState
 from .ids import new_id, now_us
 from .manifests import ManifestError, build_file_list, parse_console_mapping
 from .objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer
+from .protocol.layout import Layout
 from .registry import Command, Param, Registry
 from .sandbox import virtual_parts
 from .service import Call, check_user_data
@@ -248,14 +250,19 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     if not -(2**31) <= priority < 2**31:
         raise InvalidParameter("priority must fit in 32 bits.")
     user_data = check_user_data(p["userData"] or {})
+    transport = _transport(p["dataTransport"], destination.data_transport)
+    block_size = TCP_BLOCK_SIZE if transport == "tcp" else UDP_BLOCK_SIZE
+    layout = Layout(block_size, 0, [None if f.is_empty_dir else f.file_size
+                                    for f in manifest.files])
     transfer = Transfer(
         id=new_id(), owner=call.user, create_time_us=now_us(), user_data=user_data,
         destination_id=destination.id, manifest_id=manifest.id,
         destination_path=destination_path, priority=priority,
         send_rate_max_kbps=None if p["sendRateMax"] is None else _rate(p["sendRateMax"]),
         checkpoint_frequency_s=checkpoint or DEFAULT_CHECKPOINT_FREQUENCY_S,
-        data_transport=_transport(p["dataTransport"], destination.data_transport),
+        data_transport=transport,
         total_bytes=manifest.total_size or 0, total_files=manifest.total_files or 0,
+        block_size=block_size, total_blocks=layout.total_blocks,
         initial_user_data=dict(user_data),
     )
     service.scheduler.enqueue(transfer)

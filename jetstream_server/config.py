@@ -43,6 +43,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api-allow-remote-control", bool,
             "Accept API connections from addresses other than loopback."),
     Setting("recv-port", int, "Data port, UDP and TCP (default 8886; 0 picks one)."),
+    Setting("recv-allow-anonymous", bool,
+            "Accept incoming transfers without credentials, as user 'anonymous'."),
     Setting("users-file", Path, "Users file (default: HOME/users)."),
     Setting("superuser", list, "A user who may raise a session with superuser(); repeatable."),
     Setting("sandbox-dir", str,
@@ -71,6 +73,7 @@ class Settings:
     api_port: int = 8886
     api_allow_remote_control: bool = False
     recv_port: int = 8886
+    recv_allow_anonymous: bool = False
     users_file: Path = field(default_factory=lambda: default_home() / "users")
     superuser: tuple[str, ...] = ()
     sandbox_dir: str = field(default_factory=lambda: str(default_home() / "sandbox"))

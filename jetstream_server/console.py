@@ -39,12 +39,14 @@ class UsageError(Exception):
 
 
 def _registry() -> Registry:
+    from .commands_recv import register as register_recv
     from .commands_send import register as register_send
     from .commands_server import register as register_server
 
     registry = Registry()
     register_server(registry)
     register_send(registry)
+    register_recv(registry)
     return registry
 
 

@@ -14,8 +14,6 @@ from .states import ManifestStatus, TransferStatus
 __all__ = ["DEFAULT_PRIORITY", "Destination", "FileMapping", "Manifest", "Owned", "Transfer"]
 
 DEFAULT_PRIORITY = 100
-#: The accounting unit of the block counters, in bytes (JetStream reports 256).
-BLOCK_SIZE_BYTES = 256
 
 
 @dataclass
@@ -150,6 +148,10 @@ class Transfer(Owned):
     data_transport: str
     total_bytes: int
     total_files: int
+    #: The data protocol's block: payload bytes per datagram (UDP) or frame (TCP).
+    block_size: int
+    #: Blocks of the whole transfer (metadata, file data, one digest block per file).
+    total_blocks: int
     #: userData as given to createTransfer (what recv.transferComplete.json reports).
     initial_user_data: dict[str, Any] = field(default_factory=dict)
     status: TransferStatus = TransferStatus.PENDING
@@ -165,10 +167,6 @@ class Transfer(Owned):
     blocks_retransmitted: int = 0
     packets_sent: int = 0
     packets_recv: int = 0
-
-    @property
-    def total_blocks(self) -> int:
-        return -(-self.total_bytes // BLOCK_SIZE_BYTES)
 
     def to_api(self, effective_rate_kbps: int) -> dict[str, Any]:
         return {
@@ -190,7 +188,7 @@ class Transfer(Owned):
             "totalBytes": self.total_bytes,
             "totalFiles": self.total_files,
             "totalBlocks": self.total_blocks,
-            "blockSize": BLOCK_SIZE_BYTES,
+            "blockSize": self.block_size,
             "bytesSent": self.bytes_sent,
             "bytesRecv": self.bytes_recv,
             "blocksSent": self.blocks_sent,

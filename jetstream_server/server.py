@@ -23,7 +23,9 @@ from typing import Any, cast
 
 from .codec import LineDecoder, decode_request, encode_message, error_response
 from .config import Settings
+from .dataplane.receiving import DataEndpoint, DataStream
 from .errors import ApiError, ConfigError, RemoteControlRefused
+from .protocol.wire import TCP_PREFACE
 from .service import Service, Session
 from .transfers import DataPlane
 from .users import UserStore, write_users_file
@@ -89,6 +91,22 @@ def prepare_settings(settings: Settings) -> UserStore:
     return users
 
 
+def _bind_data_port(recv_port: int, api_port: int, same: bool
+                    ) -> tuple[socket.socket, socket.socket | None]:
+    """The UDP data socket, and a TCP data listener unless the API listener serves it."""
+    if same:
+        return _bind(socket.SOCK_DGRAM, None, api_port, "data UDP"), None
+    for _ in range(10):
+        udp = _bind(socket.SOCK_DGRAM, None, recv_port, "data UDP")
+        try:
+            return udp, _bind(socket.SOCK_STREAM, None, udp.getsockname()[1], "data TCP")
+        except ConfigError:
+            udp.close()
+            if recv_port != 0:
+                raise
+    raise ConfigError("Cannot find a free port for both UDP and TCP data; set --recv-port.")
+
+
 def _bind(kind: int, host: str | None, port: int, what: str) -> socket.socket:
     """Bind a TCP or UDP socket; ``host`` None means every interface (dual stack)."""
     families: list[tuple[int, str]]
@@ -129,9 +147,10 @@ class Server:
         self.service: Service | None = None
         self._api_server: asyncio.AbstractServer | None = None
         self._udp: socket.socket | None = None
+        self._data_server: asyncio.AbstractServer | None = None
+        self.endpoint: DataEndpoint | None = None
         self._connections: set[ControlConnection] = set()
         self._closed = asyncio.Event()
-        self.datagrams_dropped = 0
 
     @property
     def api_port(self) -> int:
@@ -150,9 +169,8 @@ class Server:
         api_sock = _bind(socket.SOCK_STREAM, settings.api_host, settings.api_port, "API TCP")
         try:
             api_port = api_sock.getsockname()[1]
-            same = settings.recv_port == settings.api_port
-            udp = _bind(socket.SOCK_DGRAM, None, api_port if same else settings.recv_port,
-                        "data UDP")
+            udp, tcp_data = _bind_data_port(settings.recv_port, api_port,
+                                            settings.recv_port == settings.api_port)
         except ConfigError:
             api_sock.close()
             raise
@@ -160,25 +178,18 @@ class Server:
         self._api_server = await loop.create_server(
             lambda: ControlConnection(self), sock=api_sock, backlog=1024)
         self._udp = udp
-        loop.add_reader(udp.fileno(), self._drain_udp)
+        service.endpoint = self.endpoint = DataEndpoint(service, udp)
+        self.endpoint.start()
+        if tcp_data is not None:
+            endpoint = self.endpoint
+            self._data_server = await loop.create_server(lambda: DataStream(endpoint),
+                                                         sock=tcp_data, backlog=1024)
         service.api_port = api_port
         service.recv_port = udp.getsockname()[1]
         self.service = service
-        log.info("control API listening on TCP %s:%d; data port UDP %d; sandbox %s; "
+        log.info("control API listening on TCP %s:%d; data port UDP and TCP %d; sandbox %s; "
                  "users file %s", settings.api_host or "*", service.api_port,
                  service.recv_port, settings.sandbox_dir, settings.users_file)
-
-    def _drain_udp(self) -> None:
-        # The UDP data protocol is not served yet: datagrams are read and counted.
-        assert self._udp is not None
-        while True:
-            try:
-                self._udp.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            self.datagrams_dropped += 1
 
     async def serve_forever(self) -> None:
         if self.service is None:
@@ -192,9 +203,11 @@ class Server:
         self._closed.set()
         if self._api_server is not None:
             self._api_server.close()
+        if self._data_server is not None:
+            self._data_server.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
         if self._udp is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._udp.fileno())
             self._udp.close()
         for connection in list(self._connections):
             connection.close()
@@ -233,11 +246,24 @@ class ControlConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        host, port = transport.get_extra_info("peername")[:2]
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.server._connections.add(self)
+
+    def _first_data(self, data: bytes) -> bool:
+        """Tell a data stream from an API client by its first byte; False if handed off."""
+        assert self.transport is not None
+        transport = self.transport
+        endpoint = self.server.endpoint
+        if data[:1] == TCP_PREFACE[:1] and endpoint is not None:
+            self.server._connections.discard(self)
+            stream = DataStream(endpoint, data)
+            transport.set_protocol(stream)
+            stream.connection_made(transport)
+            return False
+        host, port = transport.get_extra_info("peername")[:2]
         if not self.server.settings.api_allow_remote_control and not is_loopback(host):
             log.warning("refused API connection from %s: remote control is off", host)
             error = RemoteControlRefused(
@@ -245,12 +271,14 @@ class ControlConnection(asyncio.Protocol):
                 "allow others with --api-allow-remote-control.")
             transport.write(encode_message(error_response(None, error.code, error.message)))
             transport.close()
-            return
+            return False
         self.session = Session((_peer_host(host), port))
-        self.server._connections.add(self)
         self._task = asyncio.get_running_loop().create_task(self._serve())
+        return True
 
     def data_received(self, data: bytes) -> None:
+        if self.session is None and not self._first_data(data):
+            return
         try:
             lines: list[bytes | ApiError | None] = list(self.decoder.feed(data))
         except ApiError as exc:  # the line is too long

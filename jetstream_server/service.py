@@ -19,6 +19,8 @@ import orjson
 from . import __version__
 from .codec import Request, error_response, success_response
 from .config import Settings
+from .dataplane.receiving import DataEndpoint, ReceiveRecord
+from .dataplane.sending import SendingPlane
 from .errors import (
     ApiError,
     AuthFailed,
@@ -81,6 +83,7 @@ class Call:
 class Service:
     def __init__(self, settings: Settings, users: UserStore,
                  data_plane: DataPlane | None = None) -> None:
+        from .commands_recv import register as register_recv
         from .commands_send import register as register_send
         from .commands_server import register as register_server
 
@@ -93,6 +96,11 @@ class Service:
         self.destinations: dict[str, Destination] = {}
         self.manifests: dict[str, Manifest] = {}
         self.transfers: dict[str, Transfer] = {}
+        #: incoming transfers, by transfer id
+        self.receives: dict[str, ReceiveRecord] = {}
+        self.endpoint: DataEndpoint | None = None
+        if data_plane is None:
+            data_plane = SendingPlane(self)
         self.scheduler = Scheduler(self.transfers, self.destinations, self.manifests,
                                    data_plane)
         self.requests = RequestBook()
@@ -100,6 +108,7 @@ class Service:
         self.registry = Registry()
         register_server(self.registry)
         register_send(self.registry)
+        register_recv(self.registry)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- dispatch ---------------------------------------------------------------------
@@ -204,7 +213,12 @@ class Service:
             "eventLogAvailable": False,
             "hostName": socket.gethostname(),
             "publicKey": None,
-            "receiver": {"recvPort": self.recv_port},
+            "receiver": {
+                "recvPort": self.recv_port,
+                "allowAnonymous": self.settings.recv_allow_anonymous,
+                "dataTransports": ["udp", "tcp"],
+                **(self.endpoint.stats() if self.endpoint is not None else {}),
+            },
             "serverExternalAddress": None,
             "serverId": self.server_id,
             "serverName": self.settings.server_name,

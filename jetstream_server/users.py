@@ -136,6 +136,14 @@ class UserStore:
             self._users = read_users_file(self.path)
             self._stamp = stamp
 
+    def stored_hash(self, name: str) -> str | None:
+        """The user's stored password hash (the data protocol's verifier), if any."""
+        try:
+            self.reload()
+        except ConfigError:
+            pass
+        return self._users.get(name)
+
     def names(self) -> list[str]:
         return sorted(self._users)
 

@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,15 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
     }
     given.update(overrides)
     return load_settings(given, None)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A UDP port on loopback where datagrams arrive and nothing ever answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
 
 
 @pytest.fixture

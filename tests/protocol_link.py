@@ -10,13 +10,10 @@ import secrets
 from dataclasses import dataclass, field
 
 from jetstream_server.protocol.layout import DIGEST, Layout, Slot
-from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, \
-    encode_metadata
-from jetstream_server.protocol.receiver import Closed, FileReady, MetadataReady, \
-    ReceiverCore
+from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
+from jetstream_server.protocol.receiver import Closed, FileReady, MetadataReady, ReceiverCore
 from jetstream_server.protocol.sender import SenderCore, auth_proof
-from jetstream_server.protocol.wire import HEADER, Garbage, Hello, Kind, decode_hello, \
-    parse_header
+from jetstream_server.protocol.wire import HEADER, Garbage, Hello, Kind, decode_hello, parse_header
 from jetstream_server.users import hash_password
 
 

@@ -36,7 +36,8 @@ async def test_bad_lines_get_errors_and_the_connection_keeps_serving(server: Ser
     cases = [
         (b"{oops\n", "malformed_request"),
         (b'{"request": "noSuchCommand", "id": 1}\n', "unknown_command"),
-        (b'{"request": "getTransfers", "id": 2}\n', "auth_required"),
+        (b'{"request": "getDestinations", "id": 2}\n', "auth_required"),
+        (b'{"request": "getTransfers", "id": 2}\n', "ambiguous_command"),
         (b'{"request": "auth", "parameters": {"user": "alice"}, "id": 3}\n',
          "missing_parameter"),
         (b'{"request": "auth", "parameters": {"user": 5, "password": "x"}, "id": 4}\n',
@@ -121,9 +122,10 @@ async def _make_manifest(client: AsyncClient, home: Path, name: str = "f.bin") -
 
 
 async def test_objects_are_private_to_their_owner_and_a_raised_superuser(
-        connect: Connect, home: Path) -> None:
+        connect: Connect, home: Path, silent_port: int) -> None:
     alice, bob, root = await connect("alice"), await connect("bob"), await connect("root")
-    destination = await alice.call("createDestination", destinationAddress="127.0.0.1:9")
+    destination = await alice.call("createDestination",
+                                   destinationAddress=f"127.0.0.1:{silent_port}")
     manifest_id = await _make_manifest(alice, home)
     transfer = await alice.call("createTransfer", destinationId=destination["destinationId"],
                                 manifestId=manifest_id)
@@ -147,6 +149,7 @@ async def test_objects_are_private_to_their_owner_and_a_raised_superuser(
     assert await bob.call("getDestinations") == []
     assert await bob.call("getManifests") == []
     assert await bob.call("send.getTransfers") == []
+    assert await bob.call("recv.getTransfers") == []
     with pytest.raises(ApiError, match="not_found"):  # bob cannot use alice's objects
         await bob.call("createTransfer", destinationId=destination["destinationId"],
                        manifestId=manifest_id)
@@ -220,26 +223,41 @@ async def _transfer_with_failed_manifest(client: AsyncClient, manifest_id: str) 
                       manifestId=manifest_id)
 
 
+async def _wait_status(client: AsyncClient, transfer_id: str, status: str) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while True:
+            transfer: dict[str, Any] = await client.call("getTransfer", transferId=transfer_id)
+            if transfer["status"] == status:
+                return transfer
+            await asyncio.sleep(0.02)
+
+
 async def test_transfers_queue_per_destination_and_move_as_the_table_says(
-        connect: Connect, home: Path) -> None:
+        connect: Connect, home: Path, silent_port: int) -> None:
     alice = await connect("alice")
-    destination = await alice.call("createDestination", destinationAddress="127.0.0.1:9")
+    destination = await alice.call("createDestination",
+                                   destinationAddress=f"127.0.0.1:{silent_port}")
     dest_id = destination["destinationId"]
     manifest_id = await _make_manifest(alice, home)
     with pytest.raises(ApiError, match="not_found"):
         await alice.call("createTransfer", destinationId="f" * 32, manifestId=manifest_id)
-    transfer = await alice.call("createTransfer", destinationId=dest_id,
-                                manifestId=manifest_id, userData={"k": "v"},
-                                destinationPath="/incoming")
-    tid = transfer["transferId"]
-    assert transfer["status"] == "pending" and transfer["priority"] == 100
-    assert transfer["totalBytes"] == 1000 and transfer["totalFiles"] == 1
-    assert transfer["sendRateMax"] == 0 and transfer["checkpointFrequencySeconds"] == 30
-    assert transfer["bytesSent"] == 0 and transfer["requestTime"] is not None
-    assert transfer["endTime"] is None
+    first = await alice.call("createTransfer", destinationId=dest_id,
+                             manifestId=manifest_id, userData={"k": "v"},
+                             destinationPath="/incoming")
+    tid = first["transferId"]
+    assert first["priority"] == 100 and first["totalBytes"] == 1000
+    assert first["totalFiles"] == 1 and first["sendRateMax"] == 0
+    assert first["checkpointFrequencySeconds"] == 30 and first["requestTime"] is not None
+    assert first["endTime"] is None
+    running = await _wait_status(alice, tid, "sending")  # the receiver never answers
+    assert running["startTime"] is not None
+    second = await alice.call("createTransfer", destinationId=dest_id,
+                              manifestId=manifest_id, priority=5)
+    assert second["status"] == "pending"  # one transfer per destination at a time
     got = await alice.call("getDestination", destinationId=dest_id)
     assert got["numTransfersQueued"] == 1
     assert (await alice.call("suspendTransfer", transferId=tid))["status"] == "suspended"
+    await _wait_status(alice, second["transferId"], "sending")  # the next one runs
     with pytest.raises(ApiError, match="Cannot suspend transfer"):
         await alice.call("suspendTransfer", transferId=tid)
     assert (await alice.call("resumeTransfer", transferId=tid))["status"] == "pending"
@@ -253,24 +271,25 @@ async def test_transfers_queue_per_destination_and_move_as_the_table_says(
             await alice.call(action, transferId=tid)
     with pytest.raises(ApiError, match="can no longer change"):
         await alice.call("setSendRate", transferId=tid, sendRateMax=1)
-    other = await alice.call("createTransfer", destinationId=dest_id, manifestId=manifest_id)
     with pytest.raises(ApiError, match="unfinished"):
         await alice.call("deleteDestination", destinationId=dest_id)
     with pytest.raises(ApiError, match="unfinished"):
         await alice.call("deleteManifest", manifestId=manifest_id)
-    assert (await alice.call("cancelTransfer", transferId=other["transferId"]))["status"] \
-        == "cancelled"
+    cancelled = await alice.call("cancelTransfer", transferId=second["transferId"])
+    assert cancelled["status"] == "cancelled"
     await alice.call("deleteTransfer", transferId=tid)
     with pytest.raises(ApiError, match="not_found"):
         await alice.call("getTransfer", transferId=tid)
     listed = await alice.call("send.getTransfers", destinationId=dest_id)
-    assert [t["transferId"] for t in listed] == [other["transferId"]]
+    assert [t["transferId"] for t in listed] == [second["transferId"]]
+    await alice.call("deleteDestination", destinationId=dest_id)
 
 
-async def test_user_data_merges_and_deletes_on_every_object(connect: Connect,
-                                                            home: Path) -> None:
+async def test_user_data_merges_and_deletes_on_every_object(
+        connect: Connect, home: Path, silent_port: int) -> None:
     alice = await connect("alice")
-    destination = await alice.call("createDestination", destinationAddress="127.0.0.1:9",
+    destination = await alice.call("createDestination",
+                                   destinationAddress=f"127.0.0.1:{silent_port}",
                                    userData={"a": 1})
     manifest_id = await _make_manifest(alice, home)
     transfer = await alice.call("createTransfer", destinationId=destination["destinationId"],

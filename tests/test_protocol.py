@@ -9,8 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jetstream_server.protocol.layout import Layout
-from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, \
-    encode_metadata
+from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
 from jetstream_server.protocol.ranges import RangeSet
 from jetstream_server.protocol.wire import (
     Ack,

@@ -37,7 +37,7 @@ def _transfer(destination: Destination, manifest: Manifest, priority: int = 100)
                     destination_id=destination.id, manifest_id=manifest.id,
                     destination_path=None, priority=priority, send_rate_max_kbps=None,
                     checkpoint_frequency_s=30, data_transport="udp", total_bytes=1,
-                    total_files=1)
+                    total_files=1, block_size=1400, total_blocks=2)
 
 
 def _setup() -> tuple[Scheduler, RecordingDataPlane, Destination, Destination, Manifest]:

@@ -57,10 +57,6 @@ class Layout:
         first = self._first_of[index]
         return first, first + self.data_blocks[index] + 1
 
-    def digest_block(self, index: int) -> int:
-        first, end = self.file_range(index)
-        return end - 1
-
     def locate(self, block: int) -> Slot:
         if not 0 <= block < self.total_blocks:
             raise IndexError(block)

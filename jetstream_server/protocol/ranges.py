@@ -24,7 +24,7 @@ class RangeSet:
 
     def add(self, value: int) -> bool:
         """Add one value; False if it was already there."""
-        starts, ends = self._starts, self._ends
+        ends = self._ends
         if ends and ends[-1] == value:  # the fast path: in order
             ends[-1] = value + 1
             self.count += 1

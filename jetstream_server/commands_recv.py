@@ -1,0 +1,47 @@
+"""``recv.*`` commands: incoming transfers and the servers they come from."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from .registry import Command, Registry
+from .service import Call
+
+__all__ = ["register"]
+
+
+async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    found = [r.to_api() for r in call.service.receives.values()
+             if call.session.can_see(r.user)]
+    return f"{len(found)} incoming transfer(s).", found
+
+
+async def get_sources(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    by_ip: dict[str, list[Any]] = defaultdict(list)
+    for record in call.service.receives.values():
+        if call.session.can_see(record.user):
+            by_ip[record.source_ip].append(record)
+    sources = []
+    for ip, records in sorted(by_ip.items()):
+        seconds = sum(((r.end_time_us or r.last_recv_time_us or r.start_time_us)
+                       - r.start_time_us) / 1e6 for r in records)
+        received = sum(r.bytes_recv for r in records)
+        sources.append({
+            "sourceIP": ip,
+            "sourcePort": records[-1].source_port,
+            "activeTransferCount": sum(r.status == "receiving" for r in records),
+            "completeTransferCount": sum(r.status == "complete" for r in records),
+            "errorTransferCount": sum(r.status == "error" for r in records),
+            "inactiveTransferCount": sum(r.status != "receiving" for r in records),
+            "bytesRecv": received,
+            "aveRecvRate": int(received * 8 / 1000 / seconds) if seconds > 0 else 0,
+            "encryptionEnabled": False,
+            "encryptedConnectionState": "disconnected",
+        })
+    return f"{len(sources)} source(s).", sources
+
+
+def register(registry: Registry) -> None:
+    registry.add(Command("recv.getTransfers", get_transfers))
+    registry.add(Command("recv.getSources", get_sources))

@@ -1,0 +1,329 @@
+"""The sending side of the data plane: one asyncio task per running transfer.
+
+:class:`SendingPlane` implements the scheduler's :class:`~jetstream_server.transfers.DataPlane`.
+Each :class:`SendSession` drives a :class:`~jetstream_server.protocol.sender.SenderCore`:
+it owns a UDP socket connected to the destination's data port (or, in the TCP data mode,
+a TCP connection to it), feeds received datagrams to the core, sends what the core gives
+in paced batches, and re-arms one timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from ..ids import now_us
+from ..objects import Destination, Manifest, Transfer
+from ..protocol.layout import Layout
+from ..protocol.metadata import FileEntry, Metadata, encode_metadata
+from ..protocol.sender import SenderCore, SendPhase
+from ..protocol.wire import MAX_DATAGRAM, TCP_PREFACE, Hello
+from .source import FileSource
+
+if TYPE_CHECKING:
+    from ..service import Service
+
+__all__ = ["TCP_BLOCK_SIZE", "UDP_BLOCK_SIZE", "SendSession", "SendingPlane"]
+
+log = logging.getLogger("jetstream.send")
+
+#: Payload bytes per datagram: 1400 keeps datagrams under a 1500-byte MTU.
+UDP_BLOCK_SIZE = 1400
+TCP_BLOCK_SIZE = 64 * 1024
+_FRAME = struct.Struct("!I")
+_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class SendingPlane:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.sessions: dict[str, SendSession] = {}
+
+    def start(self, transfer: Transfer, destination: Destination, manifest: Manifest) -> None:
+        session = SendSession(self, transfer, destination, manifest)
+        self.sessions[transfer.id] = session
+        session.task = self.service.spawn(session.run())
+
+    def stop(self, transfer_id: str) -> None:
+        session = self.sessions.get(transfer_id)
+        if session is not None:
+            session.stop()
+
+    def set_rate(self, transfer_id: str, rate_kbps: int) -> None:
+        session = self.sessions.get(transfer_id)
+        if session is not None:
+            session.set_rate(rate_kbps)
+
+
+class SendSession:
+    def __init__(self, plane: SendingPlane, transfer: Transfer, destination: Destination,
+                 manifest: Manifest) -> None:
+        self.plane = plane
+        self.transfer = transfer
+        self.destination = destination
+        self.manifest = manifest
+        self.task: asyncio.Task[None] | None = None
+        self.core: SenderCore | None = None
+        self._stopped = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._pending: list[bytes | bytearray] = []
+        self._sock: socket.socket | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._refused = 0
+
+    # -- control from the scheduler -------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopped = True
+        self.wake()
+
+    def set_rate(self, rate_kbps: int) -> None:
+        if self.core is not None:
+            self.core.set_rate_limit(rate_kbps * 1000, time.monotonic())
+            self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the task -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        transfer = self.transfer
+        scheduler = self.plane.service.scheduler
+        error: str | None = None
+        source: FileSource | None = None
+        try:
+            loop = asyncio.get_running_loop()
+            tcp = transfer.data_transport == "tcp"
+            block_size = TCP_BLOCK_SIZE if tcp else UDP_BLOCK_SIZE
+            metadata = self._metadata()
+            layout = Layout(block_size, len(metadata), [
+                None if f.is_empty_dir else f.file_size for f in self.manifest.files])
+            root = self.plane.service.sandbox_root(transfer.owner)
+            def wake_from_thread() -> None:
+                loop.call_soon_threadsafe(self.wake)
+
+            source = FileSource(root, self.manifest.files, block_size, wake_from_thread)
+            session_id = secrets.randbits(64)
+            hello = Hello(bytes.fromhex(transfer.id), block_size, len(metadata),
+                          layout.meta_blocks, self.destination.remote_user or "")
+            rate = self.plane.service.scheduler.effective_rate_kbps(transfer)
+            self.core = core = SenderCore(session_id, hello, metadata, layout, source,
+                                          time.monotonic(), rate * 1000 or None,
+                                          reliable=tcp)
+            if tcp:
+                await self._connect_tcp()
+            else:
+                self._connect_udp()
+            log.info("transfer %s: sending %d files, %d bytes to %s:%d over %s",
+                     transfer.id, transfer.total_files, transfer.total_bytes,
+                     self.destination.ip, self.destination.port, "TCP" if tcp else "UDP")
+            error = await self._loop(core)
+        except OSError as exc:
+            error = (f"Cannot reach the destination {self.destination.ip}:"
+                     f"{self.destination.port}: {exc.strerror or exc}.")
+        finally:
+            self._close_socket()
+            if source is not None:
+                await asyncio.get_running_loop().run_in_executor(None, source.close)
+            self.plane.sessions.pop(transfer.id, None)
+        self._count()
+        if self._stopped:
+            return
+        self.destination.last_error_message = error
+        if error is None:
+            log.info("transfer %s complete: %d bytes", transfer.id, transfer.total_bytes)
+        else:
+            log.warning("transfer %s failed: %s", transfer.id, error)
+        scheduler.finished(transfer, error)
+
+    async def _loop(self, core: SenderCore) -> str | None:
+        loop = asyncio.get_running_loop()
+        proof: asyncio.Future[bytes] | None = None
+        while True:
+            now = time.monotonic()
+            if self._stopped:
+                reason = f"Transfer {self.transfer.status.value} by the sender."
+                self._send([core.close_datagram(reason)])
+                return None
+            if core.phase is SendPhase.NEED_PROOF and proof is None:
+                proof = loop.run_in_executor(None, self._verifier, core)
+                proof.add_done_callback(lambda _: self.wake())
+            if proof is not None and proof.done() and core.phase is SendPhase.NEED_PROOF:
+                core.provide_proof(proof.result())
+            timer = core.get_timer()
+            if timer is not None and now >= timer:
+                core.handle_timer(now)
+            if core.phase is SendPhase.DONE:
+                self._send([core.close_datagram("complete")])
+                return None
+            if core.phase is SendPhase.FAILED:
+                self._send([core.close_datagram(core.error or "failed")])
+                return core.error
+            if not self._pending:
+                while True:
+                    batch = core.datagrams_to_send(now)
+                    if not batch:
+                        break
+                    self._send(batch)
+                    if self._pending:
+                        break
+            if self._writer is not None and self._pending == []:
+                await self._writer.drain()
+            self._count()
+            deadlines = [t for t in (core.get_timer(), core.next_send_time(time.monotonic()))
+                         if t is not None]
+            await self._sleep_until(min(deadlines) if deadlines else None)
+
+    async def _sleep_until(self, deadline: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        handle = None
+        if deadline is not None:
+            delay = max(deadline - time.monotonic(), 0.0)
+            handle = loop.call_later(delay, self.wake)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    def _verifier(self, core: SenderCore) -> bytes:
+        challenge = core.challenge
+        assert challenge is not None
+        password = (self.destination.remote_password or "").encode("utf-8", "surrogatepass")
+        return hashlib.scrypt(password, salt=challenge.salt, n=1 << challenge.log2_n,
+                              r=challenge.r, p=challenge.p, maxmem=256 * 1024 * 1024,
+                              dklen=32)
+
+    def _metadata(self) -> bytes:
+        transfer = self.transfer
+        service = self.plane.service
+        files = [FileEntry(f.dest_path, f.src_path, None if f.is_empty_dir else f.file_size,
+                           f.modification_time_us, f.executable) for f in self.manifest.files]
+        return encode_metadata(Metadata(
+            transfer.id, transfer.destination_path, files, transfer.initial_user_data,
+            {"serverId": service.server_id, "serverName": service.settings.server_name,
+             "user": transfer.owner}))
+
+    def _count(self) -> None:
+        core, transfer = self.core, self.transfer
+        if core is None:
+            return
+        transfer.bytes_sent = core.bytes_sent
+        transfer.bytes_recv = core.bytes_recv
+        transfer.packets_sent = core.packets_sent
+        transfer.packets_recv = core.packets_recv
+        transfer.blocks_sent = core.blocks_sent
+        transfer.blocks_acked = core.blocks_acked
+        transfer.blocks_retransmitted = core.blocks_retransmitted
+        transfer.block_size = core.layout.block_size
+        transfer.total_blocks = core.layout.total_blocks
+        if core.packets_recv:
+            self.destination.last_recv_time_us = now_us()
+        self.destination.last_send_time_us = now_us()
+
+    # -- sockets --------------------------------------------------------------------------
+
+    def _connect_udp(self) -> None:
+        family = socket.AF_INET6 if ":" in self.destination.ip else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        sock.connect((self.destination.ip, self.destination.port))
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        sock, core = self._sock, self.core
+        assert sock is not None and core is not None
+        now = time.monotonic()
+        for _ in range(256):
+            try:
+                data = sock.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionRefusedError:
+                self._refused += 1
+                if core.phase in (SendPhase.HANDSHAKE,) and self._refused >= 3:
+                    core.fail(f"Nothing answers on UDP {self.destination.ip}:"
+                              f"{self.destination.port} (connection refused): is "
+                              "jetstream-server running there?")
+                break
+            except OSError:
+                break
+            core.receive_datagram(data, now)
+        self.wake()
+
+    def _on_writable(self) -> None:
+        assert self._sock is not None
+        asyncio.get_running_loop().remove_writer(self._sock.fileno())
+        pending, self._pending = self._pending, []
+        self._send(pending)
+        self.wake()
+
+    def _send(self, datagrams: list[bytes | bytearray]) -> None:
+        if self._writer is not None:
+            self._writer.write(b"".join(_FRAME.pack(len(d)) + d for d in datagrams))
+            return
+        sock = self._sock
+        if sock is None:
+            return
+        for i, datagram in enumerate(datagrams):
+            try:
+                sock.send(datagram)
+            except (BlockingIOError, InterruptedError):
+                self._pending = list(datagrams[i:])
+                asyncio.get_running_loop().add_writer(sock.fileno(), self._on_writable)
+                return
+            except ConnectionRefusedError:
+                self._refused += 1
+            except OSError:
+                pass  # the datagram is lost; the protocol resends what matters
+
+    async def _connect_tcp(self) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.destination.ip, self.destination.port), 30)
+        writer.write(TCP_PREFACE)
+        self._writer = writer
+        self.plane.service.spawn(self._read_tcp(reader))
+
+    async def _read_tcp(self, reader: asyncio.StreamReader) -> None:
+        core = self.core
+        assert core is not None
+        try:
+            while True:
+                size = _FRAME.unpack(await reader.readexactly(_FRAME.size))[0]
+                if size > MAX_DATAGRAM:
+                    core.fail("The receiver sent an oversized frame.")
+                    break
+                core.receive_datagram(await reader.readexactly(size), time.monotonic())
+                self.wake()
+        except (asyncio.IncompleteReadError, OSError):
+            if not core.finished:
+                core.fail(f"The TCP data connection to {self.destination.ip}:"
+                          f"{self.destination.port} was closed.")
+        self.wake()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._sock.fileno())
+            loop.remove_writer(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,205 @@
+"""Writing a received transfer into the sandbox, safely (blocking code for one worker thread).
+
+Every path is opened one component at a time from a descriptor of the sandbox folder, with
+``O_NOFOLLOW``: a symlink anywhere under the sandbox, existing or swapped in while the
+transfer runs, is never followed, so nothing is written outside it. Each file is written
+to a hidden temporary name beside its target (``.jetstream-<transfer>-<n>.part``), then
+fsynced, read back and checked against the sender's SHA-256, given its mode and
+modification time, renamed into place, and its folder fsynced.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from dataclasses import dataclass
+
+from ..errors import ApiError
+from ..protocol.metadata import Metadata
+from ..sandbox import virtual_parts
+
+__all__ = ["FileSink", "SinkError"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_IOV_MAX = 512
+_READ_CHUNK = 4 * 1024 * 1024
+
+
+class SinkError(Exception):
+    """Why the transfer cannot be written; the message names the path."""
+
+
+@dataclass
+class _Open:
+    parent: int
+    fd: int
+    temp: str
+    name: str
+
+
+class FileSink:
+    def __init__(self, root: str, meta: Metadata, transfer_id: str) -> None:
+        self.root = root
+        self.meta = meta
+        self.transfer_id = transfer_id
+        self._open: dict[int, _Open] = {}
+        self._root_fd = -1
+        self.paths: list[str] = []  # absolute paths on disk, per manifest entry
+        self._parts: list[list[str]] = []
+
+    # -- preparing ----------------------------------------------------------------------
+
+    def prepare(self) -> list[str]:
+        """Check every path, create empty folders; return the absolute paths."""
+        try:
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SinkError(f"Sandbox folder {self.root} does not exist on the receiving "
+                            f"server ({exc.strerror}).") from None
+        try:
+            base = virtual_parts(self.meta.destination_path or "")
+        except ApiError as exc:
+            raise SinkError(f"Destination path refused: {exc.message}") from None
+        for entry in self.meta.files:
+            try:
+                parts = base + virtual_parts(entry.path)
+            except ApiError as exc:
+                raise SinkError(f"Path refused: {exc.message}") from None
+            if not parts:
+                raise SinkError(f"Path {entry.path!r} names no file.")
+            for part in parts:
+                if len(part.encode()) > 255:
+                    raise SinkError(f"Path {entry.path!r} has a name longer than 255 bytes.")
+            self._parts.append(parts)
+            self.paths.append(os.path.join(self.root, *parts))
+        for index, entry in enumerate(self.meta.files):
+            if entry.size is None:
+                fd = self._dir(self._parts[index], create=True, path=self.paths[index])
+                try:
+                    os.utime(fd, ns=(entry.mtime_us * 1000, entry.mtime_us * 1000))
+                finally:
+                    os.close(fd)
+        return self.paths
+
+    def _dir(self, parts: list[str], create: bool, path: str) -> int:
+        fd = os.dup(self._root_fd)
+        try:
+            for part in parts:
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise SinkError(f"Cannot write {path}: {part!r} on the way is a symlink or "
+                                "not a folder (symlinks are not followed in the sandbox)."
+                                ) from None
+            raise SinkError(f"Cannot create the folders of {path}: {exc.strerror}.") from None
+        return fd
+
+    def _file(self, index: int) -> _Open:
+        opened = self._open.get(index)
+        if opened is None:
+            parts, path = self._parts[index], self.paths[index]
+            parent = self._dir(parts[:-1], create=True, path=path)
+            temp = f".jetstream-{self.transfer_id}-{index}.part"
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW |
+                             os.O_CLOEXEC, 0o600, dir_fd=parent)
+            except OSError as exc:
+                os.close(parent)
+                raise SinkError(f"Cannot write {path}: {exc.strerror}.") from None
+            opened = self._open[index] = _Open(parent, fd, temp, parts[-1])
+        return opened
+
+    # -- writing ------------------------------------------------------------------------
+
+    def write(self, writes: list[tuple[int, int, bytes]]) -> None:
+        """Write blocks, coalescing contiguous ones into one pwritev each."""
+        writes.sort(key=lambda w: (w[0], w[1]))
+        i = 0
+        while i < len(writes):
+            file, offset, data = writes[i]
+            buffers = [data]
+            end = offset + len(data)
+            j = i + 1
+            while j < len(writes) and writes[j][0] == file and writes[j][1] == end and \
+                    len(buffers) < _IOV_MAX:
+                buffers.append(writes[j][2])
+                end += len(writes[j][2])
+                j += 1
+            fd = self._file(file).fd
+            try:
+                written = os.pwritev(fd, buffers, offset)
+                while written < end - offset:  # short write: finish it
+                    rest = b"".join(buffers)[written:]
+                    written += os.pwrite(fd, rest, offset + written)
+            except OSError as exc:
+                raise SinkError(self._write_error(file, exc)) from None
+            i = j
+
+    def _write_error(self, file: int, exc: OSError) -> str:
+        if exc.errno == errno.ENOSPC:
+            return f"No space left on the receiving server's disk writing {self.paths[file]}."
+        return f"Cannot write {self.paths[file]}: {exc.strerror}."
+
+    def commit(self, index: int, digest: bytes, size: int) -> str:
+        """Verify file ``index`` and put it under its final name; return that path."""
+        entry = self.meta.files[index]
+        opened = self._file(index)
+        path = self.paths[index]
+        try:
+            os.fsync(opened.fd)
+            if os.fstat(opened.fd).st_size != size:
+                raise SinkError(f"{path}: received {os.fstat(opened.fd).st_size} bytes, "
+                                f"expected {size}.")
+            sha = hashlib.sha256()
+            offset = 0
+            while offset < size:
+                chunk = os.pread(opened.fd, min(_READ_CHUNK, size - offset), offset)
+                if not chunk:
+                    break
+                sha.update(chunk)
+                offset += len(chunk)
+            if sha.digest() != digest:
+                raise SinkError(f"{path}: the checksum of the received data does not match "
+                                "the sender's; the file was not delivered.")
+            os.fchmod(opened.fd, 0o755 if entry.executable else 0o644)
+            os.utime(opened.fd, ns=(entry.mtime_us * 1000, entry.mtime_us * 1000))
+            os.rename(opened.temp, opened.name, src_dir_fd=opened.parent,
+                      dst_dir_fd=opened.parent)
+            os.fsync(opened.parent)
+        except OSError as exc:
+            raise SinkError(self._write_error(index, exc)) from None
+        finally:
+            os.close(opened.fd)
+            os.close(opened.parent)
+            del self._open[index]
+        return path
+
+    def abort(self) -> None:
+        """Remove the temporary files of unfinished files."""
+        for opened in self._open.values():
+            try:
+                os.unlink(opened.temp, dir_fd=opened.parent)
+            except OSError:
+                pass
+            os.close(opened.fd)
+            os.close(opened.parent)
+        self._open.clear()
+        self.close()
+
+    def close(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1

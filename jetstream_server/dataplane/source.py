@@ -1,0 +1,182 @@
+"""Reading a manifest's files for sending: read-ahead in a thread, hashing on the way.
+
+A reader thread reads the files in manifest order in chunks (a whole number of blocks,
+about 4 MiB), hashes each file with SHA-256 as it goes, and keeps a window of chunks ahead
+of and behind the send position. :meth:`FileSource.block` answers from that window; for a
+block that has fallen behind it (a late retransmission) it reads the block directly, from
+the page cache as a rule. A file whose size or modification time differs from the
+manifest, or that changes while it is read, fails the transfer with a message naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from ..errors import ApiError
+from ..objects import FileMapping
+from ..protocol.layout import DIGEST, Slot
+from ..protocol.sender import SourceError
+from ..sandbox import resolve_in_sandbox
+
+__all__ = ["FileSource"]
+
+CHUNK_TARGET = 4 * 1024 * 1024
+AHEAD_CHUNKS = 8
+BEHIND_CHUNKS = 8
+MAX_OPEN_FILES = 64
+
+
+class FileSource:
+    def __init__(self, root: str, files: list[FileMapping], block_size: int,
+                 on_ready: Callable[[], None]) -> None:
+        self.root = root
+        self.files = files
+        self.chunk = max(CHUNK_TARGET // block_size, 1) * block_size
+        self.on_ready = on_ready
+        # the sequence of chunks to read: (file index, chunk index)
+        self._order: list[tuple[int, int]] = []
+        self._position: dict[tuple[int, int], int] = {}
+        for index, entry in enumerate(files):
+            if entry.is_empty_dir:
+                continue
+            count = max(-(-entry.file_size // self.chunk), 1)  # zero-byte: one empty chunk
+            for c in range(count):
+                self._position[(index, c)] = len(self._order)
+                self._order.append((index, c))
+        self._cache: dict[int, bytes] = {}
+        self._digests: dict[int, bytes] = {}
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._hashes: dict[int, hashlib._Hash] = {}
+        self._error: str | None = None
+        self._wanted = -1
+        self._read_pos = 0
+        self._lock = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._reader, name="jetstream-source",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- the event loop side --------------------------------------------------------------
+
+    def block(self, slot: Slot) -> bytes | memoryview | None:
+        if self._error is not None:
+            raise SourceError(self._error)
+        if slot.digest:
+            digest = self._digests.get(slot.file)
+            if digest is None:
+                last = self._position[(slot.file, max(
+                    -(-self.files[slot.file].file_size // self.chunk) - 1, 0))]
+                self._want(last)
+                return None
+            return DIGEST.pack(digest, self.files[slot.file].file_size)
+        chunk_index, within = divmod(slot.offset, self.chunk)
+        position = self._position[(slot.file, chunk_index)]
+        data = self._cache.get(position)
+        if data is not None:
+            self._want(position)
+            return memoryview(data)[within:within + slot.length]
+        if position < self._read_pos:  # behind the window: read it directly
+            data = os.pread(self._fd(slot.file), slot.length, slot.offset)
+            if len(data) != slot.length:
+                raise SourceError(f"Source file {self.files[slot.file].src_path} is shorter "
+                                  "than when the manifest was built.")
+            return data
+        self._want(position)
+        return None
+
+    def _want(self, position: int) -> None:
+        if position > self._wanted:
+            with self._lock:
+                self._wanted = position
+                for old in [p for p in self._cache if p < position - BEHIND_CHUNKS]:
+                    del self._cache[old]
+                self._lock.notify()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=10)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # -- the reader thread ----------------------------------------------------------------
+
+    def _reader(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and (
+                        self._read_pos > self._wanted + AHEAD_CHUNKS or
+                        self._read_pos >= len(self._order)):
+                    self._lock.wait()
+                if self._closed:
+                    return
+                position = self._read_pos
+            try:
+                data = self._read(*self._order[position])
+            except SourceError as exc:
+                self._error = str(exc)
+                self.on_ready()
+                return
+            with self._lock:
+                self._cache[position] = data
+                self._read_pos = position + 1
+            self.on_ready()
+
+    def _read(self, index: int, chunk_index: int) -> bytes:
+        entry = self.files[index]
+        if chunk_index == 0:
+            self._hashes[index] = hashlib.sha256()
+        fd = self._fd(index)
+        offset = chunk_index * self.chunk
+        length = min(self.chunk, entry.file_size - offset)
+        data = os.pread(fd, length, offset) if length > 0 else b""
+        if len(data) != length:
+            raise SourceError(f"Source file {entry.src_path} is shorter than when the "
+                              "manifest was built; nothing more was sent from it.")
+        self._hashes[index].update(data)
+        if offset + length >= entry.file_size:
+            st = os.fstat(fd)
+            if st.st_size != entry.file_size or \
+                    st.st_mtime_ns // 1000 != entry.modification_time_us:
+                raise SourceError(f"Source file {entry.src_path} changed while it was "
+                                  "being sent.")
+            self._digests[index] = self._hashes.pop(index).digest()
+        return data
+
+    def _fd(self, index: int) -> int:
+        """An open descriptor of file ``index``; at most MAX_OPEN_FILES stay open."""
+        with self._lock:
+            fd = self._fds.get(index)
+            if fd is not None:
+                self._fds.move_to_end(index)
+                return fd
+        fd = self._open(self.files[index])
+        with self._lock:
+            self._fds[index] = fd
+            while len(self._fds) > MAX_OPEN_FILES:
+                os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _open(self, entry: FileMapping) -> int:
+        try:
+            path = resolve_in_sandbox(self.root, entry.src_path)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SourceError(f"Cannot read source file {entry.src_path}: "
+                              f"{exc.strerror}.") from None
+        except ApiError as exc:  # the sandbox refused the path
+            raise SourceError(f"Cannot read source file {entry.src_path}: "
+                              f"{exc.message}") from None
+        st = os.fstat(fd)
+        if st.st_size != entry.file_size or \
+                st.st_mtime_ns // 1000 != entry.modification_time_us:
+            os.close(fd)
+            raise SourceError(f"Source file {entry.src_path} changed since the manifest "
+                              "was built (size or modification time differs).")
+        return fd
