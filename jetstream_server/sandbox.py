@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .errors import InvalidParameter, PermissionDenied
 
-__all__ = ["expand_sandbox", "resolve_in_sandbox", "split_user", "virtual_parts"]
+__all__ = ["expand_sandbox", "resolve_in_sandbox", "split_user", "virtual_parts",
+           "written_parts", "written_path"]
 
 
 def split_user(full_name: str) -> tuple[str, str]:
@@ -69,3 +70,18 @@ def resolve_in_sandbox(root: str, path: str) -> Path:
     if real_root != "/" and real != real_root and not real.startswith(real_root + os.sep):
         raise PermissionDenied(f"Path {path} leads outside the sandbox.")
     return Path(real)
+
+
+def written_parts(destination_path: str | None, target: str) -> list[str]:
+    """The components under the sandbox where a received file goes:
+    ``<destinationPath>/<file target path>``, both taken as relative to the sandbox."""
+    parts = virtual_parts(destination_path or "") + virtual_parts(target)
+    if not virtual_parts(target):
+        raise InvalidParameter(f"Path {target!r} names no file.")
+    return parts
+
+
+def written_path(sandbox: str, user: str, destination_path: str | None, target: str) -> str:
+    """JetStream's rule: ``<sandbox>/<destinationPath>/<file target path>``."""
+    root = expand_sandbox(sandbox, user)
+    return os.path.join(root, *written_parts(destination_path, target))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -25,6 +24,7 @@ from .codec import LineDecoder, decode_request, encode_message, error_response
 from .config import Settings
 from .dataplane.receiving import DataEndpoint, DataStream
 from .errors import ApiError, ConfigError, RemoteControlRefused
+from .netaddr import is_loopback, plain_host
 from .protocol.wire import TCP_PREFACE
 from .service import Service, Session
 from .transfers import DataPlane
@@ -36,28 +36,6 @@ log = logging.getLogger("jetstream.server")
 
 #: Lines queued on one connection before the server stops reading from it.
 MAX_QUEUED_LINES = 32
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def _peer_host(host: str) -> str:
-    """Show IPv4-mapped IPv6 peers (from the dual-stack socket) as plain IPv4."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return host
 
 
 def prepare_settings(settings: Settings) -> UserStore:
@@ -272,7 +250,7 @@ class ControlConnection(asyncio.Protocol):
             transport.write(encode_message(error_response(None, error.code, error.message)))
             transport.close()
             return False
-        self.session = Session((_peer_host(host), port))
+        self.session = Session((plain_host(host), port))
         self._task = asyncio.get_running_loop().create_task(self._serve())
         return True
 

@@ -114,8 +114,10 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             text = self.log_path.read_text(errors="replace")
-            match = re.search(r"listening on TCP \S+:(\d+)", text)
+            match = re.search(r"listening on TCP \S+:(\d+); data port UDP and TCP (\d+)",
+                              text)
             if match:
+                self.recv_port = int(match.group(2))
                 return int(match.group(1))
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{text}")

@@ -18,7 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from jetstream_server.server import Server, is_loopback
+from jetstream_server.netaddr import is_loopback
+from jetstream_server.server import Server
 from tests.conftest import make_settings
 
 NETWORK = "198.18.0.0/15"

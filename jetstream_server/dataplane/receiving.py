@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..ids import now_us
+from ..netaddr import plain_host
 from ..protocol.layout import Layout
 from ..protocol.metadata import Metadata, decode_metadata
 from ..protocol.receiver import Closed, FileReady, MetadataReady, ReceiverCore, RecvPhase
@@ -235,7 +236,8 @@ class ReceiveSession:
         core = self.core
         assert core.user is not None
         self.record = ReceiveRecord(core.hello.transfer_id.hex(), core.user,
-                                    self.address[0], self.address[1], self.transport)
+                                    plain_host(self.address[0]), self.address[1],
+                                    self.transport)
         self.endpoint.service.receives[self.record.transfer_id] = self.record
         log.info("receiving transfer %s from %s:%d for %s", self.record.transfer_id,
                  self.address[0], self.address[1], core.user)

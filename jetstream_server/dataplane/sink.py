@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import ApiError
 from ..protocol.metadata import Metadata
-from ..sandbox import virtual_parts
+from ..sandbox import written_parts
 
 __all__ = ["FileSink", "SinkError"]
 
@@ -57,17 +57,11 @@ class FileSink:
         except OSError as exc:
             raise SinkError(f"Sandbox folder {self.root} does not exist on the receiving "
                             f"server ({exc.strerror}).") from None
-        try:
-            base = virtual_parts(self.meta.destination_path or "")
-        except ApiError as exc:
-            raise SinkError(f"Destination path refused: {exc.message}") from None
         for entry in self.meta.files:
             try:
-                parts = base + virtual_parts(entry.path)
+                parts = written_parts(self.meta.destination_path, entry.path)
             except ApiError as exc:
                 raise SinkError(f"Path refused: {exc.message}") from None
-            if not parts:
-                raise SinkError(f"Path {entry.path!r} names no file.")
             for part in parts:
                 if len(part.encode()) > 255:
                     raise SinkError(f"Path {entry.path!r} has a name longer than 255 bytes.")
@@ -114,7 +108,7 @@ class FileSink:
             parent = self._dir(parts[:-1], create=True, path=path)
             temp = f".jetstream-{self.transfer_id}-{index}.part"
             try:
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW |
+                fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW |
                              os.O_CLOEXEC, 0o600, dir_fd=parent)
             except OSError as exc:
                 os.close(parent)
@@ -179,7 +173,13 @@ class FileSink:
             os.rename(opened.temp, opened.name, src_dir_fd=opened.parent,
                       dst_dir_fd=opened.parent)
             os.fsync(opened.parent)
-        except OSError as exc:
+        except (OSError, SinkError) as exc:
+            try:
+                os.unlink(opened.temp, dir_fd=opened.parent)
+            except OSError:
+                pass
+            if isinstance(exc, SinkError):
+                raise
             raise SinkError(self._write_error(index, exc)) from None
         finally:
             os.close(opened.fd)

@@ -109,7 +109,9 @@ class RateController:
         while len(self._samples) > 1 and now - self._samples[0][0] > window:
             self._samples.popleft()
         if self._samples:
-            self.btl_bps = max(self._samples[0][1], self.min_bps)
+            estimate = max(self._samples[0][1], self.min_bps)
+            # in startup the estimate only grows: early samples are small by nature
+            self.btl_bps = max(estimate, self.btl_bps) if self.startup else estimate
         if now >= self._round_end:
             self._next_round(now)
 

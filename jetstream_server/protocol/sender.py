@@ -55,6 +55,9 @@ MAX_RTO_S = 2.0
 #: Give up when the receiver has been silent this long.
 SILENCE_TIMEOUT_S = 60.0
 KEEPALIVE_S = 0.5
+UNPACED_BPS = 1e12
+#: Bytes in flight in the TCP data mode (TCP's buffers hold the rest back).
+RELIABLE_WINDOW_BYTES = 64 * 1024 * 1024
 
 
 class SourceError(Exception):
@@ -98,7 +101,8 @@ class SenderCore:
         self.error: str | None = None
         self.rate_limit_bps = rate_limit_bps or None
         self.controller = RateController()
-        self.pacer = Pacer(self._rate(), now=now)
+        self.pacer = Pacer(self._rate(), now=now,
+                           min_burst_bytes=HEADER.size + DATA_HEADER.size + layout.block_size)
         self.suspended = False
         self.acked = RangeSet()
         #: block -> time of its last transmission, oldest first
@@ -195,8 +199,9 @@ class SenderCore:
             if 0 < rtt < 60:
                 self._rtt_sample(rtt, now)
             self._echo_max_s = max(self._echo_max_s, echo_s)
-        self.controller.on_delivery(ack.recv_ts_us / 1e6, ack.bytes, now)
-        self.pacer.set_rate(self._rate(), now)
+        if self.phase is SendPhase.DATA:  # earlier, the sender itself limits delivery
+            self.controller.on_delivery(ack.recv_ts_us / 1e6, ack.bytes, now)
+            self.pacer.set_rate(self._rate(), now)
         in_flight = self.in_flight
         for start, end in [(0, ack.cum), *ack.ranges]:
             end = min(end, self.layout.total_blocks)
@@ -233,7 +238,14 @@ class SenderCore:
             self.lost.append(block)
 
     def _rate(self) -> float:
+        if self.reliable and self.rate_limit_bps is None:
+            return UNPACED_BPS  # TCP's own flow control sets the pace
         return self.controller.pacing_bps(self.rate_limit_bps)
+
+    def _window_blocks(self) -> float:
+        if self.reliable:
+            return RELIABLE_WINDOW_BYTES / self.layout.block_size
+        return self.controller.window_bytes() / self.layout.block_size + 64
 
     # -- outputs ----------------------------------------------------------------------
 
@@ -248,7 +260,7 @@ class SenderCore:
             return out
         pacer = self.pacer
         size = HEADER.size + DATA_HEADER.size + self.layout.block_size
-        window = self.controller.window_bytes() / self.layout.block_size + 64
+        window = self._window_blocks()
         while len(out) < limit and pacer.allows(size, now):
             block = self._next_block(window)
             if block is None:
@@ -324,8 +336,7 @@ class SenderCore:
         if self.finished or self.suspended or self.phase not in (SendPhase.METADATA,
                                                                  SendPhase.DATA):
             return None
-        window = self.controller.window_bytes() / self.layout.block_size + 64
-        if self._next_block(window) is None:
+        if self._next_block(self._window_blocks()) is None:
             return None
         return self.pacer.next_time(HEADER.size + DATA_HEADER.size + self.layout.block_size,
                                     now)

@@ -1,0 +1,30 @@
+"""Small helpers for network addresses."""
+
+from __future__ import annotations
+
+import ipaddress
+
+__all__ = ["is_loopback", "plain_host"]
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
+    address = _address(host)
+    return address is not None and address.is_loopback
+
+
+def plain_host(host: str) -> str:
+    """IPv4-mapped IPv6 addresses (from dual-stack sockets) as plain IPv4."""
+    address = _address(host)
+    return host if address is None or ":" not in host or address.version == 6 else \
+        str(address)

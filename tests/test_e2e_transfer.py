@@ -1,0 +1,116 @@
+"""End to end: two `jetstream-server` processes move files to each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PASSWORDS, ServerProcess, write_users
+from tests.transfer_helpers import leftovers, make_tree, tree_listing
+
+
+def _home(path: Path) -> Path:
+    (path / "sandbox").mkdir(parents=True)
+    write_users(path / "users")
+    return path
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    a = ServerProcess(_home(tmp_path / "a"))
+    b = ServerProcess(_home(tmp_path / "b"))
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _api(server: ServerProcess, *args: str, user: str = "alice") -> Any:
+    done = server.api(*args, user=user, password=PASSWORDS[user])
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _transfer(a: ServerProcess, b: ServerProcess, mapping: str, *extra: str,
+              transport: str = "udp", timeout_s: float = 240) -> dict[str, Any]:
+    destination = _api(a, "createDestination",
+                       f"--destinationAddress=127.0.0.1:{b.recv_port}",
+                       "--destinationUser=bob", f"--destinationPassword={PASSWORDS['bob']}",
+                       f"--dataTransport={transport}")
+    manifest = _api(a, "createManifest", f"--fileMappings={mapping}")
+    deadline = time.monotonic() + 60
+    while _api(a, "getManifest", f"--manifestId={manifest['manifestId']}")["status"] == \
+            "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    transfer = _api(a, "createTransfer", f"--destinationId={destination['destinationId']}",
+                    f"--manifestId={manifest['manifestId']}", *extra)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = _api(a, "getTransfer", f"--transferId={transfer['transferId']}")
+        if got["status"] not in ("pending", "sending"):
+            return dict(got)
+        assert time.monotonic() < deadline, got
+        time.sleep(0.1)
+
+
+def test_a_tree_and_a_big_file_arrive_identical_over_udp(
+        two_servers: tuple[ServerProcess, ServerProcess], tmp_path: Path) -> None:
+    a, b = two_servers
+    make_tree(tmp_path / "a" / "sandbox" / "src", small_files=3000, big_bytes=200 * 2**20)
+    done = _transfer(a, b, "/src:/received", "--destinationPath=/incoming")
+    assert done["status"] == "complete", done["errorMessage"]
+    arrived = tmp_path / "b" / "sandbox" / "incoming" / "received"
+    assert tree_listing(arrived) == tree_listing(tmp_path / "a" / "sandbox" / "src")
+    assert leftovers(tmp_path / "b" / "sandbox") == []
+    assert done["blocksAcked"] == done["totalBlocks"]
+    assert done["bytesSent"] >= 200 * 2**20 and done["packetsRecv"] > 0
+    received = _api(b, "recv.getTransfers", user="bob")
+    assert [(r["transferId"], r["status"], r["filesComplete"]) for r in received] == [
+        (done["transferId"], "complete", done["totalFiles"])]
+    sources = _api(b, "recv.getSources", user="bob")
+    assert sources[0]["sourceIP"] == "127.0.0.1" and sources[0]["completeTransferCount"] == 1
+
+
+def test_the_tcp_data_mode_delivers_the_same(
+        two_servers: tuple[ServerProcess, ServerProcess], tmp_path: Path) -> None:
+    a, b = two_servers
+    make_tree(tmp_path / "a" / "sandbox" / "src", small_files=200, big_bytes=20 * 2**20)
+    done = _transfer(a, b, "/src:/tcp", transport="tcp")
+    assert done["status"] == "complete", done["errorMessage"]
+    assert done["dataTransport"] == "tcp"
+    assert tree_listing(tmp_path / "b" / "sandbox" / "tcp") == \
+        tree_listing(tmp_path / "a" / "sandbox" / "src")
+    # and createTransfer can ask for TCP on a UDP destination
+    (tmp_path / "a" / "sandbox" / "one.txt").write_text("one")
+    done = _transfer(a, b, "/one.txt:/override/one.txt", "--dataTransport=tcp")
+    assert done["status"] == "complete" and done["dataTransport"] == "tcp"
+    assert (tmp_path / "b" / "sandbox" / "override" / "one.txt").read_text() == "one"
+
+
+def test_wrong_credentials_fail_the_transfer_and_write_nothing(
+        two_servers: tuple[ServerProcess, ServerProcess], tmp_path: Path) -> None:
+    a, b = two_servers
+    (tmp_path / "a" / "sandbox" / "f.txt").write_text("secret")
+    destination = _api(a, "createDestination",
+                       f"--destinationAddress=127.0.0.1:{b.recv_port}",
+                       "--destinationUser=bob", "--destinationPassword=wrong")
+    manifest = _api(a, "createManifest", "--fileMappings=/f.txt:/f.txt")
+    time.sleep(0.3)
+    transfer = _api(a, "createTransfer", f"--destinationId={destination['destinationId']}",
+                    f"--manifestId={manifest['manifestId']}")
+    deadline = time.monotonic() + 30
+    while (got := _api(a, "getTransfer", f"--transferId={transfer['transferId']}"))[
+            "status"] not in ("error", "complete"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert got["status"] == "error"
+    assert "refused user 'bob': wrong user name or password" in got["errorMessage"]
+    assert os.listdir(tmp_path / "b" / "sandbox") == []
