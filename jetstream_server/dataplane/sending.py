@@ -180,6 +180,8 @@ class SendSession:
             if self._writer is not None and self._pending == []:
                 await self._writer.drain()
             self._count()
+            if core.finished:
+                continue  # failed while producing datagrams: report it above
             deadlines = [t for t in (core.get_timer(), core.next_send_time(time.monotonic()))
                          if t is not None]
             await self._sleep_until(min(deadlines) if deadlines else None)

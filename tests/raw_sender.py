@@ -1,0 +1,59 @@
+"""A sender built from the protocol core alone, for sending what a real server never
+would (hostile paths, forged metadata) at a real receiving server over real UDP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import socket
+import time
+
+from jetstream_server.protocol.layout import Layout
+from jetstream_server.protocol.metadata import FileEntry, Metadata, encode_metadata
+from jetstream_server.protocol.sender import SenderCore, SendPhase
+from jetstream_server.protocol.wire import Hello
+from tests.protocol_link import MemorySource
+
+
+async def raw_send(port: int, files: list[tuple[str, bytes | None]], *,
+                   destination_path: str | None = None, user: str = "bob",
+                   password: str = "bob-pw", rate_bps: float | None = None,
+                   timeout_s: float = 30.0, block_size: int = 1400) -> SenderCore:
+    transfer_id = secrets.token_bytes(16)
+    entries = [FileEntry(path, path, None if data is None else len(data), 1_000_000, False)
+               for path, data in files]
+    meta = encode_metadata(Metadata(transfer_id.hex(), destination_path, entries))
+    layout = Layout(block_size, len(meta), [e.size for e in entries])
+    core = SenderCore(secrets.randbits(64), Hello(transfer_id, block_size, len(meta),
+                                                  layout.meta_blocks, user),
+                      meta, layout, MemorySource([d for _, d in files]), time.monotonic(),
+                      rate_bps)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.connect(("127.0.0.1", port))
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not core.finished:
+                now = time.monotonic()
+                while True:
+                    try:
+                        core.receive_datagram(sock.recv(70000), now)
+                    except (BlockingIOError, ConnectionRefusedError):
+                        break
+                if core.phase is SendPhase.NEED_PROOF and core.challenge is not None:
+                    c = core.challenge
+                    core.provide_proof(hashlib.scrypt(password.encode(), salt=c.salt,
+                                                      n=1 << c.log2_n, r=c.r, p=c.p,
+                                                      maxmem=2**26, dklen=32))
+                timer = core.get_timer()
+                if timer is not None and now >= timer:
+                    core.handle_timer(now)
+                for datagram in core.datagrams_to_send(now):
+                    sock.send(datagram)
+                await asyncio.sleep(0.001)
+    finally:
+        if core.finished:
+            sock.send(core.close_datagram("done"))
+        sock.close()
+    return core
