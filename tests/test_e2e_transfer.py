@@ -77,6 +77,14 @@ def test_a_tree_and_a_big_file_arrive_identical_over_udp(
         (done["transferId"], "complete", done["totalFiles"])]
     sources = _api(b, "recv.getSources", user="bob")
     assert sources[0]["sourceIP"] == "127.0.0.1" and sources[0]["completeTransferCount"] == 1
+    # JetStream's names for them are the queued ones
+    queued = _api(b, "recv.getTransfersAsync", user="bob")
+    result = _api(b, "getRequestResult", f"--requestId={queued['requestId']}", user="bob")
+    assert result == received
+    queued = _api(b, "recv.getSourcesAsync", user="bob")
+    result = _api(b, "getRequestResult", f"--requestId={queued['requestId']}", user="bob")
+    assert result[0]["bytesRecv"] >= 200 * 2**20
+    assert _api(b, "recv.getTransfers", user="alice") == []  # not alice's
 
 
 def test_the_tcp_data_mode_delivers_the_same(
