@@ -100,13 +100,23 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         remote_user=p["destinationUser"], remote_password=p["destinationPassword"],
         remote_token=p["destinationToken"],
     )
-    for existing in service.destinations.values():
-        if existing.same_parameters(wanted):
-            return "Destination exists.", _destination(call, existing)
-    wanted.ip = await resolve_host(host, port)
+    for attempt in range(2):  # again after resolving: another call may have made it
+        for existing in service.destinations.values():
+            if existing.same_parameters(wanted):
+                return "Destination exists.", _destination(call, existing)
+        if attempt == 0:
+            wanted.ip = await resolve_host(host, port)
     service.destinations[wanted.id] = wanted
     log.info("destination %s (%s:%d) created by %s", wanted.id, wanted.ip, port, call.user)
+    service.triggers.fire("send.destinationCreated", f"{wanted.ip}:{port}",
+                          _peer(call))
     return "Destination created.", _destination(call, wanted)
+
+
+def _peer(call: Call) -> str:
+    """The API client that asked, as ``<ip>:<port>``."""
+    host, port = call.session.peer
+    return f"{host}:{port}"
 
 
 def _destination(call: Call, destination: Destination) -> dict[str, Any]:
@@ -136,6 +146,8 @@ async def delete_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
             "cancel or delete them first.")
     del service.destinations[destination.id]
     log.info("destination %s deleted by %s", destination.id, call.user)
+    service.triggers.fire("send.destinationDeleted", f"{destination.ip}:{destination.port}",
+                          _peer(call))
     return "Destination deleted.", _destination(call, destination)
 
 

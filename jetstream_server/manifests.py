@@ -47,6 +47,8 @@ def build_file_list(root: str, requested: list[tuple[str, str]]) -> list[FileMap
             raise ManifestError(exc.message) from None
         if not dst.strip("/"):
             raise ManifestError(f"Destination path {dst!r} names no file.")
+        if "\n" in dst or "\r" in dst:
+            raise ManifestError(f"Destination path {dst!r} contains a line break.")
         _add(root, real, src, dst, files, ())
     seen: dict[str, str] = {}
     for entry in files:

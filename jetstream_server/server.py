@@ -168,6 +168,8 @@ class Server:
         log.info("control API listening on TCP %s:%d; data port UDP and TCP %d; sandbox %s; "
                  "users file %s", settings.api_host or "*", service.api_port,
                  service.recv_port, settings.sandbox_dir, settings.users_file)
+        service.triggers.api_port = api_port
+        service.triggers.fire("launch", str(api_port))
 
     async def serve_forever(self) -> None:
         if self.service is None:

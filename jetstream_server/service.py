@@ -36,6 +36,7 @@ from .requests import RequestBook
 from .sandbox import expand_sandbox
 from .throttle import LoginThrottle
 from .transfers import DataPlane, Scheduler
+from .triggers import TriggerRunner
 from .users import UserStore
 
 __all__ = ["API_VERSION", "Call", "Service", "Session"]
@@ -104,6 +105,8 @@ class Service:
         self.scheduler = Scheduler(self.transfers, self.destinations, self.manifests,
                                    data_plane)
         self.requests = RequestBook()
+        self.triggers = TriggerRunner(settings.trigger_dir, settings.trigger_log,
+                                      settings.trigger_on_api)
         self.throttle = LoginThrottle()
         self.registry = Registry()
         register_server(self.registry)
@@ -116,8 +119,10 @@ class Service:
     async def handle(self, session: Session, request: Request) -> dict[str, Any]:
         """Run one request and return its response (never raises but CancelledError)."""
         started = time.monotonic()
+        name = request.name
         try:
             command, queued = self.registry.resolve(request.name)
+            name = command.name + ("Async" if queued else "")
             if command.needs_auth and session.user is None:
                 raise AuthRequired(
                     f"{command.name} needs an authenticated session: call auth with "
@@ -140,6 +145,11 @@ class Service:
                                       "the server log has the details.")
         log.debug("%s %s %s %s (%.1f ms)", session.peer_text, session.user or "-",
                   request.name, response["status"], (time.monotonic() - started) * 1000)
+        if self.triggers.on_api:
+            structure = {"request": name,
+                         "parameters": self.public_parameters(request.parameters)}
+            self.triggers.fire(f"on.{name}", _json(structure), response["status"],
+                               response["message"], _json(response["result"]))
         return response
 
     @staticmethod
@@ -197,6 +207,7 @@ class Service:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.requests.close()
+        await self.triggers.close()
 
     # -- server information -----------------------------------------------------------
 
@@ -242,3 +253,8 @@ def check_user_data(value: dict[str, Any]) -> dict[str, Any]:
     if len(orjson.dumps(value)) > MAX_USER_DATA_BYTES:
         raise InvalidParameter(f"userData is larger than {MAX_USER_DATA_BYTES} bytes.")
     return value
+
+
+def _json(value: Any) -> str:
+    """JSON text for trigger arguments."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()

@@ -75,6 +75,7 @@ def test_directories_expand_with_sizes_modes_times_and_empty_dirs(tmp_path: Path
     (("/data/../..", "/x"), r"'\.\.'"),
     (("/data/zero", "/x/../y"), r"'\.\.'"),
     (("/data/zero", "/"), "names no file"),
+    (("/data/zero", "/a\nb"), "line break"),
 ])
 def test_bad_mappings_fail_naming_the_path(tmp_path: Path, mapping: tuple[str, str],
                                            message: str) -> None:

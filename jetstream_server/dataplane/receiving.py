@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..ids import now_us
 from ..netaddr import plain_host
 from ..protocol.layout import Layout
@@ -263,6 +265,14 @@ class ReceiveSession:
         def prepared(future: concurrent.futures.Future[Any]) -> None:
             if self._failed(future):
                 return
+            record = self.record
+            assert record is not None
+            record.output_files = [path for path, entry in zip(future.result(), meta.files,
+                                                               strict=True)
+                                   if entry.size is not None]
+            self.endpoint.service.triggers.fire(
+                "recv.transferStarted", record.transfer_id, record.user,
+                stdin=_trigger_json(record))
             self.core.metadata_accepted(Layout(self.core.hello.block_size, len(raw),
                                                meta.sizes))
             self.step(time.monotonic())
@@ -294,11 +304,16 @@ class ReceiveSession:
             record.status = "complete"
             record.end_time_us = now_us()
             if self.sink is not None:
-                record.output_files = [p for p, f in zip(self.sink.paths, self.sink.meta.files,
-                                                         strict=True) if f.size is not None]
                 self._submit(self.sink.close, done=lambda _: None)
             log.info("transfer %s received: %d files, %s bytes", record.transfer_id,
                      record.total_files, record.total_size)
+            triggers = self.endpoint.service.triggers
+            lines = "".join(f"{_quote(name)} {path}\n" for name, path in
+                            zip(record.input_files, record.output_files, strict=True))
+            triggers.fire("recv.transferComplete", record.transfer_id, record.user, "",
+                          stdin=lines.encode())
+            triggers.fire("recv.transferComplete.json", record.transfer_id, record.user, "",
+                          stdin=_trigger_json(record))
 
     def _finish(self, status: str, message: str | None) -> None:
         record = self.record
@@ -506,3 +521,16 @@ class DataStream(asyncio.Protocol):
         if session is not None:
             session.close()
         self.transport = None
+
+
+def _quote(name: str) -> str:
+    """A manifest file name as the first word of a recv.transferComplete stdin line:
+    ``%``, space and tab are written %25, %20 and %09, so that the documented
+    ``read -r manifest_file file_path`` loop gets the whole absolute path."""
+    return name.replace("%", "%25").replace(" ", "%20").replace("\t", "%09")
+
+
+def _trigger_json(record: ReceiveRecord) -> bytes:
+    return orjson.dumps({"inputFiles": record.input_files,
+                         "outputFiles": record.output_files,
+                         "userData": record.user_data}) + b"\n"

@@ -65,6 +65,9 @@ class FileSink:
             for part in parts:
                 if len(part.encode()) > 255:
                     raise SinkError(f"Path {entry.path!r} has a name longer than 255 bytes.")
+                if "\n" in part:
+                    raise SinkError(f"Path {entry.path!r} contains a line break, which "
+                                    "trigger file lists cannot carry.")
             self._parts.append(parts)
             self.paths.append(os.path.join(self.root, *parts))
         for index, entry in enumerate(self.meta.files):
