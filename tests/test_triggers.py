@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -192,7 +193,7 @@ async def test_triggers_run_one_at_a_time_in_event_order(tmp_path: Path) -> None
         await client.close()
     assert [c["args"][0] for c in made] == ["127.0.0.1:9001", "127.0.0.1:9002",
                                             "127.0.0.1:9003"]
-    for earlier, later in zip(made, made[1:], strict=False):
+    for earlier, later in itertools.pairwise(made):
         assert later["start"] >= earlier["end"]
 
 
