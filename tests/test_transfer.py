@@ -328,3 +328,24 @@ async def test_a_file_larger_than_4_gib_arrives_intact(
             x.seek(offset)
             y.seek(offset)
             assert x.read(1 << 20) == y.read(1 << 20)
+
+
+async def test_a_data_port_apart_from_the_api_port_serves_udp_and_tcp(tmp_path: Path) -> None:
+    a_home, b_home = _home(tmp_path / "a"), _home(tmp_path / "b")
+    (a_home / "sandbox" / "f.txt").write_text("apart")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        data_port = probe.getsockname()[1]
+    async with Server(make_settings(a_home)) as a, \
+            Server(make_settings(b_home, recv_port=data_port)) as b:
+        assert b.recv_port == data_port != b.api_port
+        client = await AsyncClient.connect("127.0.0.1", a.api_port)
+        await client.auth("alice", PASSWORDS["alice"])
+        for transport in ("udp", "tcp"):
+            destination = await _destination(client, b, dataTransport=transport)
+            transfer = await send(client, destination, {"/f.txt": f"/{transport}.txt"})
+            done = await wait_transfer(client, transfer["transferId"])
+            assert done["status"] == "complete", done["errorMessage"]
+        await client.close()
+    assert (b_home / "sandbox" / "udp.txt").read_text() == "apart"
+    assert (b_home / "sandbox" / "tcp.txt").read_text() == "apart"
