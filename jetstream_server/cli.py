@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import logging
 import os
 import resource
@@ -20,6 +21,7 @@ import click
 from . import __version__
 from .config import SETTINGS, Setting, load_settings
 from .errors import ConfigError
+from .sdnotify import notify, watchdog
 from .server import Server
 from .users import (
     check_user_name,
@@ -61,8 +63,30 @@ def _server_options(func: Any) -> Any:
                         help="TOML file of settings (keys are the flag names).")(func)
 
 
-def _setup_logging(log_file: Path | None) -> None:
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and any extra fields."""
+
+    _standard = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._standard:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _setup_logging(log_file: Path | None, log_format: str = "text") -> None:
+    formatter: logging.Formatter = (
+        JsonFormatter() if log_format == "json" else
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     stderr = logging.StreamHandler(sys.stderr)
@@ -89,14 +113,26 @@ def _raise_fd_limit() -> None:
 
 async def _serve(server: Server) -> None:
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        if server.closing:  # a second signal: exit at once
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        notify("STOPPING=1")
+        log.info("stopping: draining")
+        server.close()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, server.close)
+        loop.add_signal_handler(signum, stop)
     await server.start()
+    notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=Listening on port {server.api_port}")
+    pinger = loop.create_task(watchdog())
     try:
         await server.serve_forever()
     finally:
         server.close()
         await server.wait_closed()
+        pinger.cancel()
         log.info("stopped")
 
 
@@ -105,7 +141,7 @@ def run_server(config_file: Path | None, given: dict[str, Any]) -> None:
         settings = load_settings(given, config_file)
     except ConfigError as exc:
         _fail(str(exc))
-    _setup_logging(settings.log)
+    _setup_logging(settings.log, settings.log_format)
     _raise_fd_limit()
     import uvloop
 

@@ -54,6 +54,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trigger-log", bool, "Log each trigger run and show its output on stderr."),
     Setting("trigger-on-api", bool, "Run on.<command> triggers after every API command."),
     Setting("log", Path, "Also write the log to this file."),
+    Setting("log-format", str, "Log lines as 'text' (default) or 'json' (one object a line)."),
     Setting("server-name", str, "Friendly server name (default: the host name)."),
 )
 _BY_KEY = {s.name: s for s in SETTINGS} | {s.attr: s for s in SETTINGS}
@@ -82,6 +83,7 @@ class Settings:
     trigger_log: bool = False
     trigger_on_api: bool = False
     log: Path | None = None
+    log_format: str = "text"
     server_name: str = field(default_factory=socket.gethostname)
     #: Settings left at their defaults (their paths may be created on start).
     defaulted: frozenset[str] = frozenset()
@@ -117,6 +119,8 @@ def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
         port = values.get(key)
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"--{key.replace('_', '-')} must be between 0 and 65535.")
+    if values.get("log_format", "text") not in ("text", "json"):
+        raise ConfigError("--log-format must be 'text' or 'json'.")
     defaulted = frozenset(s.attr for s in SETTINGS if s.attr not in values)
     return Settings(**values, defaulted=defaulted)
 

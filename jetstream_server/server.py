@@ -176,6 +176,10 @@ class Server:
             await self.start()
         await self._closed.wait()
 
+    @property
+    def closing(self) -> bool:
+        return self._closed.is_set()
+
     def close(self) -> None:
         """Stop listening and close every connection. Idempotent."""
         if self._closed.is_set():

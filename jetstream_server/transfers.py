@@ -156,8 +156,23 @@ class Scheduler:
             transfer.error_message = message
         if transfer.status.ended:
             transfer.end_time_us = now_us()
+            _log_outcome(transfer)
         self._changed(transfer)
 
     def _changed(self, transfer: Transfer) -> None:
         if self.on_change is not None:
             self.on_change(transfer)
+
+
+def _log_outcome(transfer: Transfer) -> None:
+    """One INFO line per ended transfer: outcome, bytes, time and rate."""
+    start = transfer.start_time_us or transfer.create_time_us
+    seconds = max(((transfer.end_time_us or start) - start) / 1e6, 1e-6)
+    log.info("transfer %s %s: %d of %d bytes, %d bytes sent in %.1f s (%.1f Mbit/s)%s",
+             transfer.id, transfer.status.value,
+             transfer.total_bytes if transfer.status.value == "complete" else 0,
+             transfer.total_bytes, transfer.bytes_sent, seconds,
+             transfer.bytes_sent * 8 / seconds / 1e6,
+             f": {transfer.error_message}" if transfer.error_message else "",
+             extra={"transferId": transfer.id, "outcome": transfer.status.value,
+                    "bytesSent": transfer.bytes_sent, "seconds": round(seconds, 3)})

@@ -140,10 +140,6 @@ class SendSession:
         if self._stopped:
             return
         self.destination.last_error_message = error
-        if error is None:
-            log.info("transfer %s complete: %d bytes", transfer.id, transfer.total_bytes)
-        else:
-            log.warning("transfer %s failed: %s", transfer.id, error)
         scheduler.finished(transfer, error)
 
     async def _loop(self, core: SenderCore) -> str | None:

@@ -1,0 +1,78 @@
+"""Running it for real: the systemd unit and notify protocol, signals and logs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORDS, ServerProcess, command, write_users
+
+UNIT = Path(__file__).parent.parent / "systemd" / "jetstream-server.service"
+
+
+def _home(path: Path) -> Path:
+    (path / "sandbox").mkdir(parents=True)
+    write_users(path / "users")
+    return path
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_unit_file_verifies(tmp_path: Path) -> None:
+    text = UNIT.read_text().replace("/usr/local/bin/jetstream-server",
+                                    command("jetstream-server"))
+    for needed in ("Type=notify", "KillMode=mixed", "ProtectSystem=strict", "ReadWritePaths=",
+                   "NoNewPrivileges=true", "StateDirectory=jetstream", "User=jetstream",
+                   "Restart=on-failure", "WatchdogSec="):
+        assert needed in text
+    unit = tmp_path / "jetstream-server.service"
+    unit.write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def _receive(sock: socket.socket, wanted: str, timeout_s: float = 20) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        message = sock.recv(4096).decode()
+        if wanted in message:
+            return message
+    raise AssertionError(f"no {wanted!r} from the server")
+
+
+def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path: Path) -> None:
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        server = ServerProcess(_home(tmp_path / "h"), env={
+            "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
+        ready = _receive(sock, "READY=1")
+        assert f"MAINPID={server.proc.pid}" in ready
+        assert f"Listening on port {server.api_port}" in ready
+        _receive(sock, "WATCHDOG=1")
+        _receive(sock, "WATCHDOG=1")
+        server.proc.send_signal(signal.SIGTERM)
+        _receive(sock, "STOPPING=1")
+        assert server.proc.wait(20) == 0
+        server.stream.close()
+
+
+def test_json_log_lines(tmp_path: Path) -> None:
+    log_file = tmp_path / "server.jsonl"
+    server = ServerProcess(_home(tmp_path / "h"), "--log-format", "json", "--log",
+                           str(log_file))
+    server.api("getDestinations", user="alice", password=PASSWORDS["alice"])
+    assert server.stop() == 0
+    entries = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any("listening on TCP" in e["message"] for e in entries)
+    assert any(e["message"] == "alice logged in from 127.0.0.1:" + e["message"].rsplit(":")[-1]
+               for e in entries)
