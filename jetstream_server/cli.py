@@ -44,8 +44,10 @@ def _fail(message: str) -> None:
 
 def _option(setting: Setting) -> Any:
     kwargs: dict[str, Any] = {"envvar": setting.envvar, "help": setting.help, "default": None}
-    if setting.kind is bool:
+    if setting.kind is bool and setting.flag:
         kwargs.update(is_flag=True, flag_value=True)
+    elif setting.kind is bool:
+        kwargs.update(type=click.BOOL, metavar="true|false")
     elif setting.kind is list:
         kwargs.update(multiple=True)
     elif setting.kind is int:

@@ -107,6 +107,7 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         if attempt == 0:
             wanted.ip = await resolve_host(host, port)
     service.destinations[wanted.id] = wanted
+    service.save_destination(wanted)
     log.info("destination %s (%s:%d) created by %s", wanted.id, wanted.ip, port, call.user)
     service.triggers.fire("send.destinationCreated", f"{wanted.ip}:{port}",
                           _peer(call))
@@ -145,6 +146,7 @@ async def delete_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
             f"Destination {destination.id} has {len(active)} unfinished transfer(s); "
             "cancel or delete them first.")
     del service.destinations[destination.id]
+    service.forget("destination", destination.id)
     log.info("destination %s deleted by %s", destination.id, call.user)
     service.triggers.fire("send.destinationDeleted", f"{destination.ip}:{destination.port}",
                           _peer(call))
@@ -238,6 +240,7 @@ async def delete_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         raise InvalidState(f"Manifest {manifest.id} is used by unfinished transfer(s) "
                            f"{', '.join(users)}.")
     del service.manifests[manifest.id]
+    service.forget("manifest", manifest.id)
     return "Manifest deleted.", manifest.to_api()
 
 
@@ -328,6 +331,7 @@ async def fail_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 async def delete_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     transfer = call.service.find_transfer(call.session, p["transferId"])
     call.service.scheduler.delete(transfer)
+    call.service.forget("transfer", transfer.id)
     return "Transfer deleted.", _transfer(call, transfer)
 
 
@@ -355,6 +359,7 @@ async def update_object_user_data(call: Call, p: dict[str, Any]) -> tuple[str, A
     obj = call.service.find_object(call.session, p["objectId"])
     merged = {**obj.user_data, **p["userData"]}
     obj.user_data = check_user_data(merged)
+    call.service.save_object(obj)
     return "User data updated.", _object_api(call, obj)
 
 
@@ -363,6 +368,7 @@ async def delete_object_user_data(call: Call, p: dict[str, Any]) -> tuple[str, A
     if p["key"] not in obj.user_data:
         raise InvalidParameter(f"Object {p['objectId']} has no user data key {p['key']!r}.")
     del obj.user_data[p["key"]]
+    call.service.save_object(obj)
     return "User data deleted.", _object_api(call, obj)
 
 

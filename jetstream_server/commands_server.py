@@ -49,6 +49,32 @@ async def get_request_result(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     return record.message, record.result
 
 
+def _raised(call: Call) -> None:
+    if not call.session.raised:
+        raise PermissionDenied("Only a raised superuser may do this: call superuser first.")
+
+
+async def get_gc_settings(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    return "Garbage collection settings.", call.service.gc_settings
+
+
+async def update_gc_settings(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    _raised(call)
+    changes: dict[str, int] = {}
+    for key, low in (("intervalSeconds", 60), ("timeLimitSeconds", 0)):
+        value = p[key]
+        if value is not None:
+            if not low <= value <= 2_147_483_647:
+                raise InvalidParameter(f"{key} must be {low} to 2147483647.")
+            changes[key] = value
+    return "Garbage collection settings updated.", call.service.update_gc_settings(changes)
+
+
+async def garbage_collect(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    _raised(call)
+    return "Garbage collected.", call.service.garbage_collect()
+
+
 def register(registry: Registry) -> None:
     request_id = (Param("requestId", int, required=True),)
     for command in (
@@ -58,5 +84,10 @@ def register(registry: Registry) -> None:
         Command("getServerInfo", get_server_info, needs_auth=False),
         Command("getRequestStatus", get_request_status, request_id, asyncable=False),
         Command("getRequestResult", get_request_result, request_id, asyncable=False),
+        Command("getGarbageCollectSettings", get_gc_settings),
+        Command("updateGarbageCollectSettings", update_gc_settings, (
+            Param("intervalSeconds", int, nullable=True),
+            Param("timeLimitSeconds", int, nullable=True))),
+        Command("garbageCollect", garbage_collect),
     ):
         registry.add(command)

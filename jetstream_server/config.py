@@ -27,6 +27,7 @@ class Setting:
     name: str  # the flag without "--"
     kind: type  # str, int, bool, Path or list
     help: str
+    flag: bool = True  # a bool given as a bare flag; False: it takes true or false
 
     @property
     def attr(self) -> str:
@@ -50,6 +51,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sandbox-dir", str,
             "Root of every user's files; %u, %d, %f, %% expand (default: HOME/sandbox)."),
     Setting("persistent-state-dir", Path, "Folder of the server's state (default: HOME/state)."),
+    Setting("persistent-destinations", bool,
+            "Keep destinations across restarts: true (default) or false.", flag=False),
+    Setting("persistent-transfers", bool,
+            "Keep transfers (and the manifests they use) across restarts: true (default) "
+            "or false.", flag=False),
     Setting("trigger-dir", Path, "Folder of trigger scripts."),
     Setting("trigger-log", bool, "Log each trigger run and show its output on stderr."),
     Setting("trigger-on-api", bool, "Run on.<command> triggers after every API command."),
@@ -79,6 +85,8 @@ class Settings:
     superuser: tuple[str, ...] = ()
     sandbox_dir: str = field(default_factory=lambda: str(default_home() / "sandbox"))
     persistent_state_dir: Path = field(default_factory=lambda: default_home() / "state")
+    persistent_destinations: bool = True
+    persistent_transfers: bool = True
     trigger_dir: Path | None = None
     trigger_log: bool = False
     trigger_on_api: bool = False

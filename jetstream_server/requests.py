@@ -32,6 +32,23 @@ class RequestRecord:
     code: str | None = None
     finished_at: float | None = None
 
+    def to_state(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "owner": self.owner, "command": self.command,
+                "status": self.status, "message": self.message, "result": self.result,
+                "code": self.code}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RequestRecord:
+        record = cls(state["request_id"], state["owner"], state["command"])
+        record.status, record.message = state["status"], state["message"]
+        record.result, record.code = state["result"], state["code"]
+        if record.status == "pending":
+            record.status, record.code = "error", InternalError.code
+            record.message = "The server restarted before the request finished."
+        record.finished_at = time.monotonic()
+        record.done.set()
+        return record
+
     def to_api(self) -> dict[str, Any]:
         return {
             "requestId": self.request_id,
@@ -43,9 +60,13 @@ class RequestRecord:
 
 
 class RequestBook:
-    def __init__(self, keep_s: float = 3600.0, max_records: int = 10_000) -> None:
+    def __init__(self, keep_s: float = 3600.0, max_records: int = 10_000,
+                 on_change: Callable[[RequestRecord], None] | None = None,
+                 on_forget: Callable[[RequestRecord], None] | None = None) -> None:
         self.keep_s = keep_s
         self.max_records = max_records
+        self.on_change = on_change
+        self.on_forget = on_forget
         self._records: dict[int, RequestRecord] = {}
         self._next_id = 1
         self._tasks: set[asyncio.Task[None]] = set()
@@ -58,6 +79,7 @@ class RequestBook:
         record = RequestRecord(self._next_id, owner, command)
         self._next_id += 1
         self._records[record.request_id] = record
+        self._changed(record)
         task = asyncio.get_running_loop().create_task(self._run(record, run))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -80,6 +102,16 @@ class RequestBook:
         finally:
             record.finished_at = time.monotonic()
             record.done.set()
+            self._changed(record)
+
+    def _changed(self, record: RequestRecord) -> None:
+        if self.on_change is not None:
+            self.on_change(record)
+
+    def restore(self, records: list[RequestRecord]) -> None:
+        for record in records:
+            self._records[record.request_id] = record
+        self._next_id = max([self._next_id, *(r.request_id + 1 for r in records)])
 
     def get(self, request_id: int, visible: Callable[[str | None], bool]) -> RequestRecord:
         record = self._records.get(request_id)
@@ -93,12 +125,16 @@ class RequestBook:
         for record in finished:
             assert record.finished_at is not None
             if now - record.finished_at > self.keep_s:
-                del self._records[record.request_id]
+                self._forget(record)
         if len(self._records) >= self.max_records:
             for record in sorted(finished, key=lambda r: r.finished_at or 0.0):
                 if len(self._records) < self.max_records:
                     break
-                self._records.pop(record.request_id, None)
+                self._forget(record)
+
+    def _forget(self, record: RequestRecord) -> None:
+        if self._records.pop(record.request_id, None) is not None and self.on_forget:
+            self.on_forget(record)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -23,6 +23,7 @@ from typing import Any, cast
 from .codec import LineDecoder, decode_request, encode_message, error_response
 from .config import Settings
 from .dataplane.receiving import DataEndpoint, DataStream
+from .dataplane.sending import SendingPlane
 from .errors import ApiError, ConfigError, RemoteControlRefused
 from .netaddr import is_loopback, plain_host
 from .protocol.wire import TCP_PREFACE
@@ -144,6 +145,7 @@ class Server:
         settings = self.settings
         users = prepare_settings(settings)
         service = Service(settings, users, self._data_plane)
+        service.restore()
         api_sock = _bind(socket.SOCK_STREAM, settings.api_host, settings.api_port, "API TCP")
         try:
             api_port = api_sock.getsockname()[1]
@@ -170,6 +172,8 @@ class Server:
                  service.recv_port, settings.sandbox_dir, settings.users_file)
         service.triggers.api_port = api_port
         service.triggers.fire("launch", str(api_port))
+        service.scheduler.poke_all()
+        service.spawn(service.collect_garbage_forever())
 
     async def serve_forever(self) -> None:
         if self.service is None:
@@ -181,7 +185,12 @@ class Server:
         return self._closed.is_set()
 
     def close(self) -> None:
-        """Stop listening and close every connection. Idempotent."""
+        """Stop listening, close API connections, start nothing new. Idempotent.
+
+        :meth:`wait_closed` then drains: running transfers stop to resume at the next
+        start (the receiving ends checkpoint and keep their data), triggers already
+        queued get up to 30 s, and the state is flushed.
+        """
         if self._closed.is_set():
             return
         self._closed.set()
@@ -189,10 +198,8 @@ class Server:
             self._api_server.close()
         if self._data_server is not None:
             self._data_server.close()
-        if self.endpoint is not None:
-            self.endpoint.close()
-        if self._udp is not None:
-            self._udp.close()
+        if self.service is not None:
+            self.service.scheduler.draining = True
         for connection in list(self._connections):
             connection.close()
 
@@ -203,7 +210,14 @@ class Server:
         for connection in list(self._connections):
             await connection.wait_closed()
         if self.service is not None:
+            plane = self.service.scheduler.data_plane
+            if isinstance(plane, SendingPlane):
+                await plane.shutdown()
+            if self.endpoint is not None:
+                await self.endpoint.shutdown()
             await self.service.close()
+        if self._udp is not None:
+            self._udp.close()
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -19,7 +19,8 @@ import orjson
 from . import __version__
 from .codec import Request, error_response, success_response
 from .config import Settings
-from .dataplane.receiving import DataEndpoint, ReceiveRecord
+from .dataplane.receiving import DataEndpoint
+from .dataplane.records import ReceiveRecord
 from .dataplane.sending import SendingPlane
 from .errors import (
     ApiError,
@@ -30,10 +31,12 @@ from .errors import (
     NotFound,
 )
 from .ids import new_id, now_us
-from .objects import Destination, Manifest, Owned, Transfer
+from .objects import Destination, FileMapping, Manifest, Owned, Transfer
 from .registry import SECRET_PARAMETERS, Registry
-from .requests import RequestBook
+from .requests import RequestBook, RequestRecord
 from .sandbox import expand_sandbox
+from .state import StateStore
+from .states import ManifestStatus, TransferStatus
 from .throttle import LoginThrottle
 from .transfers import DataPlane, Scheduler
 from .triggers import TriggerRunner
@@ -46,6 +49,8 @@ T = TypeVar("T", bound=Owned)
 
 #: Compatibility number of the control API, reported as ``apiVersion``.
 API_VERSION = 1
+#: JetStream's defaults: collect hourly what ended 48 hours ago.
+DEFAULT_GC = {"intervalSeconds": 3600, "timeLimitSeconds": 48 * 3600}
 #: Largest ``userData`` object accepted, serialised, in bytes.
 MAX_USER_DATA_BYTES = 64 * 1024
 
@@ -103,8 +108,12 @@ class Service:
         if data_plane is None:
             data_plane = SendingPlane(self)
         self.scheduler = Scheduler(self.transfers, self.destinations, self.manifests,
-                                   data_plane)
-        self.requests = RequestBook()
+                                   data_plane, on_change=self.save_transfer)
+        self.state = StateStore(settings.persistent_state_dir)
+        self._saved_manifests: set[str] = set()
+        self.requests = RequestBook(
+            on_change=lambda r: self.state.put("request", str(r.request_id), r.to_state()),
+            on_forget=lambda r: self.state.delete("request", str(r.request_id)))
         self.triggers = TriggerRunner(settings.trigger_dir, settings.trigger_log,
                                       settings.trigger_on_api)
         self.throttle = LoginThrottle()
@@ -113,6 +122,7 @@ class Service:
         register_send(self.registry)
         register_recv(self.registry)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._gc_wakeup: asyncio.Event | None = None
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -208,6 +218,120 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.requests.close()
         await self.triggers.close()
+        await self.state.flush()
+        self.state.close()
+
+    # -- persistence ------------------------------------------------------------------
+
+    def save_destination(self, destination: Destination) -> None:
+        if self.settings.persistent_destinations:
+            self.state.put("destination", destination.id, asdict(destination))
+
+    def save_transfer(self, transfer: Transfer) -> None:
+        if not self.settings.persistent_transfers or transfer.id not in self.transfers:
+            return
+        if transfer.manifest_id not in self._saved_manifests:
+            manifest = self.manifests.get(transfer.manifest_id)
+            if manifest is not None:
+                self.state.put("manifest", manifest.id, asdict(manifest))
+                self._saved_manifests.add(manifest.id)
+        self.state.put("transfer", transfer.id, asdict(transfer))
+
+    def save_object(self, obj: Owned) -> None:
+        if isinstance(obj, Destination):
+            self.save_destination(obj)
+        elif isinstance(obj, Transfer):
+            self.save_transfer(obj)
+        elif obj.id in self._saved_manifests:
+            self.state.put("manifest", obj.id, asdict(obj))
+
+    def forget(self, kind: str, object_id: str) -> None:
+        """Remove a deleted object from the stored state."""
+        self.state.delete(kind, object_id)
+        self._saved_manifests.discard(object_id)
+
+    def restore(self) -> None:
+        """Load the stored state; interrupted transfers go back to their queues."""
+        for row in self.state.load("destination"):
+            destination = Destination(**row)
+            self.destinations[destination.id] = destination
+        for row in self.state.load("manifest"):
+            manifest = Manifest(**{
+                **row, "status": ManifestStatus(row["status"]),
+                "files": [FileMapping(**f) for f in row["files"]],
+                "requested": [tuple(pair) for pair in row["requested"]]})
+            self.manifests[manifest.id] = manifest
+            self._saved_manifests.add(manifest.id)
+        for row in self.state.load("transfer"):
+            transfer = Transfer(**{**row, "status": TransferStatus(row["status"])})
+            if transfer.status is TransferStatus.SENDING:
+                transfer.status = TransferStatus.PENDING  # resumes from the checkpoint
+            if transfer.manifest_id not in self.manifests and not transfer.status.ended:
+                transfer.status = TransferStatus.ERROR
+                transfer.error_message = "Its manifest was lost when the server restarted."
+            self.transfers[transfer.id] = transfer
+        self.scheduler.restored()
+        self.requests.restore([RequestRecord.from_state(row)
+                               for row in self.state.load("request")])
+        for row in self.state.load("receive"):
+            record = ReceiveRecord.from_state(row)
+            self.receives[record.transfer_id] = record
+        if self.transfers or self.destinations:
+            log.info("restored %d destination(s), %d manifest(s), %d transfer(s)",
+                     len(self.destinations), len(self.manifests), len(self.transfers))
+
+    # -- garbage collection -------------------------------------------------------------
+
+    @property
+    def gc_settings(self) -> dict[str, int]:
+        stored = self.state.setting("gc") or {}
+        return {**DEFAULT_GC, **stored}
+
+    def update_gc_settings(self, settings: dict[str, int]) -> dict[str, int]:
+        merged = {**self.gc_settings, **settings}
+        self.state.put_setting("gc", merged)
+        if self._gc_wakeup is not None:
+            self._gc_wakeup.set()
+        return merged
+
+    def garbage_collect(self) -> dict[str, int]:
+        """Remove what ended more than timeLimitSeconds ago; counts of what went."""
+        limit_us = now_us() - self.gc_settings["timeLimitSeconds"] * 1_000_000
+        removed = {"transfers": 0, "manifests": 0, "receives": 0}
+        for transfer in list(self.transfers.values()):
+            if transfer.status.ended and (transfer.end_time_us or 0) <= limit_us:
+                del self.transfers[transfer.id]
+                self.forget("transfer", transfer.id)
+                removed["transfers"] += 1
+        used = {t.manifest_id for t in self.transfers.values()}
+        for manifest in list(self.manifests.values()):
+            if manifest.id not in used and manifest.create_time_us <= limit_us and \
+                    manifest.status is not ManifestStatus.PENDING:
+                del self.manifests[manifest.id]
+                self.forget("manifest", manifest.id)
+                removed["manifests"] += 1
+        for record in list(self.receives.values()):
+            if record.status != "receiving" and (record.end_time_us or 0) <= limit_us:
+                del self.receives[record.transfer_id]
+                self.forget("receive", record.transfer_id)
+                removed["receives"] += 1
+        if any(removed.values()):
+            log.info("garbage collection removed %(transfers)d transfer(s), %(manifests)d "
+                     "manifest(s), %(receives)d incoming transfer record(s)", removed)
+        return removed
+
+    async def collect_garbage_forever(self) -> None:
+        """Collect every intervalSeconds (a task; cancel to stop)."""
+        self._gc_wakeup = asyncio.Event()
+        while True:
+            try:
+                await asyncio.wait_for(self._gc_wakeup.wait(),
+                                       self.gc_settings["intervalSeconds"])
+                self._gc_wakeup.clear()  # the interval changed: start it again
+                continue
+            except TimeoutError:
+                pass
+            self.garbage_collect()
 
     # -- server information -----------------------------------------------------------
 

@@ -11,6 +11,7 @@ transfers wait in their queues (``pending``) and every other operation still wor
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -54,6 +55,9 @@ class Scheduler:
         self.data_plane = data_plane
         self.on_change = on_change
         self._seq = 0
+        self._not_before: dict[str, float] = {}
+        #: set while the server stops: nothing new starts
+        self.draining = False
 
     # -- queues -----------------------------------------------------------------------
 
@@ -78,9 +82,17 @@ class Scheduler:
         self._changed(transfer)
         self.poke(transfer.destination_id)
 
+    def restored(self) -> None:
+        """After loading stored transfers: continue their numbering."""
+        self._seq = max([self._seq, *(t.queue_seq for t in self.transfers.values())])
+
+    def poke_all(self) -> None:
+        for destination_id in list(self.destinations):
+            self.poke(destination_id)
+
     def poke(self, destination_id: str) -> None:
         """Start queued transfers of ``destination_id`` while it has room."""
-        if self.data_plane is None:
+        if self.data_plane is None or self.draining:
             return
         destination = self.destinations.get(destination_id)
         if destination is None:
@@ -88,7 +100,11 @@ class Scheduler:
         sending = sum(1 for t in self.transfers.values()
                       if t.destination_id == destination_id
                       and t.status is TransferStatus.SENDING)
-        for transfer in self.queue(destination_id)[: MAX_SENDING_PER_DESTINATION - sending]:
+        now = time.monotonic()
+        ready = [t for t in self.queue(destination_id)
+                 if self._not_before.get(t.id, 0.0) <= now]
+        for transfer in ready[: MAX_SENDING_PER_DESTINATION - sending]:
+            self._not_before.pop(transfer.id, None)
             self._move(transfer, "start")
             if transfer.start_time_us is None:
                 transfer.start_time_us = now_us()
@@ -132,11 +148,13 @@ class Scheduler:
             self._move(transfer, "fail", error_message)
         self.poke(transfer.destination_id)
 
-    def requeue(self, transfer: Transfer, error_message: str) -> None:
-        """The peer is unreachable for now: back into the queue, to be retried."""
+    def requeue(self, transfer: Transfer, error_message: str,
+                not_before: float = 0.0) -> None:
+        """The peer is unreachable for now: back into the queue, to be retried after
+        ``not_before`` (monotonic time)."""
         if transfer.status is TransferStatus.SENDING:
+            self._not_before[transfer.id] = not_before
             self._move(transfer, "requeue")
-            log.info("transfer %s requeued: %s", transfer.id, error_message)
 
     def progress(self, transfer: Transfer) -> None:
         self._changed(transfer)

@@ -25,6 +25,7 @@ from ..protocol.layout import Layout
 from ..protocol.metadata import FileEntry, Metadata, encode_metadata
 from ..protocol.sender import SenderCore, SendPhase
 from ..protocol.wire import MAX_DATAGRAM, TCP_PREFACE, Hello
+from ..states import TransferStatus
 from .source import FileSource
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ log = logging.getLogger("jetstream.send")
 
 #: Payload bytes per datagram: 1400 keeps datagrams under a 1500-byte MTU.
 UDP_BLOCK_SIZE = 1400
+#: Retry after network trouble: 1 s, doubling up to 30 s.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
 TCP_BLOCK_SIZE = 64 * 1024
 _FRAME = struct.Struct("!I")
 _SOCKET_BUFFER = 4 * 1024 * 1024
@@ -45,6 +49,27 @@ class SendingPlane:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.sessions: dict[str, SendSession] = {}
+        #: failed attempts in a row, per transfer, for the retry back-off
+        self.attempts: dict[str, int] = {}
+
+    def retry_later(self, transfer: Transfer, reason: str) -> None:
+        """Network trouble: back to the queue, tried again after a back-off."""
+        attempts = self.attempts.get(transfer.id, 0) + 1
+        self.attempts[transfer.id] = attempts
+        delay = min(RETRY_FIRST_S * 2 ** (attempts - 1), RETRY_MAX_S)
+        scheduler = self.service.scheduler
+        scheduler.requeue(transfer, reason, not_before=time.monotonic() + delay)
+        log.info("transfer %s: %s; trying again in %.0f s", transfer.id, reason, delay)
+        asyncio.get_running_loop().call_later(delay, scheduler.poke, transfer.destination_id)
+
+    async def shutdown(self) -> None:
+        """Stop every session to resume it at the next start (the receiver keeps data)."""
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.pausing = True
+            session.stop()
+        await asyncio.gather(*(s.task for s in sessions if s.task is not None),
+                             return_exceptions=True)
 
     def start(self, transfer: Transfer, destination: Destination, manifest: Manifest) -> None:
         session = SendSession(self, transfer, destination, manifest)
@@ -77,6 +102,13 @@ class SendSession:
         self._sock: socket.socket | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._refused = 0
+        #: stopping to resume later (server shutdown), not for good
+        self.pausing = False
+        self._checkpoint_at = time.monotonic() + (transfer.checkpoint_frequency_s or 30)
+        # counters of earlier sessions of this transfer
+        self._base = (transfer.bytes_sent, transfer.bytes_recv, transfer.packets_sent,
+                      transfer.packets_recv, transfer.blocks_sent,
+                      transfer.blocks_retransmitted)
 
     # -- control from the scheduler -------------------------------------------------------
 
@@ -100,6 +132,7 @@ class SendSession:
         transfer = self.transfer
         scheduler = self.plane.service.scheduler
         error: str | None = None
+        retry: str | None = None
         source: FileSource | None = None
         try:
             loop = asyncio.get_running_loop()
@@ -128,18 +161,26 @@ class SendSession:
                      transfer.id, transfer.total_files, transfer.total_bytes,
                      self.destination.ip, self.destination.port, "TCP" if tcp else "UDP")
             error = await self._loop(core)
-        except OSError as exc:
-            error = (f"Cannot reach the destination {self.destination.ip}:"
-                     f"{self.destination.port}: {exc.strerror or exc}.")
+        except (OSError, TimeoutError) as exc:
+            retry = (f"Cannot reach the destination {self.destination.ip}:"
+                     f"{self.destination.port}: {getattr(exc, 'strerror', None) or exc}.")
         finally:
             self._close_socket()
             if source is not None:
                 await asyncio.get_running_loop().run_in_executor(None, source.close)
             self.plane.sessions.pop(transfer.id, None)
         self._count()
+        self.plane.service.save_transfer(transfer)
         if self._stopped:
             return
+        if self.core is not None and self.core.retry:
+            retry = self.core.error
+        if retry is not None:
+            self.destination.last_error_message = retry
+            self.plane.retry_later(transfer, retry)
+            return
         self.destination.last_error_message = error
+        self.plane.attempts.pop(transfer.id, None)
         scheduler.finished(transfer, error)
 
     async def _loop(self, core: SenderCore) -> str | None:
@@ -148,8 +189,10 @@ class SendSession:
         while True:
             now = time.monotonic()
             if self._stopped:
-                reason = f"Transfer {self.transfer.status.value} by the sender."
-                self._send([core.close_datagram(reason)])
+                pause = self.pausing or self.transfer.status is TransferStatus.SUSPENDED
+                reason = "The sending server is stopping." if self.pausing else \
+                    f"Transfer {self.transfer.status.value} by the sender."
+                self._send([core.close_datagram(reason, pause=pause)])
                 return None
             if core.phase is SendPhase.NEED_PROOF and proof is None:
                 proof = loop.run_in_executor(None, self._verifier, core)
@@ -163,8 +206,11 @@ class SendSession:
                 self._send([core.close_datagram("complete")])
                 return None
             if core.phase is SendPhase.FAILED:
-                self._send([core.close_datagram(core.error or "failed")])
+                self._send([core.close_datagram(core.error or "failed", pause=core.retry)])
                 return core.error
+            if now >= self._checkpoint_at:  # keep the counters for a restart
+                self._checkpoint_at = now + (self.transfer.checkpoint_frequency_s or 30)
+                self.plane.service.save_transfer(self.transfer)
             if not self._pending:
                 while True:
                     batch = core.datagrams_to_send(now)
@@ -212,19 +258,20 @@ class SendSession:
         return encode_metadata(Metadata(
             transfer.id, transfer.destination_path, files, transfer.initial_user_data,
             {"serverId": service.server_id, "serverName": service.settings.server_name,
-             "user": transfer.owner}))
+             "user": transfer.owner}, transfer.checkpoint_frequency_s))
 
     def _count(self) -> None:
         core, transfer = self.core, self.transfer
         if core is None:
             return
-        transfer.bytes_sent = core.bytes_sent
-        transfer.bytes_recv = core.bytes_recv
-        transfer.packets_sent = core.packets_sent
-        transfer.packets_recv = core.packets_recv
-        transfer.blocks_sent = core.blocks_sent
+        bytes_sent, bytes_recv, packets_sent, packets_recv, blocks_sent, resent = self._base
+        transfer.bytes_sent = bytes_sent + core.bytes_sent
+        transfer.bytes_recv = bytes_recv + core.bytes_recv
+        transfer.packets_sent = packets_sent + core.packets_sent
+        transfer.packets_recv = packets_recv + core.packets_recv
+        transfer.blocks_sent = blocks_sent + core.blocks_sent
+        transfer.blocks_retransmitted = resent + core.blocks_retransmitted
         transfer.blocks_acked = core.blocks_acked
-        transfer.blocks_retransmitted = core.blocks_retransmitted
         transfer.block_size = core.layout.block_size
         transfer.total_blocks = core.layout.total_blocks
         if core.packets_recv:
@@ -255,13 +302,14 @@ class SendSession:
                 break
             except ConnectionRefusedError:
                 self._refused += 1
-                if core.phase in (SendPhase.HANDSHAKE,) and self._refused >= 3:
-                    core.fail(f"Nothing answers on UDP {self.destination.ip}:"
-                              f"{self.destination.port} (connection refused): is "
-                              "jetstream-server running there?")
+                if self._refused >= 3:
+                    core.lose_session(f"Nothing answers on UDP {self.destination.ip}:"
+                                      f"{self.destination.port} (connection refused): is "
+                                      "jetstream-server running there?")
                 break
             except OSError:
                 break
+            self._refused = 0
             core.receive_datagram(data, now)
         self.wake()
 

@@ -39,10 +39,13 @@ class _Open:
 
 
 class FileSink:
-    def __init__(self, root: str, meta: Metadata, transfer_id: str) -> None:
+    def __init__(self, root: str, meta: Metadata, transfer_id: str,
+                 keep: set[int] | None = None) -> None:
+        """``keep``: files whose temporary files hold data of an earlier session."""
         self.root = root
         self.meta = meta
         self.transfer_id = transfer_id
+        self.keep = keep or set()
         self._open: dict[int, _Open] = {}
         self._root_fd = -1
         self.paths: list[str] = []  # absolute paths on disk, per manifest entry
@@ -111,7 +114,8 @@ class FileSink:
             parent = self._dir(parts[:-1], create=True, path=path)
             temp = f".jetstream-{self.transfer_id}-{index}.part"
             try:
-                fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW |
+                truncate = 0 if index in self.keep else os.O_TRUNC
+                fd = os.open(temp, os.O_RDWR | os.O_CREAT | truncate | os.O_NOFOLLOW |
                              os.O_CLOEXEC, 0o600, dir_fd=parent)
             except OSError as exc:
                 os.close(parent)
@@ -189,6 +193,26 @@ class FileSink:
             os.close(opened.parent)
             del self._open[index]
         return path
+
+    def sync(self) -> None:
+        """Make everything written so far durable (a checkpoint)."""
+        for opened in self._open.values():
+            try:
+                os.fsync(opened.fd)
+            except OSError as exc:
+                raise SinkError(self._write_error(self._index(opened), exc)) from None
+
+    def _index(self, opened: _Open) -> int:
+        return next(i for i, o in self._open.items() if o is opened)
+
+    def release(self) -> None:
+        """Close everything, keeping the temporary files for a later session."""
+        self.sync()
+        for opened in self._open.values():
+            os.close(opened.fd)
+            os.close(opened.parent)
+        self._open.clear()
+        self.close()
 
     def abort(self) -> None:
         """Remove the temporary files of unfinished files."""

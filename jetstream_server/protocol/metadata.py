@@ -26,6 +26,8 @@ class Metadata:
     files: list[FileEntry]
     user_data: dict[str, Any] = field(default_factory=dict)
     sender: dict[str, Any] = field(default_factory=dict)
+    #: how often the receiver makes received data durable, in seconds
+    checkpoint_s: int | None = None
 
     @property
     def sizes(self) -> list[int | None]:
@@ -44,6 +46,7 @@ def encode_metadata(meta: Metadata) -> bytes:
         "userData": meta.user_data,
         "sender": meta.sender,
         "files": [[f.path, f.src, f.size, f.mtime_us, f.executable] for f in meta.files],
+        "checkpointSeconds": meta.checkpoint_s,
     })
 
 
@@ -69,5 +72,9 @@ def decode_metadata(data: bytes) -> Metadata:
         raise ValueError("malformed destinationPath in transfer metadata")
     if not isinstance(user_data, dict):
         raise ValueError("malformed userData in transfer metadata")
+    checkpoint_s = obj.get("checkpointSeconds")
+    if checkpoint_s is not None and (not isinstance(checkpoint_s, int) or
+                                     not 1 <= checkpoint_s <= 86_400):
+        raise ValueError("malformed checkpointSeconds in transfer metadata")
     return Metadata(str(obj.get("transferId", "")), destination_path, files, user_data,
-                    obj.get("sender") or {})
+                    obj.get("sender") or {}, checkpoint_s)

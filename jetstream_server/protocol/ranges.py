@@ -78,6 +78,10 @@ class RangeSet:
             i += 1
         return out
 
+    def count_in(self, start: int, end: int) -> int:
+        """How many values of [start, end) are in the set."""
+        return (end - start) - sum(e - s for s, e in self.missing(start, end))
+
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
 

@@ -21,6 +21,7 @@ from .ranges import RangeSet
 from .wire import (
     ACK_COMPLETE,
     ACK_READY,
+    CLOSE_PAUSE,
     DATA_HEADER,
     MAX_ACK_RANGES,
     Ack,
@@ -28,13 +29,15 @@ from .wire import (
     Garbage,
     Hello,
     Kind,
+    decode_error,
     encode,
     encode_ack,
     encode_challenge,
     encode_error,
 )
 
-__all__ = ["Authorizer", "Closed", "FileReady", "MetadataReady", "ReceiverCore", "RecvPhase"]
+__all__ = ["Authorizer", "Checkpoint", "Closed", "FileReady", "MetadataReady", "ReceiverCore",
+           "RecvPhase"]
 
 #: Data datagrams between two acknowledgements (more often when blocks go missing).
 ACK_EVERY = 16
@@ -84,9 +87,19 @@ class FileReady:
 @dataclass(frozen=True)
 class Closed:
     reason: str
+    pause: bool = False  # keep what was received for a later session
 
 
 Event = MetadataReady | FileReady | Closed
+
+
+@dataclass
+class Checkpoint:
+    """Blocks safely on disk, digests received, files already in place."""
+
+    ranges: list[tuple[int, int]]
+    digests: dict[int, tuple[bytes, int]]
+    committed: set[int]
 
 
 class ReceiverCore:
@@ -107,7 +120,7 @@ class ReceiverCore:
         self.metadata = bytearray(hello.meta_size)
         self.writes: list[tuple[int, int, bytes]] = []
         self.events: deque[Event] = deque()
-        self.committed = 0
+        self.committed_files: set[int] = set()
         self._file_blocks: dict[int, int] = {}
         self._digests: dict[int, tuple[bytes, int]] = {}
         self._control: list[bytes] = []
@@ -143,20 +156,47 @@ class ReceiverCore:
         self.error = message
         self._control.append(encode_error(self.session, Kind.ERROR, message))
 
-    def metadata_accepted(self, layout: Layout) -> None:
+    def metadata_accepted(self, layout: Layout, resume: Checkpoint | None = None) -> None:
+        """The metadata is accepted; ``resume``: what an earlier session left on disk."""
         if self.phase is not RecvPhase.PREPARING:
             return
         self.layout = layout
         self.phase = RecvPhase.DATA
         self._ack_now = True
-        if not layout.files:
+        if resume is not None:
+            self._resume(layout, resume)
+        if len(self.committed_files) == len(layout.files):
             self._complete()
+
+    def _resume(self, layout: Layout, resume: Checkpoint) -> None:
+        for start, end in resume.ranges:
+            self.received.add_range(max(start, layout.meta_blocks),
+                                    min(end, layout.total_blocks))
+        self._digests.update(resume.digests)
+        self.committed_files.update(resume.committed)
+        for file in layout.files:
+            first, end = layout.file_range(file)
+            count = self.received.count_in(first, end)
+            self._file_blocks[file] = count
+            if count == end - first and file not in self.committed_files and \
+                    file in self._digests:
+                digest, size = self._digests[file]
+                self.events.append(FileReady(file, digest, size))
+
+    def checkpoint(self) -> Checkpoint:
+        """What is received so far (the caller makes the writes durable first)."""
+        return Checkpoint(self.received.ranges(), dict(self._digests),
+                          set(self.committed_files))
+
+    @property
+    def committed(self) -> int:
+        return len(self.committed_files)
 
     def file_committed(self, file: int) -> None:
         if self.phase is not RecvPhase.DATA or self.layout is None:
             return
-        self.committed += 1
-        if self.committed == len(self.layout.files):
+        self.committed_files.add(file)
+        if len(self.committed_files) == len(self.layout.files):
             self._complete()
 
     def _complete(self) -> None:
@@ -196,8 +236,9 @@ class ReceiverCore:
             self._ack_now = True
         elif kind is Kind.CLOSE:
             if phase is not RecvPhase.COMPLETE:
-                reason = bytes(body[2:]).decode(errors="replace") or "closed by the sender"
-                self.events.append(Closed(reason))
+                code, reason = decode_error(body)
+                self.events.append(Closed(reason or "closed by the sender",
+                                          pause=code == CLOSE_PAUSE))
             self.phase = RecvPhase.CLOSED
         else:
             raise Garbage(f"unexpected {kind.name}")
@@ -274,7 +315,7 @@ class ReceiverCore:
         count = self._file_blocks.get(slot.file, 0) + 1
         self._file_blocks[slot.file] = count
         if count == layout.data_blocks[slot.file] + 1:
-            digest, size = self._digests.pop(slot.file)
+            digest, size = self._digests[slot.file]
             self.events.append(FileReady(slot.file, digest, size))
 
     # -- outputs and time -------------------------------------------------------------
@@ -322,7 +363,7 @@ class ReceiverCore:
         if now - self.last_recv_s >= IDLE_TIMEOUT_S:
             if self.phase is not RecvPhase.COMPLETE:
                 self.events.append(Closed(
-                    f"The sender was silent for {IDLE_TIMEOUT_S:.0f} s."))
+                    f"The sender was silent for {IDLE_TIMEOUT_S:.0f} s.", pause=True))
             self.phase = RecvPhase.CLOSED
 
 

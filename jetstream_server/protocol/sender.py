@@ -26,7 +26,10 @@ from .rate import Pacer, RateController
 from .wire import (
     ACK_COMPLETE,
     ACK_READY,
+    CLOSE_FINAL,
+    CLOSE_PAUSE,
     DATA_HEADER,
+    ERROR_UNKNOWN_SESSION,
     HEADER,
     MAGIC,
     VERSION,
@@ -53,7 +56,7 @@ REORDER_MIN_S = 0.001
 HANDSHAKE_RTO_S = 0.25
 MAX_RTO_S = 2.0
 #: Give up when the receiver has been silent this long.
-SILENCE_TIMEOUT_S = 60.0
+SILENCE_TIMEOUT_S = 10.0
 KEEPALIVE_S = 0.5
 UNPACED_BPS = 1e12
 #: Bytes in flight in the TCP data mode (TCP's buffers hold the rest back).
@@ -99,6 +102,8 @@ class SenderCore:
         self.phase = SendPhase.HANDSHAKE
         self.challenge: Challenge | None = None
         self.error: str | None = None
+        #: failed in a way a new session may cure (network trouble, receiver restart)
+        self.retry = False
         self.rate_limit_bps = rate_limit_bps or None
         self.controller = RateController()
         self.pacer = Pacer(self._rate(), now=now,
@@ -157,8 +162,15 @@ class SenderCore:
         if not self.finished:
             self.phase, self.error = SendPhase.FAILED, message
 
-    def close_datagram(self, reason: str) -> bytes:
-        return encode_error(self.session, Kind.CLOSE, reason)
+    def close_datagram(self, reason: str, pause: bool = False) -> bytes:
+        return encode_error(self.session, Kind.CLOSE, reason,
+                            CLOSE_PAUSE if pause else CLOSE_FINAL)
+
+    def lose_session(self, message: str) -> None:
+        """The session cannot go on, but a new one may (network trouble): retry."""
+        if not self.finished:
+            self.retry = True
+            self.fail(message)
 
     def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
         try:
@@ -186,7 +198,11 @@ class SenderCore:
             self.phase = SendPhase.METADATA
             self._last_ack_s = now
         elif kind is Kind.ERROR and not self.finished:
-            self.fail(decode_error(body) or "The receiver refused the transfer.")
+            code, message = decode_error(body)
+            if code == ERROR_UNKNOWN_SESSION:
+                self.lose_session("The receiver no longer knows this session (it restarted).")
+            else:
+                self.fail(message or "The receiver refused the transfer.")
         elif kind is Kind.ACK and self.phase in (SendPhase.METADATA, SendPhase.DATA):
             self._on_ack(decode_ack(body), now)
 
@@ -281,6 +297,8 @@ class SenderCore:
             return block
         limit = self.layout.meta_blocks if self.phase is SendPhase.METADATA else \
             self.layout.total_blocks
+        if self.next_new in self.acked:  # the receiver had it already (resume)
+            self.next_new = self.acked.first_missing(self.next_new)
         if self.next_new < limit and len(self.in_flight) < window:
             return self.next_new
         return None
@@ -350,7 +368,7 @@ class SenderCore:
         if self.finished:
             return
         if now - self._last_recv_s >= SILENCE_TIMEOUT_S:
-            self.fail(f"No answer from the receiver for {SILENCE_TIMEOUT_S:.0f} s.")
+            self.lose_session(f"No answer from the receiver for {SILENCE_TIMEOUT_S:.0f} s.")
             return
         if self.phase in (SendPhase.HANDSHAKE, SendPhase.AUTH_SENT) and \
                 now >= self._handshake_at:

@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 __all__ = [
+    "CLOSE_FINAL",
+    "CLOSE_PAUSE",
     "DATA_HEADER",
+    "ERROR_REFUSED",
+    "ERROR_UNKNOWN_SESSION",
     "HEADER",
     "MAGIC",
     "MAX_DATAGRAM",
@@ -208,12 +212,20 @@ def decode_ack(body: bytes | memoryview) -> Ack:
     return Ack(cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, ranges)
 
 
-def encode_error(session: int, kind: Kind, message: str) -> bytes:
-    """An ERROR (or CLOSE, with a reason) carrying a message for the operator."""
-    return encode(kind, session, _ERROR.pack(0) + message.encode()[:1000])
+#: ERROR codes: the transfer is refused for good; or this session is unknown (the
+#: receiver restarted or forgot it): start a new session, which resumes.
+ERROR_REFUSED, ERROR_UNKNOWN_SESSION = 0, 1
+#: CLOSE codes: the session is over for good (complete, cancelled, failed); or paused
+#: (suspended, server stopping): the receiver keeps what it has for a later session.
+CLOSE_FINAL, CLOSE_PAUSE = 0, 1
 
 
-def decode_error(body: bytes | memoryview) -> str:
+def encode_error(session: int, kind: Kind, message: str, code: int = 0) -> bytes:
+    """An ERROR (or CLOSE, with a reason) carrying a code and a message for the operator."""
+    return encode(kind, session, _ERROR.pack(code) + message.encode()[:1000])
+
+
+def decode_error(body: bytes | memoryview) -> tuple[int, str]:
     if len(body) < _ERROR.size:
-        return ""
-    return bytes(body[_ERROR.size:]).decode(errors="replace")
+        return 0, ""
+    return _ERROR.unpack_from(body, 0)[0], bytes(body[_ERROR.size:]).decode(errors="replace")

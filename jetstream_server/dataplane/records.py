@@ -1,0 +1,87 @@
+"""What a receiving server remembers of an incoming transfer, and how it is stored."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..ids import now_us
+from ..protocol.receiver import Checkpoint
+
+__all__ = ["ReceiveRecord"]
+
+
+@dataclass
+class ReceiveRecord:
+    """A transfer as the receiving server sees it (``recv.getTransfersAsync``)."""
+
+    transfer_id: str
+    user: str
+    source_ip: str
+    source_port: int
+    transport: str
+    start_time_us: int = field(default_factory=now_us)
+    status: str = "receiving"
+    error_message: str | None = None
+    destination_path: str | None = None
+    total_size: int | None = None
+    total_files: int | None = None
+    files_complete: int = 0
+    bytes_recv: int = 0
+    packets_recv: int = 0
+    duplicate_blocks: int = 0
+    last_recv_time_us: int | None = None
+    last_send_time_us: int | None = None
+    last_error_time_us: int | None = None
+    end_time_us: int | None = None
+    input_files: list[str] = field(default_factory=list)
+    output_files: list[str] = field(default_factory=list)
+    user_data: dict[str, Any] = field(default_factory=dict)
+    #: SHA-256 (hex) of the metadata, to resume only the very same transfer
+    meta_digest: str = ""
+    #: blocks durable on disk, digests and files in place, for a later session
+    checkpoint: Checkpoint | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "transferId": self.transfer_id,
+            "status": self.status,
+            "errorMessage": self.error_message,
+            "username": self.user,
+            "sourceIP": self.source_ip,
+            "sourcePort": self.source_port,
+            "dataTransport": self.transport,
+            "destinationPath": self.destination_path,
+            "totalSize": self.total_size,
+            "totalFiles": self.total_files,
+            "filesComplete": self.files_complete,
+            "bytesRecv": self.bytes_recv,
+            "packetsRecv": self.packets_recv,
+            "duplicateBlocks": self.duplicate_blocks,
+            "startTime": self.start_time_us,
+            "endTime": self.end_time_us,
+            "lastRecvTime": self.last_recv_time_us,
+            "lastSendTime": self.last_send_time_us,
+            "lastErrorTime": self.last_error_time_us,
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        state = asdict(self)
+        cp = self.checkpoint
+        state["checkpoint"] = None if cp is None else {
+            "ranges": cp.ranges,
+            "digests": {str(k): [d.hex(), size] for k, (d, size) in cp.digests.items()},
+            "committed": sorted(cp.committed),
+        }
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ReceiveRecord:
+        cp = state.pop("checkpoint")
+        record = cls(**state)
+        if cp is not None:
+            record.checkpoint = Checkpoint(
+                [(s, e) for s, e in cp["ranges"]],
+                {int(k): (bytes.fromhex(d), size) for k, (d, size) in cp["digests"].items()},
+                set(cp["committed"]))
+        return record

@@ -1,0 +1,337 @@
+"""One incoming transfer session: the receiver core, its disk writer, checkpoints, triggers."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..ids import now_us
+from ..netaddr import plain_host
+from ..protocol.layout import Layout
+from ..protocol.metadata import Metadata, decode_metadata
+from ..protocol.receiver import (
+    Checkpoint,
+    Closed,
+    FileReady,
+    MetadataReady,
+    ReceiverCore,
+    RecvPhase,
+)
+from ..sandbox import expand_sandbox
+from .records import ReceiveRecord
+from .sink import FileSink, SinkError
+
+if TYPE_CHECKING:
+    from .receiving import DataEndpoint
+
+__all__ = ["MAX_QUEUED_WRITE_BYTES", "ReceiveSession", "SendFunc"]
+
+log = logging.getLogger("jetstream.recv")
+
+#: Received bytes waiting for the disk before the data socket stops being read.
+MAX_QUEUED_WRITE_BYTES = 64 * 1024 * 1024
+DEFAULT_CHECKPOINT_S = 30.0
+
+SendFunc = Callable[[list[bytes]], None]
+
+
+class ReceiveSession:
+    def __init__(self, endpoint: DataEndpoint, core: ReceiverCore, address: tuple[str, int],
+                 send: SendFunc, transport: str) -> None:
+        self.endpoint = endpoint
+        self.service = endpoint.service
+        self.core = core
+        self.address = address
+        self.send = send
+        self.transport = transport
+        self.transfer_id = core.hello.transfer_id.hex()
+        self.record: ReceiveRecord | None = None
+        self.sink: FileSink | None = None
+        self.meta: Metadata | None = None
+        self.checkpoint_s = DEFAULT_CHECKPOINT_S
+        self._next_checkpoint: float | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "jetstream-sink")
+        self._queued_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self.paused: asyncio.Future[None] | None = None
+        #: called when the bytes waiting for the disk fall below half the bound
+        self.on_drained: Callable[[], None] | None = None
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    # -- driving the core -----------------------------------------------------------------
+
+    def step(self, now: float) -> None:
+        """Act on what the core produced, send its datagrams, re-arm the timer."""
+        if self._closed:
+            return
+        core = self.core
+        if self.record is None and core.user is not None:
+            self._start_record()
+        self._flush_writes()
+        while core.events:
+            event = core.events.popleft()
+            if isinstance(event, MetadataReady):
+                self.service.spawn(self._prepare(event.metadata))
+            elif isinstance(event, FileReady):
+                self._commit(event)
+            elif isinstance(event, Closed):
+                if event.pause:
+                    self.service.spawn(self.pause(event.reason))
+                else:
+                    self._finish("error", event.reason)
+        self.send(core.datagrams_to_send(now))
+        self._update_record()
+        if core.phase is RecvPhase.FAILED and self.record is not None and \
+                self.record.status == "receiving":
+            self._finish("error", core.error)
+        if core.phase is RecvPhase.DATA and self._next_checkpoint is not None and \
+                now >= self._next_checkpoint:
+            self._next_checkpoint = now + self.checkpoint_s
+            self.service.spawn(self.make_checkpoint())
+        if core.phase is RecvPhase.CLOSED and self.paused is None:
+            self.close()
+            return
+        self._arm(core.get_timer())
+
+    def _flush_writes(self) -> None:
+        core = self.core
+        if core.writes and self.sink is not None:
+            writes, core.writes = core.writes, []
+            size = sum(len(w[2]) for w in writes)
+            self._queued_bytes += size
+            self._submit(self.sink.write, writes, done=lambda _: self._written(size))
+
+    def _arm(self, deadline: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._next_checkpoint is not None:
+            deadline = self._next_checkpoint if deadline is None else \
+                min(deadline, self._next_checkpoint)
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0),
+                                       self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        self.core.handle_timer(now)
+        self.step(now)
+
+    def _submit(self, func: Callable[..., Any], *args: Any,
+                done: Callable[[concurrent.futures.Future[Any]], None]) -> None:
+        loop = asyncio.get_running_loop()
+        future = self._executor.submit(func, *args)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
+
+    async def _run(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(self._executor.submit(func, *args))
+
+    def _written(self, size: int) -> None:
+        self._queued_bytes -= size
+        self.endpoint.resume_if_drained()
+        if self.on_drained is not None and self._queued_bytes < MAX_QUEUED_WRITE_BYTES // 2:
+            self.on_drained()
+
+    def _sink_failed(self, exc: BaseException) -> None:
+        message = str(exc) if isinstance(exc, SinkError) else f"Internal error: {exc!r}"
+        if not isinstance(exc, SinkError):
+            log.error("receive %s: %r", self.transfer_id, exc)
+        self.core.fail(message)
+        self.step(time.monotonic())
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _start_record(self) -> None:
+        core = self.core
+        assert core.user is not None
+        known = self.service.receives.get(self.transfer_id)
+        if known is not None and known.user == core.user:
+            self.record = known  # a new session of a transfer seen before: resume
+            known.status, known.error_message, known.end_time_us = "receiving", None, None
+            known.source_ip, known.source_port = plain_host(self.address[0]), self.address[1]
+        else:
+            self.record = ReceiveRecord(self.transfer_id, core.user,
+                                        plain_host(self.address[0]), self.address[1],
+                                        self.transport)
+            self.service.receives[self.transfer_id] = self.record
+        log.info("receiving transfer %s from %s:%d for %s", self.transfer_id,
+                 self.record.source_ip, self.address[1], core.user)
+
+    def _save_record(self) -> None:
+        if self.record is not None and self.service.settings.persistent_transfers:
+            self.service.state.put("receive", self.record.transfer_id, self.record.to_state())
+
+    def _update_record(self) -> None:
+        record, core = self.record, self.core
+        if record is None:
+            return
+        record.bytes_recv = core.bytes
+        record.packets_recv = core.packets
+        record.duplicate_blocks = core.duplicates
+        record.files_complete = core.committed
+        record.last_recv_time_us = record.last_send_time_us = now_us()
+        if core.phase is RecvPhase.COMPLETE and record.status == "receiving":
+            record.status = "complete"
+            record.end_time_us = now_us()
+            record.checkpoint = None
+            self._save_record()
+            if self.sink is not None:
+                self._submit(self.sink.close, done=lambda _: None)
+            log.info("transfer %s received: %d files, %s bytes", record.transfer_id,
+                     record.total_files, record.total_size)
+            triggers = self.service.triggers
+            lines = "".join(f"{_quote(name)} {path}\n" for name, path in
+                            zip(record.input_files, record.output_files, strict=True))
+            triggers.fire("recv.transferComplete", record.transfer_id, record.user, "",
+                          stdin=lines.encode())
+            triggers.fire("recv.transferComplete.json", record.transfer_id, record.user, "",
+                          stdin=_trigger_json(record))
+
+    # -- metadata, commits, checkpoints ---------------------------------------------------
+
+    async def _prepare(self, raw: bytes) -> None:
+        core, record = self.core, self.record
+        assert core.user is not None and record is not None
+        try:
+            meta = decode_metadata(raw)
+            if meta.transfer_id != self.transfer_id:
+                raise ValueError("transfer metadata does not match the handshake")
+        except ValueError as exc:
+            core.fail(f"The sender's transfer metadata was refused: {exc}.")
+            self.step(time.monotonic())
+            return
+        self.meta = meta
+        self.checkpoint_s = float(meta.checkpoint_s or DEFAULT_CHECKPOINT_S)
+        digest = hashlib.sha256(raw).hexdigest()
+        earlier = self.endpoint.session_of(self.transfer_id, other_than=self)
+        if earlier is not None:  # the sender started over: take the earlier one's place
+            await earlier.pause("replaced by a new session of the same transfer")
+        resume = record.checkpoint if record.meta_digest == digest else None
+        record.meta_digest = digest
+        record.destination_path = meta.destination_path
+        record.total_size = meta.total_size
+        record.total_files = sum(1 for f in meta.files if f.size is not None)
+        record.input_files = [f.path for f in meta.files if f.size is not None]
+        record.user_data = meta.user_data
+        root = expand_sandbox(self.service.settings.sandbox_dir, core.user)
+        layout = Layout(core.hello.block_size, len(raw), meta.sizes)
+        keep = set() if resume is None else {
+            f for f in layout.files if f not in resume.committed and any(
+                s < layout.file_range(f)[1] and e > layout.file_range(f)[0]
+                for s, e in resume.ranges)}
+        self.sink = sink = FileSink(root, meta, self.transfer_id, keep)
+        try:
+            paths = await self._run(sink.prepare)
+        except Exception as exc:
+            self._sink_failed(exc)
+            return
+        record.output_files = [p for p, f in zip(paths, meta.files, strict=True)
+                               if f.size is not None]
+        if resume is not None:
+            log.info("transfer %s resumes: %d blocks and %d files kept", self.transfer_id,
+                     sum(e - s for s, e in resume.ranges), len(resume.committed))
+        self._save_record()
+        self.service.triggers.fire("recv.transferStarted", record.transfer_id, record.user,
+                                   stdin=_trigger_json(record))
+        core.metadata_accepted(layout, resume)
+        self._next_checkpoint = time.monotonic() + self.checkpoint_s
+        self.step(time.monotonic())
+
+    def _commit(self, event: FileReady) -> None:
+        assert self.sink is not None
+
+        def committed(future: concurrent.futures.Future[Any]) -> None:
+            exc = future.exception()
+            if exc is not None:
+                self._sink_failed(exc)
+                return
+            self.core.file_committed(event.file)
+            self.step(time.monotonic())
+
+        self._submit(self.sink.commit, event.file, event.digest, event.size, done=committed)
+
+    async def make_checkpoint(self) -> None:
+        """Make what is written durable and record it (for a later session)."""
+        if self.sink is None or self.record is None or \
+                self.core.phase not in (RecvPhase.DATA, RecvPhase.CLOSED):
+            return
+        self._flush_writes()
+        snapshot: Checkpoint = self.core.checkpoint()
+        try:
+            await self._run(self.sink.sync)
+        except Exception as exc:
+            self._sink_failed(exc)
+            return
+        if self.record.status == "receiving":
+            self.record.checkpoint = snapshot
+            self._save_record()
+
+    async def pause(self, reason: str) -> None:
+        """End this session, keeping what was received for a later one."""
+        if self.paused is not None:
+            await self.paused
+            return
+        self.paused = asyncio.get_running_loop().create_future()
+        try:
+            if self.core.phase in (RecvPhase.DATA, RecvPhase.CLOSED) and self.sink and \
+                    self.record is not None and self.record.status == "receiving":
+                await self.make_checkpoint()
+                await self._run(self.sink.release)
+                self.record.last_error_time_us = now_us()
+                log.info("transfer %s paused: %s", self.transfer_id, reason)
+            elif self.core.phase is not RecvPhase.COMPLETE:
+                self._finish("error", reason)
+        finally:
+            self.sink = None
+            self.close()
+            self.paused.set_result(None)
+
+    def _finish(self, status: str, message: str | None) -> None:
+        record = self.record
+        if record is not None and record.status == "receiving":
+            record.status = status
+            record.error_message = message
+            record.end_time_us = record.last_error_time_us = now_us()
+            record.checkpoint = None
+            self._save_record()
+            log.warning("transfer %s not received: %s", record.transfer_id, message)
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            self._submit(sink.abort, done=lambda _: None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.core.phase is not RecvPhase.COMPLETE and self.paused is None:
+            self._finish("error", self.core.error or "The transfer was closed.")
+        self._executor.shutdown(wait=False)
+        self.endpoint.sessions.pop(self.core.session, None)
+
+
+def _quote(name: str) -> str:
+    """A manifest file name as the first word of a recv.transferComplete stdin line:
+    ``%``, space and tab are written %25, %20 and %09, so that the documented
+    ``read -r manifest_file file_path`` loop gets the whole absolute path."""
+    return name.replace("%", "%25").replace(" ", "%20").replace("\t", "%09")
+
+
+def _trigger_json(record: ReceiveRecord) -> bytes:
+    return orjson.dumps({"inputFiles": record.input_files,
+                         "outputFiles": record.output_files,
+                         "userData": record.user_data}) + b"\n"
