@@ -251,29 +251,44 @@ class Service:
         self._saved_manifests.discard(object_id)
 
     def restore(self) -> None:
-        """Load the stored state; interrupted transfers go back to their queues."""
-        for row in self.state.load("destination"):
+        """Load the stored state; interrupted transfers go back to their queues.
+
+        What the settings no longer keep (``--persistent-destinations false``,
+        ``--persistent-transfers false``) is dropped from the store instead."""
+        kinds = {"destination": self.settings.persistent_destinations,
+                 **dict.fromkeys(("manifest", "transfer", "receive"),
+                                 self.settings.persistent_transfers)}
+        for kind, keep in kinds.items():
+            if not keep:
+                for row in self.state.load(kind):
+                    self.state.delete(kind, row.get("id") or row["transfer_id"])
+        for row in self.state.load("destination") if kinds["destination"] else []:
             destination = Destination(**row)
             self.destinations[destination.id] = destination
-        for row in self.state.load("manifest"):
+        for row in self.state.load("manifest") if kinds["manifest"] else []:
             manifest = Manifest(**{
                 **row, "status": ManifestStatus(row["status"]),
                 "files": [FileMapping(**f) for f in row["files"]],
                 "requested": [tuple(pair) for pair in row["requested"]]})
             self.manifests[manifest.id] = manifest
             self._saved_manifests.add(manifest.id)
-        for row in self.state.load("transfer"):
+        for row in self.state.load("transfer") if kinds["transfer"] else []:
             transfer = Transfer(**{**row, "status": TransferStatus(row["status"])})
             if transfer.status is TransferStatus.SENDING:
                 transfer.status = TransferStatus.PENDING  # resumes from the checkpoint
-            if transfer.manifest_id not in self.manifests and not transfer.status.ended:
+            lost = [what for what, table, key in (
+                ("manifest", self.manifests, transfer.manifest_id),
+                ("destination", self.destinations, transfer.destination_id))
+                if key not in table]
+            if lost and not transfer.status.ended:
                 transfer.status = TransferStatus.ERROR
-                transfer.error_message = "Its manifest was lost when the server restarted."
+                transfer.error_message = (f"Its {' and '.join(lost)} did not survive the "
+                                          "restart of the server.")
             self.transfers[transfer.id] = transfer
         self.scheduler.restored()
         self.requests.restore([RequestRecord.from_state(row)
                                for row in self.state.load("request")])
-        for row in self.state.load("receive"):
+        for row in self.state.load("receive") if kinds["receive"] else []:
             record = ReceiveRecord.from_state(row)
             self.receives[record.transfer_id] = record
         if self.transfers or self.destinations:

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 
 from jetstream_server.protocol.layout import DIGEST, Layout, Slot
 from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
-from jetstream_server.protocol.receiver import Closed, FileReady, MetadataReady, ReceiverCore
+from jetstream_server.protocol.receiver import (
+    Checkpoint,
+    Closed,
+    FileReady,
+    MetadataReady,
+    ReceiverCore,
+)
 from jetstream_server.protocol.sender import SenderCore, auth_proof
 from jetstream_server.protocol.wire import HEADER, Garbage, Hello, Kind, decode_hello, parse_header
 from jetstream_server.users import hash_password
@@ -85,7 +91,9 @@ class Outcome:
 def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         user: str = "alice", password: str = "pw", users: dict[str, str] | None = None,
         allow_anonymous: bool = False, rate_limit_bps: float | None = None,
-        max_time_s: float = 600.0) -> Outcome:
+        max_time_s: float = 600.0, resume: Checkpoint | None = None) -> Outcome:
+    """``resume``: what the receiver kept from an earlier session (its files already
+    hold the data of those blocks)."""
     rng = random.Random(link.seed)
     entries = [FileEntry(f"/f{i}", f"/src{i}", None if d is None else len(d), 0, False)
                for i, d in enumerate(files)]
@@ -99,8 +107,9 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
     authorizer = MemoryAuthorizer(users if users is not None else {"alice": "pw"},
                                   allow_anonymous)
     receiver: ReceiverCore | None = None
-    received: list[bytearray | None] = [None if d is None else bytearray(len(d))
-                                        for d in files]
+    received: list[bytearray | None] = [
+        None if d is None else bytearray(d) if resume is not None else bytearray(len(d))
+        for d in files]
     queue: list[tuple[float, int, str, bytes]] = []
     seq = 0
     link_free = {"s": 0.0, "r": 0.0}
@@ -144,7 +153,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
             if isinstance(event, MetadataReady):
                 decoded = decode_metadata(event.metadata)
                 receiver.metadata_accepted(Layout(block_size, len(event.metadata),
-                                                  decoded.sizes))
+                                                  decoded.sizes), resume)
             elif isinstance(event, FileReady):
                 data = bytes(received[event.file] or b"")
                 if hashlib.sha256(data).digest() == event.digest:

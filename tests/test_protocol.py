@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from jetstream_server.protocol.layout import Layout
 from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
 from jetstream_server.protocol.ranges import RangeSet
+from jetstream_server.protocol.receiver import Checkpoint
 from jetstream_server.protocol.wire import (
     Ack,
     Garbage,
@@ -164,3 +165,25 @@ def test_metadata_round_trip_and_refusal() -> None:
     for junk in (b"[]", b"{", b'{"v": 1, "files": [[1, 2, 3, 4, 5]]}'):
         with pytest.raises(ValueError):
             decode_metadata(junk)
+
+
+def test_a_new_session_sends_only_what_the_receiver_does_not_have() -> None:
+    data = bytes(range(256)) * 4000  # 1,024,000 bytes: 1000 blocks of 1024, then a digest
+    meta_blocks = 1
+    kept = (meta_blocks, meta_blocks + 600)  # the first 600 data blocks are on disk
+    outcome = run([data], LinkConfig(loss=0.02, seed=5), block_size=1024,
+                  resume=Checkpoint([kept], {}, set()))
+    assert outcome.complete and outcome.files == [data]
+    assert 400 <= outcome.blocks_sent - outcome.blocks_retransmitted <= 405
+
+
+def test_a_file_complete_before_the_interruption_is_not_sent_again() -> None:
+    import hashlib as h
+
+    first, second = b"a" * 5000, b"b" * 5000
+    digest = (h.sha256(first).digest(), len(first))
+    # file 0: blocks 1..5 and its digest block 6, all kept and already in place
+    outcome = run([first, second], LinkConfig(seed=1), block_size=1024,
+                  resume=Checkpoint([(1, 7)], {0: digest}, {0}))
+    assert outcome.complete and outcome.files == [first, second]
+    assert outcome.blocks_sent <= 1 + 6  # metadata and the second file only

@@ -110,7 +110,7 @@ class ReceiveSession:
             writes, core.writes = core.writes, []
             size = sum(len(w[2]) for w in writes)
             self._queued_bytes += size
-            self._submit(self.sink.write, writes, done=lambda _: self._written(size))
+            self._submit(self.sink.write, writes, done=lambda f: self._written(f, size))
 
     def _arm(self, deadline: float | None) -> None:
         if self._timer is not None:
@@ -139,8 +139,11 @@ class ReceiveSession:
     async def _run(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(self._executor.submit(func, *args))
 
-    def _written(self, size: int) -> None:
+    def _written(self, future: concurrent.futures.Future[Any], size: int) -> None:
         self._queued_bytes -= size
+        exc = future.exception()
+        if exc is not None and self.core.phase is RecvPhase.DATA:
+            self._sink_failed(exc)
         self.endpoint.resume_if_drained()
         if self.on_drained is not None and self._queued_bytes < MAX_QUEUED_WRITE_BYTES // 2:
             self.on_drained()

@@ -257,8 +257,8 @@ class SendSession:
                            f.modification_time_us, f.executable) for f in self.manifest.files]
         return encode_metadata(Metadata(
             transfer.id, transfer.destination_path, files, transfer.initial_user_data,
-            {"serverId": service.server_id, "serverName": service.settings.server_name,
-             "user": transfer.owner}, transfer.checkpoint_frequency_s))
+            {"serverName": service.settings.server_name, "user": transfer.owner},
+            transfer.checkpoint_frequency_s))
 
     def _count(self) -> None:
         core, transfer = self.core, self.transfer
