@@ -303,3 +303,33 @@ def test_a_full_disk_fails_the_transfer_cleanly(pair: Pair, tmp_path: Path) -> N
     finally:
         pair.stop()
         subprocess.run(["umount", "-l", str(sandbox)], capture_output=True, timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_a_second_signal_exits_at_once_losing_nothing_checkpointed(
+        pair: Pair, tmp_path: Path) -> None:
+    triggers = tmp_path / "triggers"  # a slow trigger keeps the drain busy
+    triggers.mkdir()
+    (triggers / "recv.transferStarted").write_text("#!/bin/sh\nsleep 25\n")
+    (triggers / "recv.transferStarted").chmod(0o755)
+    assert pair.b.stop() == 0
+    pair.b = pair.start_b("--trigger-dir", str(triggers))
+    data = _big_file(pair.a_home / "sandbox" / "f.bin", 100 * 2**20)
+    tid = pair.start_transfer("/f.bin:/f.bin", f"--sendRateMax={RATE_KBPS // 2}",
+                              "--checkpointFrequencySeconds=1")
+    pair.wait_acked(tid, 0.3)
+    time.sleep(1.2)  # at least one checkpoint
+    pair.b.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # draining: waiting for the trigger
+    assert pair.b.proc.poll() is None
+    started = time.monotonic()
+    pair.b.proc.send_signal(signal.SIGTERM)
+    assert pair.b.proc.wait(10) == 1
+    assert time.monotonic() - started < 5
+    pair.b.stream.close()
+    assert not (pair.b_home / "sandbox" / "f.bin").exists()
+    pair.b = pair.start_b()
+    done = pair.wait_done(tid)
+    assert done["status"] == "complete", done["errorMessage"]
+    assert (pair.b_home / "sandbox" / "f.bin").read_bytes() == data
+    assert _resent(done) <= 3 * BLOCKS_PER_S, done
