@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -40,6 +41,7 @@ __all__ = ["DRAIN_S", "MAX_QUEUED", "TriggerRunner"]
 log = logging.getLogger("jetstream.triggers")
 
 MAX_QUEUED = 10_000
+ETXTBSY_RETRIES = 20
 DRAIN_S = 30.0
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -113,15 +115,22 @@ class TriggerRunner:
             return
         output = asyncio.subprocess.PIPE if self.log_runs else asyncio.subprocess.DEVNULL
         started = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                str(script), *event.args, cwd=self.trigger_dir,
-                env=self._environment(event.name), stdin=asyncio.subprocess.PIPE,
-                stdout=output, stderr=output, start_new_session=True)
-        except OSError as exc:
-            if self.log_runs:
-                log.info("trigger %s could not start: %s", event.name, exc)
-            return
+        for attempt in range(ETXTBSY_RETRIES + 1):
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    str(script), *event.args, cwd=self.trigger_dir,
+                    env=self._environment(event.name), stdin=asyncio.subprocess.PIPE,
+                    stdout=output, stderr=output, start_new_session=True)
+                break
+            except OSError as exc:
+                # "text file busy": the script is being written (or was, by a process
+                # that forked meanwhile); wait a moment and try again
+                if exc.errno == errno.ETXTBSY and attempt < ETXTBSY_RETRIES:
+                    await asyncio.sleep(0.05)
+                    continue
+                if self.log_runs:
+                    log.info("trigger %s could not start: %s", event.name, exc)
+                return
         self._running = proc
         self.runs += 1
         try:

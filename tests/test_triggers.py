@@ -288,7 +288,7 @@ def test_trigger_log_shows_output_on_stderr_but_not_in_the_log_file(tmp_path: Pa
     try:
         deadline = time.monotonic() + 20
         while "exited 3" not in log_file.read_text():
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, server.log_path.read_text()
             time.sleep(0.05)
     finally:
         assert server.stop() == 0

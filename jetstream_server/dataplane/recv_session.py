@@ -295,8 +295,8 @@ class ReceiveSession:
                 await self._run(self.sink.release)
                 self.record.last_error_time_us = now_us()
                 log.info("transfer %s paused: %s", self.transfer_id, reason)
-            elif self.core.phase is not RecvPhase.COMPLETE:
-                self._finish("error", reason)
+            # before its data flowed a session has nothing to keep but its earlier
+            # checkpoint, which stays as it is
         finally:
             self.sink = None
             self.close()

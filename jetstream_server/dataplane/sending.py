@@ -168,7 +168,8 @@ class SendSession:
             self._close_socket()
             if source is not None:
                 await asyncio.get_running_loop().run_in_executor(None, source.close)
-            self.plane.sessions.pop(transfer.id, None)
+            if self.plane.sessions.get(transfer.id) is self:
+                del self.plane.sessions[transfer.id]
         self._count()
         self.plane.service.save_transfer(transfer)
         if self._stopped:
