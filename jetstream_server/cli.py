@@ -202,6 +202,15 @@ def _read_password(name: str) -> str:
     return first
 
 
+def _set_password(users: dict[str, str], name: str, path: Path) -> None:
+    """Ask for NAME's password and write the users file with its hash."""
+    password = _read_password(name)
+    if not password:
+        _fail("The password is empty.")
+    users[name] = hash_password(password)
+    write_users_file(path, users)
+
+
 def _load_users(path: Path, must_exist: bool) -> dict[str, str]:
     if not path.exists() and not must_exist:
         return {}
@@ -225,11 +234,7 @@ def user_add(name: str, users_file: Path | None) -> None:
     users = _load_users(path, must_exist=False)
     if name in users:
         _fail(f"User {name} already exists in {path}; use 'passwd' to change the password.")
-    password = _read_password(name)
-    if not password:
-        _fail("The password is empty.")
-    users[name] = hash_password(password)
-    write_users_file(path, users)
+    _set_password(users, name, path)
     click.echo(f"Added user {name} to {path}.")
 
 
@@ -242,11 +247,7 @@ def user_passwd(name: str, users_file: Path | None) -> None:
     users = _load_users(path, must_exist=True)
     if name not in users:
         _fail(f"No user {name} in {path}.")
-    password = _read_password(name)
-    if not password:
-        _fail("The password is empty.")
-    users[name] = hash_password(password)
-    write_users_file(path, users)
+    _set_password(users, name, path)
     click.echo(f"Changed the password of {name}.")
 
 
