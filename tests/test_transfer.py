@@ -209,7 +209,7 @@ async def test_suspend_resume_and_cancel_act_on_the_running_flow(
     transfer = await send(client, destination, {"/f.bin": "/f.bin"}, sendRateMax=4_000)
     tid = transfer["transferId"]
     await wait_transfer(client, tid, until=("sending",))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.5)  # about 500 blocks in
     await client.call("suspendTransfer", transferId=tid)
     await asyncio.sleep(0.3)
     before = (await client.call("getTransfer", transferId=tid))["bytesSent"]
@@ -220,6 +220,8 @@ async def test_suspend_resume_and_cancel_act_on_the_running_flow(
     done = await wait_transfer(client, tid)
     assert done["status"] == "complete"
     assert (b_box / "f.bin").read_bytes() == data
+    # the receiver kept what it had when the transfer was suspended
+    assert done["blocksSent"] - done["totalBlocks"] <= 200, done
     second = await send(client, destination, {"/f.bin": "/g.bin"}, sendRateMax=2_000)
     await wait_transfer(client, second["transferId"], until=("sending",))
     await asyncio.sleep(0.5)

@@ -290,7 +290,7 @@ class DataStream(asyncio.Protocol):
         session = self._session
         if session is not None and session.core.phase not in (RecvPhase.COMPLETE,
                                                                RecvPhase.CLOSED):
-            session.service.spawn(session.pause("the TCP data connection was lost"))
+            session.pause_soon("the TCP data connection was lost")
         elif session is not None:
             session.close()
         self.transport = None

@@ -87,7 +87,7 @@ class ReceiveSession:
                 self._commit(event)
             elif isinstance(event, Closed):
                 if event.pause:
-                    self.service.spawn(self.pause(event.reason))
+                    self.pause_soon(event.reason)
                 else:
                     self._finish("error", event.reason)
         self.send(core.datagrams_to_send(now))
@@ -282,12 +282,18 @@ class ReceiveSession:
             self.record.checkpoint = snapshot
             self._save_record()
 
+    def pause_soon(self, reason: str) -> asyncio.Future[None]:
+        """End this session, keeping what was received for a later one; the future is
+        done when the data is durable and recorded."""
+        if self.paused is None:
+            self.paused = asyncio.get_running_loop().create_future()
+            self.service.spawn(self._pause(reason, self.paused))
+        return self.paused
+
     async def pause(self, reason: str) -> None:
-        """End this session, keeping what was received for a later one."""
-        if self.paused is not None:
-            await self.paused
-            return
-        self.paused = asyncio.get_running_loop().create_future()
+        await self.pause_soon(reason)
+
+    async def _pause(self, reason: str, done: asyncio.Future[None]) -> None:
         try:
             if self.core.phase in (RecvPhase.DATA, RecvPhase.CLOSED) and self.sink and \
                     self.record is not None and self.record.status == "receiving":
@@ -300,7 +306,7 @@ class ReceiveSession:
         finally:
             self.sink = None
             self.close()
-            self.paused.set_result(None)
+            done.set_result(None)
 
     def _finish(self, status: str, message: str | None) -> None:
         record = self.record
