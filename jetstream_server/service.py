@@ -20,7 +20,7 @@ from . import __version__
 from .codec import Request, error_response, success_response
 from .config import Settings
 from .dataplane.receiving import DataEndpoint
-from .dataplane.records import ReceiveRecord
+from .dataplane.records import ReceiveRecord, remove_partial_files
 from .dataplane.sending import SendingPlane
 from .errors import (
     ApiError,
@@ -325,7 +325,15 @@ class Service:
                 del self.manifests[manifest.id]
                 self.forget("manifest", manifest.id)
                 removed["manifests"] += 1
+        live = set(self.endpoint.live_transfers()) if self.endpoint is not None else set()
         for record in list(self.receives.values()):
+            last = record.last_recv_time_us or record.start_time_us
+            if record.status == "receiving" and record.transfer_id not in live and \
+                    last <= limit_us:  # abandoned by its sender: free the disk
+                remove_partial_files(record)
+                record.status, record.end_time_us = "error", now_us()
+                record.error_message = "Abandoned: the sender did not come back."
+                record.checkpoint = None
             if record.status != "receiving" and (record.end_time_us or 0) <= limit_us:
                 del self.receives[record.transfer_id]
                 self.forget("receive", record.transfer_id)

@@ -351,3 +351,44 @@ async def test_a_data_port_apart_from_the_api_port_serves_udp_and_tcp(tmp_path: 
         await client.close()
     assert (b_home / "sandbox" / "udp.txt").read_text() == "apart"
     assert (b_home / "sandbox" / "tcp.txt").read_text() == "apart"
+
+
+async def test_outcomes_are_logged_once_and_abandoned_partial_files_are_collected(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="jetstream.transfers")
+    a_home, b_home = _home(tmp_path / "a"), _home(tmp_path / "b")
+    b_box = b_home / "sandbox"
+    (a_home / "sandbox" / "small.txt").write_text("small")
+    (a_home / "sandbox" / "big.bin").write_bytes(os.urandom(4_000_000))
+    async with Server(make_settings(b_home)) as b:
+        async with Server(make_settings(a_home)) as a:
+            client = await AsyncClient.connect("127.0.0.1", a.api_port)
+            await client.auth("alice", PASSWORDS["alice"])
+            destination = await _destination(client, b)
+            small = await send(client, destination, {"/small.txt": "/small.txt"})
+            assert (await wait_transfer(client, small["transferId"]))["status"] == "complete"
+            big = await send(client, destination, {"/big.bin": "/big.bin"},
+                             sendRateMax=4_000, checkpointFrequencySeconds=1)
+            await wait_transfer(client, big["transferId"], until=("sending",))
+            await asyncio.sleep(1.5)
+            await client.close()
+        # A stopped for good while sending: B keeps the partial file for a resume...
+        assert b.endpoint is not None
+        async with asyncio.timeout(10):
+            while b.endpoint.sessions:
+                await asyncio.sleep(0.05)
+        assert len(leftovers(b_box)) == 1
+        # ...until garbage collection decides the sender is not coming back
+        root = await AsyncClient.connect("127.0.0.1", b.api_port)
+        await root.auth("root", PASSWORDS["root"])
+        await root.call("superuser")
+        await root.call("updateGarbageCollectSettings", timeLimitSeconds=0)
+        removed = await root.call("garbageCollect")
+        records = {r["transferId"]: r for r in await root.call("recv.getTransfers")}
+        await root.close()
+    assert removed["receives"] == 1  # the complete one; the abandoned one goes next time
+    assert records[big["transferId"]]["status"] == "error"
+    assert "Abandoned" in records[big["transferId"]]["errorMessage"]
+    assert leftovers(b_box) == [] and not (b_box / "big.bin").exists()
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(f"transfer {small['transferId']} complete:" in line for line in lines) == 1

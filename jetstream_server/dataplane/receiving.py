@@ -115,6 +115,9 @@ class DataEndpoint:
         await asyncio.gather(*(session.pause("the receiving server is stopping")
                                for session in list(self.sessions.values())))
 
+    def live_transfers(self) -> list[str]:
+        return [session.transfer_id for session in self.sessions.values()]
+
     def session_of(self, transfer_id: str, other_than: ReceiveSession
                    ) -> ReceiveSession | None:
         for session in self.sessions.values():

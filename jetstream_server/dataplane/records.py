@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..ids import now_us
 from ..protocol.receiver import Checkpoint
 
-__all__ = ["ReceiveRecord"]
+__all__ = ["ReceiveRecord", "remove_partial_files"]
 
 
 @dataclass
@@ -85,3 +86,26 @@ class ReceiveRecord:
                 {int(k): (bytes.fromhex(d), size) for k, (d, size) in cp["digests"].items()},
                 set(cp["committed"]))
         return record
+
+
+def remove_partial_files(record: ReceiveRecord) -> int:
+    """Remove the temporary files an abandoned incoming transfer left; how many.
+
+    Only regular files named ``.jetstream-<transferId>-<n>.part`` in the folders of the
+    transfer's files are removed; symlinks are never followed."""
+    prefix = f".jetstream-{record.transfer_id}-"
+    removed = 0
+    for folder in sorted({os.path.dirname(path) for path in record.output_files}):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith(".part") and \
+                    entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
