@@ -89,8 +89,9 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     host, port = parse_address(p["destinationAddress"])
     if p["destinationPassword"] is not None and p["destinationUser"] is None:
         raise InvalidParameter("destinationPassword needs destinationUser.")
-    if p["destinationUser"] is not None and p["destinationToken"] is not None:
-        raise InvalidParameter("Give destinationUser or destinationToken, not both.")
+    if p["destinationToken"] is not None:
+        raise InvalidParameter("destinationToken: API tokens are not supported yet; give "
+                               "destinationUser and destinationPassword.")
     wanted = Destination(
         id=new_id(), owner=call.user, create_time_us=now_us(),
         user_data=check_user_data(p["userData"] or {}),

@@ -182,7 +182,9 @@ async def test_create_destination_is_idempotent_and_hides_credentials(
     for bad, message in [({"destinationAddress": "h:0"}, "1-65535"),
                          ({"destinationAddress": "h", "sendRateMax": -1}, "kbit/s"),
                          ({"destinationAddress": "h", "dataTransport": "sctp"}, "'udp'"),
-                         ({"destinationAddress": "no-such-host.invalid"}, "Cannot resolve")]:
+                         ({"destinationAddress": "no-such-host.invalid"}, "Cannot resolve"),
+                         ({"destinationAddress": "h", "destinationToken": "t"},
+                          "tokens are not supported")]:
         with pytest.raises(ApiError, match=message):
             await alice.call("createDestination", **bad)
     deleted = await alice.call("deleteDestination", destinationId=other["destinationId"])
