@@ -119,7 +119,8 @@ class TriggerRunner:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     str(script), *event.args, cwd=self.trigger_dir,
-                    env=self._environment(event.name), stdin=asyncio.subprocess.PIPE,
+                    env=self._environment(event.name),
+                    stdin=asyncio.subprocess.PIPE if event.stdin else asyncio.subprocess.DEVNULL,
                     stdout=output, stderr=output, start_new_session=True)
                 break
             except OSError as exc:
@@ -134,9 +135,8 @@ class TriggerRunner:
         self._running = proc
         self.runs += 1
         try:
-            out, err = await proc.communicate(event.stdin)
-        except (BrokenPipeError, ConnectionResetError):  # the script did not read stdin
-            out, err = b"", b""
+            out, err, _ = await asyncio.gather(_read_all(proc.stdout), _read_all(proc.stderr),
+                                               _feed(proc, event.stdin))
             await proc.wait()
         finally:
             self._running = None
@@ -165,3 +165,21 @@ class TriggerRunner:
             await self._task
         if running is not None and running.returncode is None:
             log.info("trigger process %d left running", running.pid)
+
+
+async def _read_all(stream: asyncio.StreamReader | None) -> bytes:
+    return await stream.read() if stream is not None else b""
+
+
+async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
+    """Write the event's stdin; a script that exits without reading it is fine."""
+    if proc.stdin is None:
+        return
+    try:
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):
+        pass  # (uvloop says RuntimeError when the pipe is already closed)
+    finally:
+        with contextlib.suppress(Exception):
+            proc.stdin.close()

@@ -381,3 +381,33 @@ async def test_transfers_go_on_while_a_receive_trigger_sleeps(
     assert (triggers / "started.jsonl").exists()
     assert calls(triggers) == []  # complete while the trigger still sleeps
     await wait_calls(triggers, "recv.transferStarted", timeout_s=15)
+
+
+def test_a_script_that_ignores_its_stdin_still_counts_as_run(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Under uvloop, as the server runs: writing stdin to a script that already exited
+    must not lose the run (it did once: 'unable to perform operation ... closed')."""
+    import uvloop
+
+    from jetstream_server.triggers import TriggerRunner
+
+    caplog.set_level("INFO", logger="jetstream.triggers")
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    for name in ("quick", "quick.json"):
+        (triggers / name).write_text("#!/bin/sh\necho ran >> runs.txt\nexit 0\n")
+        (triggers / name).chmod(0o755)
+
+    async def main() -> int:
+        runner = TriggerRunner(triggers, log_runs=True)
+        for _ in range(5):
+            runner.fire("quick")  # no stdin
+            runner.fire("quick.json", "x", stdin=b"z" * 1_000_000)  # stdin never read
+        await runner.close()
+        return runner.runs
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+        assert loop_runner.run(main()) == 10
+    assert (triggers / "runs.txt").read_text().count("ran") == 10
+    assert sum(" exited 0 after " in r.getMessage() for r in caplog.records) == 10
+    assert "could not run" not in caplog.text
