@@ -82,6 +82,14 @@ class Scheduler:
         self._changed(transfer)
         self.poke(transfer.destination_id)
 
+    def retry_due(self, transfer: Transfer) -> None:
+        """A transfer's wait after network trouble is over: it may start again.
+
+        (Its timer, not the clock, decides: an event loop's timer may fire a hair before
+        ``time.monotonic()`` reaches the deadline.)"""
+        self._not_before.pop(transfer.id, None)
+        self.poke(transfer.destination_id)
+
     def restored(self) -> None:
         """After loading stored transfers: continue their numbering."""
         self._seq = max([self._seq, *(t.queue_seq for t in self.transfers.values())])

@@ -116,3 +116,15 @@ def test_without_a_data_plane_transfers_wait_in_their_queue() -> None:
     scheduler.enqueue(transfer)
     assert transfer.status is TransferStatus.PENDING
     assert scheduler.queue(a.id) == [transfer]
+
+
+def test_a_retried_transfer_waits_for_its_timer_not_for_the_clock() -> None:
+    scheduler, plane, a, _, manifest = _setup()
+    transfer = _transfer(a, manifest)
+    scheduler.enqueue(transfer)
+    scheduler.requeue(transfer, "unreachable", not_before=float("inf"))
+    scheduler.poke(a.id)
+    assert transfer.status is TransferStatus.PENDING  # still waiting
+    scheduler.retry_due(transfer)  # the timer fired
+    assert transfer.status is TransferStatus.SENDING
+    assert plane.calls[-1] == ("start", transfer.id, a.id)

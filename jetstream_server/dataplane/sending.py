@@ -60,7 +60,7 @@ class SendingPlane:
         scheduler = self.service.scheduler
         scheduler.requeue(transfer, reason, not_before=time.monotonic() + delay)
         log.info("transfer %s: %s; trying again in %.0f s", transfer.id, reason, delay)
-        asyncio.get_running_loop().call_later(delay, scheduler.poke, transfer.destination_id)
+        asyncio.get_running_loop().call_later(delay, scheduler.retry_due, transfer)
 
     async def shutdown(self) -> None:
         """Stop every session to resume it at the next start (the receiver keeps data)."""
