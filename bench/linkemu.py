@@ -59,17 +59,20 @@ class Direction:
         if self.queued + len(packet) > self.queue_bytes:
             self.counters["queueDrops"] += 1
             return
+        if not self.queue and self.link_free < now:
+            self.link_free = now  # the link was idle: this packet starts at once
         self.queue.append(packet)
         self.queued += len(packet)
         self.pump(now)
 
     def pump(self, now: float) -> None:
         """Move packets off the bottleneck while the link is free."""
+        # Departures are spaced by the link rate on the virtual clock (link_free), not by
+        # when this loop wakes up, so a coarse wake-up does not slow the link down.
         while self.queue and self.link_free <= now:
             packet = self.queue.popleft()
             self.queued -= len(packet)
-            start = max(self.link_free, now)
-            self.link_free = start + len(packet) * 8 / self.rate_bps
+            self.link_free += len(packet) * 8 / self.rate_bps
             if self.rng.random() < self.loss:
                 self.counters["randomDrops"] += 1
                 continue
