@@ -333,3 +333,20 @@ def test_a_second_signal_exits_at_once_losing_nothing_checkpointed(
     assert done["status"] == "complete", done["errorMessage"]
     assert (pair.b_home / "sandbox" / "f.bin").read_bytes() == data
     assert _resent(done) <= 3 * BLOCKS_PER_S, done
+
+
+@pytest.mark.timeout(120)
+def test_the_tcp_data_mode_resumes_after_a_receiver_restart(pair: Pair) -> None:
+    data = _big_file(pair.a_home / "sandbox" / "f.bin", 100 * 2**20)
+    tid = pair.start_transfer("/f.bin:/f.bin", "--dataTransport=tcp",
+                              f"--sendRateMax={RATE_KBPS}", "--checkpointFrequencySeconds=1")
+    pair.wait_acked(tid, 0.3)
+    pair.b.proc.send_signal(signal.SIGKILL)
+    pair.b.proc.wait(10)
+    pair.b.stream.close()
+    pair.b = pair.start_b()
+    done = pair.wait_done(tid)
+    assert done["status"] == "complete", done["errorMessage"]
+    assert (pair.b_home / "sandbox" / "f.bin").read_bytes() == data
+    # over TCP a block is 64 KiB: 1 s of checkpoint interval is ~380 blocks at 200 Mbit/s
+    assert done["blocksSent"] - done["totalBlocks"] <= 3 * RATE_KBPS * 1000 / 8 / 65536 + 64

@@ -359,9 +359,9 @@ class SendSession:
                 core.receive_datagram(await reader.readexactly(size), time.monotonic())
                 self.wake()
         except (asyncio.IncompleteReadError, OSError):
-            if not core.finished:
-                core.fail(f"The TCP data connection to {self.destination.ip}:"
-                          f"{self.destination.port} was closed.")
+            # the receiver restarted or the network broke: a new session resumes
+            core.lose_session(f"The TCP data connection to {self.destination.ip}:"
+                              f"{self.destination.port} was closed.")
         self.wake()
 
     def _close_socket(self) -> None:
