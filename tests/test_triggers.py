@@ -411,3 +411,29 @@ def test_a_script_that_ignores_its_stdin_still_counts_as_run(
     assert (triggers / "runs.txt").read_text().count("ran") == 10
     assert sum(" exited 0 after " in r.getMessage() for r in caplog.records) == 10
     assert "could not run" not in caplog.text
+
+
+async def test_a_resumed_transfer_announces_its_start_once(
+        pair_with_triggers: tuple[Server, Server, Path], tmp_path: Path) -> None:
+    a, b, triggers = pair_with_triggers
+    install(triggers, "recv.transferStarted")
+    install(triggers, "recv.transferComplete")
+    (tmp_path / "a" / "sandbox" / "f.bin").write_bytes(os.urandom(1_500_000))
+    client = await _client(a)
+    destination = await client.call(
+        "createDestination", destinationAddress=f"127.0.0.1:{b.recv_port}",
+        destinationUser="bob", destinationPassword=PASSWORDS["bob"])
+    transfer = await send(client, destination["destinationId"], {"/f.bin": "/f.bin"},
+                          sendRateMax=4_000)
+    await wait_calls(triggers, "recv.transferStarted")
+    await asyncio.sleep(0.5)
+    await client.call("suspendTransfer", transferId=transfer["transferId"])
+    await asyncio.sleep(0.5)
+    await client.call("setSendRate", transferId=transfer["transferId"], sendRateMax=0)
+    await client.call("resumeTransfer", transferId=transfer["transferId"])
+    assert (await wait_transfer(client, transfer["transferId"]))["status"] == "complete"
+    await client.close()
+    await wait_calls(triggers, "recv.transferComplete")
+    await asyncio.sleep(0.3)
+    assert len(calls(triggers, "recv.transferStarted")) == 1
+    assert len(calls(triggers, "recv.transferComplete")) == 1

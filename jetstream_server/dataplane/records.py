@@ -38,6 +38,8 @@ class ReceiveRecord:
     input_files: list[str] = field(default_factory=list)
     output_files: list[str] = field(default_factory=list)
     user_data: dict[str, Any] = field(default_factory=dict)
+    #: recv.transferStarted has fired (once per transfer, not again when it resumes)
+    announced: bool = False
     #: SHA-256 (hex) of the metadata, to resume only the very same transfer
     meta_digest: str = ""
     #: blocks durable on disk, digests and files in place, for a later session

@@ -246,9 +246,11 @@ class ReceiveSession:
         if resume is not None:
             log.info("transfer %s resumes: %d blocks and %d files kept", self.transfer_id,
                      sum(e - s for s, e in resume.ranges), len(resume.committed))
+        if not record.announced:
+            record.announced = True
+            self.service.triggers.fire("recv.transferStarted", record.transfer_id,
+                                       record.user, stdin=_trigger_json(record))
         self._save_record()
-        self.service.triggers.fire("recv.transferStarted", record.transfer_id, record.user,
-                                   stdin=_trigger_json(record))
         core.metadata_accepted(layout, resume)
         self._next_checkpoint = time.monotonic() + self.checkpoint_s
         self.step(time.monotonic())
