@@ -54,15 +54,17 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path: Path) -> 
         sock.bind(str(path))
         server = ServerProcess(_home(tmp_path / "h"), env={
             "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
-        ready = _receive(sock, "READY=1")
-        assert f"MAINPID={server.proc.pid}" in ready
-        assert f"Listening on port {server.api_port}" in ready
-        _receive(sock, "WATCHDOG=1")
-        _receive(sock, "WATCHDOG=1")
-        server.proc.send_signal(signal.SIGTERM)
-        _receive(sock, "STOPPING=1")
-        assert server.proc.wait(20) == 0
-        server.stream.close()
+        try:
+            ready = _receive(sock, "READY=1")
+            assert f"MAINPID={server.proc.pid}" in ready
+            assert f"Listening on port {server.api_port}" in ready
+            _receive(sock, "WATCHDOG=1")
+            _receive(sock, "WATCHDOG=1")
+            server.proc.send_signal(signal.SIGTERM)
+            _receive(sock, "STOPPING=1")
+            assert server.proc.wait(20) == 0
+        finally:
+            server.stop()
 
 
 def test_json_log_lines(tmp_path: Path) -> None:

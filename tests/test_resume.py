@@ -199,40 +199,50 @@ def test_sigterm_drains_and_the_transfer_resumes_after_restart(pair: Pair) -> No
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     home = _home(tmp_path / "h")
     (home / "sandbox" / "f.txt").write_text("x")
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        started.append(ServerProcess(home, *args))
+        return started[-1]
+
+    def api(*args: str, user: str = "alice") -> Any:
+        done = started[-1].api(*args, user=user, password=PASSWORDS[user])
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         port = silent.getsockname()[1]
-        server = ServerProcess(home)
-
-        def api(*args: str, user: str = "alice") -> Any:
-            done = server.api(*args, user=user, password=PASSWORDS[user])
-            assert done.returncode == 0, done.stderr
-            return json.loads(done.stdout)
-
-        destination = api("createDestination", f"--destinationAddress=127.0.0.1:{port}",
-                          "--userData={\"site\": \"paris\"}")
-        manifest = api("createManifest", "--fileMappings=/f.txt:/f.txt")
-        time.sleep(0.3)
-        transfer = api("createTransfer", f"--destinationId={destination['destinationId']}",
-                       f"--manifestId={manifest['manifestId']}", "--priority=7")
-        queued = api("getDestinationsAsync")
-        assert server.stop() == 0
-        server = ServerProcess(home)
-        assert api("getDestination", f"--destinationId={destination['destinationId']}")[
-            "userData"] == {"site": "paris"}
-        assert api("getManifest", f"--manifestId={manifest['manifestId']}")["totalFiles"] == 1
-        restored = api("getTransfer", f"--transferId={transfer['transferId']}")
-        assert restored["priority"] == 7 and restored["status"] in ("pending", "sending")
-        result = api("getRequestResult", f"--requestId={queued['requestId']}")
-        assert [d["destinationId"] for d in result] == [destination["destinationId"]]
-        api("cancelTransfer", f"--transferId={transfer['transferId']}")
-        # only a raised superuser may collect garbage
-        assert server.api("garbageCollect", user="alice",
-                          password=PASSWORDS["alice"]).returncode == 1
-        assert server.stop() == 0
-        server = ServerProcess(home, "--persistent-destinations", "false")
-        assert api("getDestinations") == []  # not loaded when not persistent
-        assert server.stop() == 0
+        try:
+            server = start()
+            destination = api("createDestination", f"--destinationAddress=127.0.0.1:{port}",
+                              "--userData={\"site\": \"paris\"}")
+            manifest = api("createManifest", "--fileMappings=/f.txt:/f.txt")
+            time.sleep(0.3)
+            transfer = api("createTransfer",
+                           f"--destinationId={destination['destinationId']}",
+                           f"--manifestId={manifest['manifestId']}", "--priority=7")
+            queued = api("getDestinationsAsync")
+            assert server.stop() == 0
+            server = start()
+            assert api("getDestination", f"--destinationId={destination['destinationId']}")[
+                "userData"] == {"site": "paris"}
+            assert api("getManifest", f"--manifestId={manifest['manifestId']}")[
+                "totalFiles"] == 1
+            restored = api("getTransfer", f"--transferId={transfer['transferId']}")
+            assert restored["priority"] == 7 and restored["status"] in ("pending", "sending")
+            result = api("getRequestResult", f"--requestId={queued['requestId']}")
+            assert [d["destinationId"] for d in result] == [destination["destinationId"]]
+            api("cancelTransfer", f"--transferId={transfer['transferId']}")
+            # only a raised superuser may collect garbage
+            assert server.api("garbageCollect", user="alice",
+                              password=PASSWORDS["alice"]).returncode == 1
+            assert server.stop() == 0
+            start("--persistent-destinations", "false")
+            assert api("getDestinations") == []  # not loaded when not persistent
+        finally:
+            for process in started:
+                process.stop()
 
 
 def test_garbage_collection_removes_what_ended(tmp_path: Path) -> None:

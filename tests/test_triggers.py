@@ -320,14 +320,16 @@ def test_sigterm_lets_a_running_trigger_finish(tmp_path: Path) -> None:
     home, triggers = _process_home(tmp_path, (
         "#!/bin/sh\ntouch started\nsleep 2\ntouch finished\n"))
     server = ServerProcess(home, "--trigger-dir", str(triggers))
-    deadline = time.monotonic() + 20
-    while not (triggers / "started").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(20) == 0
-    assert (triggers / "finished").exists()
-    server.stream.close()
+    try:
+        deadline = time.monotonic() + 20
+        while not (triggers / "started").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(20) == 0
+        assert (triggers / "finished").exists()
+    finally:
+        server.stop()
 
 
 async def test_the_examples_work_as_shipped(tmp_path: Path) -> None:
