@@ -8,7 +8,7 @@ import logging
 import socket
 from typing import Any
 
-from .dataplane.sending import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE
+from .dataplane.sending import block_size_for
 from .errors import InvalidParameter, InvalidState
 from .ids import new_id, now_us
 from .manifests import ManifestError, build_file_list, parse_console_mapping
@@ -267,7 +267,7 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         raise InvalidParameter("priority must fit in 32 bits.")
     user_data = check_user_data(p["userData"] or {})
     transport = _transport(p["dataTransport"], destination.data_transport)
-    block_size = TCP_BLOCK_SIZE if transport == "tcp" else UDP_BLOCK_SIZE
+    block_size = block_size_for(transport, destination.ip)
     layout = Layout(block_size, 0, [None if f.is_empty_dir else f.file_size
                                     for f in manifest.files])
     transfer = Transfer(

@@ -21,7 +21,11 @@ from tests.conftest import PASSWORDS, ServerProcess, write_users
 from tests.transfer_helpers import leftovers
 
 RATE_KBPS = 200_000  # 200 Mbit/s: fast enough, slow enough to interrupt halfway
-BLOCKS_PER_S = RATE_KBPS * 1000 / 8 / 1400
+
+
+def _blocks_per_s(done: dict[str, Any], rate_kbps: int = RATE_KBPS) -> float:
+    """Blocks a second at ``rate_kbps`` with this transfer's block size."""
+    return rate_kbps * 1000 / 8 / int(done["blockSize"])
 
 
 def _free_port() -> int:
@@ -138,7 +142,7 @@ def test_a_receiver_killed_mid_transfer_resumes_from_its_checkpoint(pair: Pair) 
     assert (pair.b_home / "sandbox" / "big.bin").read_bytes() == data
     assert leftovers(pair.b_home / "sandbox") == []
     # resent at most what was not yet checkpointed (1 s of data) plus what was in flight
-    assert _resent(done) <= 2 * BLOCKS_PER_S + 2000, done
+    assert _resent(done) <= 2 * _blocks_per_s(done) + 200, done
 
 
 @pytest.mark.timeout(240)
@@ -156,7 +160,7 @@ def test_a_sender_killed_mid_transfer_resumes_after_its_restart(pair: Pair) -> N
     assert (pair.b_home / "sandbox" / "big.bin").read_bytes() == data
     # the restarted sender did not start over: what it sent again is bounded by what the
     # receiver had not made durable, and what the sender had not yet recorded
-    assert done["blocksSent"] <= done["totalBlocks"] + 3 * BLOCKS_PER_S + 2000, \
+    assert done["blocksSent"] <= done["totalBlocks"] + 3 * _blocks_per_s(done) + 200, \
         (before, done)
     received = pair.api(pair.b, "recv.getTransfers", user="bob")
     assert [r["status"] for r in received] == ["complete"]
@@ -193,7 +197,7 @@ def test_sigterm_drains_and_the_transfer_resumes_after_restart(pair: Pair) -> No
     done = pair.wait_done(tid)
     assert done["status"] == "complete", done["errorMessage"]
     assert (pair.b_home / "sandbox" / "f.bin").read_bytes() == data
-    assert _resent(done) <= 2 * BLOCKS_PER_S, (drain_s, done)
+    assert _resent(done) <= 2 * _blocks_per_s(done), (drain_s, done)
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
@@ -342,7 +346,7 @@ def test_a_second_signal_exits_at_once_losing_nothing_checkpointed(
     done = pair.wait_done(tid)
     assert done["status"] == "complete", done["errorMessage"]
     assert (pair.b_home / "sandbox" / "f.bin").read_bytes() == data
-    assert _resent(done) <= 3 * BLOCKS_PER_S, done
+    assert _resent(done) <= 3 * _blocks_per_s(done), done
 
 
 @pytest.mark.timeout(120)
