@@ -123,7 +123,7 @@ class AsyncClient:
         try:
             self._writer.write(line)
             await self._writer.drain()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # (uvloop: RuntimeError once closed)
             self._waiting.pop(request_id, None)
             raise ConnectionFailed(f"Connection to the server failed: {exc}") from None
         return await future

@@ -176,6 +176,9 @@ class SendSession:
         except (OSError, TimeoutError) as exc:
             retry = (f"Cannot reach the destination {self.destination.ip}:"
                      f"{self.destination.port}: {getattr(exc, 'strerror', None) or exc}.")
+        except Exception as exc:  # a bug: fail the transfer rather than leave it hanging
+            log.exception("transfer %s: internal error", transfer.id)
+            error = f"Internal error while sending: {exc!r}; the server log has details."
         finally:
             self._close_socket()
             if source is not None:
@@ -232,8 +235,12 @@ class SendSession:
                     self._send(batch)
                     if self._pending:
                         break
-            if self._writer is not None and self._pending == []:
-                await self._writer.drain()
+            if self._writer is not None:
+                try:
+                    await self._writer.drain()
+                except (OSError, RuntimeError):
+                    core.lose_session(f"The TCP data connection to {self.destination.ip}:"
+                                      f"{self.destination.port} was closed.")
             self._count()
             if core.finished:
                 continue  # failed while producing datagrams: report it above
@@ -335,7 +342,12 @@ class SendSession:
 
     def _send(self, datagrams: list[bytes | bytearray]) -> None:
         if self._writer is not None:
-            self._writer.write(b"".join(_FRAME.pack(len(d)) + d for d in datagrams))
+            if self._writer.is_closing():
+                return  # the connection broke; _read_tcp has ended the session
+            try:
+                self._writer.write(b"".join(_FRAME.pack(len(d)) + d for d in datagrams))
+            except (OSError, RuntimeError):  # (uvloop: RuntimeError once it is closed)
+                pass
             return
         sock = self._sock
         if sock is None:
