@@ -14,14 +14,17 @@ import os
 import re
 import secrets
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
 
 __all__ = [
+    "StoredHash",
     "UserStore",
     "check_user_name",
     "hash_password",
+    "parse_hash",
     "read_users_file",
     "verify_password",
     "write_users_file",
@@ -49,17 +52,37 @@ def hash_password(password: str) -> str:
             f"{base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}")
 
 
-def verify_password(password: str, stored: str) -> bool:
-    """True when ``password`` matches ``stored``; takes the same time either way."""
+@dataclass(frozen=True)
+class StoredHash:
+    """A parsed ``$scrypt$`` hash: salt, parameters and the derived key (the verifier)."""
+
+    salt: bytes
+    log2_n: int
+    r: int
+    p: int
+    digest: bytes
+
+
+def parse_hash(stored: str) -> StoredHash | None:
+    """The parts of a stored hash; None when it is malformed or its parameters are not
+    ones this server would compute."""
     match = _HASH.match(stored)
     if match is None:
-        return False
+        return None
     log2_n, r, p = (int(match.group(i)) for i in (1, 2, 3))
     if not (10 <= log2_n <= 20 and 1 <= r <= 16 and 1 <= p <= 4):
+        return None
+    return StoredHash(base64.b64decode(match.group(4)), log2_n, r, p,
+                      base64.b64decode(match.group(5)))
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True when ``password`` matches ``stored``; takes the same time either way."""
+    parts = parse_hash(stored)
+    if parts is None:
         return False
-    salt = base64.b64decode(match.group(4))
-    expected = base64.b64decode(match.group(5))
-    return hmac.compare_digest(_scrypt(password, salt, log2_n, r, p), expected)
+    return hmac.compare_digest(_scrypt(password, parts.salt, parts.log2_n, parts.r, parts.p),
+                               parts.digest)
 
 
 def _scrypt(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:

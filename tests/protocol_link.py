@@ -20,7 +20,7 @@ from jetstream_server.protocol.receiver import (
 )
 from jetstream_server.protocol.sender import SenderCore, auth_proof
 from jetstream_server.protocol.wire import HEADER, Garbage, Hello, Kind, decode_hello, parse_header
-from jetstream_server.users import hash_password
+from jetstream_server.users import StoredHash, hash_password, parse_hash
 
 
 class MemorySource:
@@ -40,21 +40,20 @@ class MemoryAuthorizer:
         self.allow_anonymous = allow_anonymous
         self.users = {name: hash_password(pw) for name, pw in users.items()}
 
-    def _parts(self, user: str) -> tuple[bytes, bytes]:
-        import base64
-
-        stored = self.users.get(user, self.users.get("alice", ""))
-        _, _, _params, salt, digest = stored.split("$")
-        return base64.b64decode(salt), base64.b64decode(digest)
+    def _parts(self, user: str) -> StoredHash:
+        parts = parse_hash(self.users.get(user, self.users.get("alice", "")))
+        assert parts is not None
+        return parts
 
     def challenge(self, user: str) -> tuple[bytes, int, int, int]:
-        return self._parts(user)[0], 14, 8, 1
+        parts = self._parts(user)
+        return parts.salt, parts.log2_n, parts.r, parts.p
 
     def verify(self, user: str, proof: bytes, nonce: bytes, session: int,
                transfer_id: bytes) -> bool:
         if user not in self.users:
             return False
-        expected = auth_proof(self._parts(user)[1], nonce, session, transfer_id)
+        expected = auth_proof(self._parts(user).digest, nonce, session, transfer_id)
         return secrets.compare_digest(expected, proof)
 
 

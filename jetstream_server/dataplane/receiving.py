@@ -12,11 +12,9 @@ dropped and counted. Each session drives a
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 import socket
 import struct
@@ -38,6 +36,7 @@ from ..protocol.wire import (
     encode_error,
     parse_header,
 )
+from ..users import StoredHash, parse_hash
 from .recv_session import MAX_QUEUED_WRITE_BYTES, ReceiveSession, SendFunc
 
 if TYPE_CHECKING:
@@ -48,7 +47,6 @@ __all__ = ["DataEndpoint", "DataStream", "UserAuthorizer"]
 log = logging.getLogger("jetstream.recv")
 
 MAX_SESSIONS = 256
-_HASH = re.compile(r"^\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
 _FRAME = struct.Struct("!I")
 
 
@@ -60,25 +58,20 @@ class UserAuthorizer:
         self.allow_anonymous = service.settings.recv_allow_anonymous
         self._secret = secrets.token_bytes(32)
 
-    def _parts(self, user: str) -> tuple[bytes, int, int, int, bytes] | None:
-        stored = self.service.users.stored_hash(user)
-        match = _HASH.match(stored or "")
-        if match is None:
-            return None
-        return (base64.b64decode(match.group(4)), int(match.group(1)), int(match.group(2)),
-                int(match.group(3)), base64.b64decode(match.group(5)))
+    def _parts(self, user: str) -> StoredHash | None:
+        return parse_hash(self.service.users.stored_hash(user) or "")
 
     def challenge(self, user: str) -> tuple[bytes, int, int, int]:
         parts = self._parts(user)
         if parts is None:  # the same shape of answer for a name that does not exist
             fake = hmac.new(self._secret, user.encode(), hashlib.sha256).digest()[:16]
             return fake, 14, 8, 1
-        return parts[0], parts[1], parts[2], parts[3]
+        return parts.salt, parts.log2_n, parts.r, parts.p
 
     def verify(self, user: str, proof: bytes, nonce: bytes, session: int,
                transfer_id: bytes) -> bool:
         parts = self._parts(user)
-        expected = auth_proof(parts[4] if parts else self._secret, nonce, session,
+        expected = auth_proof(parts.digest if parts else self._secret, nonce, session,
                               transfer_id)
         return hmac.compare_digest(expected, proof) and parts is not None
 
