@@ -17,7 +17,6 @@ import hmac
 import logging
 import secrets
 import socket
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from ..protocol.receiver import ReceiverCore, RecvPhase
 from ..protocol.sender import auth_proof
 from ..protocol.wire import (
     ERROR_UNKNOWN_SESSION,
+    FRAME,
     HEADER,
     MAX_DATAGRAM,
     TCP_PREFACE,
@@ -34,6 +34,7 @@ from ..protocol.wire import (
     Kind,
     decode_hello,
     encode_error,
+    encode_frames,
     parse_header,
 )
 from ..users import StoredHash, parse_hash
@@ -47,7 +48,6 @@ __all__ = ["DataEndpoint", "DataStream", "UserAuthorizer"]
 log = logging.getLogger("jetstream.recv")
 
 MAX_SESSIONS = 256
-_FRAME = struct.Struct("!I")
 
 
 class UserAuthorizer:
@@ -235,7 +235,7 @@ class DataStream(asyncio.Protocol):
     def _send_for(self, address: tuple[str, int]) -> SendFunc:
         def send(datagrams: list[bytes]) -> None:
             if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(b"".join(_FRAME.pack(len(d)) + d for d in datagrams))
+                self.transport.write(encode_frames(datagrams))
 
         return send
 
@@ -254,23 +254,26 @@ class DataStream(asyncio.Protocol):
         host, port = self.transport.get_extra_info("peername")[:2]
         now = time.monotonic()
         offset = 0
-        while len(buffer) - offset >= _FRAME.size:
-            size = _FRAME.unpack_from(buffer, offset)[0]
+        touched: dict[int, ReceiveSession] = {}
+        while len(buffer) - offset >= FRAME.size:
+            size = FRAME.unpack_from(buffer, offset)[0]
             if size > MAX_DATAGRAM:
                 self.endpoint.dropped["garbage"] += 1
                 self.transport.close()
                 return
-            if len(buffer) - offset - _FRAME.size < size:
+            if len(buffer) - offset - FRAME.size < size:
                 break
-            start = offset + _FRAME.size
+            start = offset + FRAME.size
             frame = memoryview(bytes(buffer[start:start + size]))
             offset = start + size
             session = self.endpoint.datagram(frame, (host, port), self._send_for, "tcp", now)
             if session is not None:
                 if self._session is None:
                     self._session = session
-                session.step(now)
+                touched[id(session)] = session
         del buffer[:offset]
+        for session in touched.values():  # once per chunk, as for a UDP batch
+            session.step(now)
         if self._session is not None and self._session.queued_bytes > \
                 MAX_QUEUED_WRITE_BYTES:
             self.transport.pause_reading()

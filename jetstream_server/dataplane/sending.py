@@ -15,7 +15,6 @@ import hashlib
 import logging
 import secrets
 import socket
-import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ from ..objects import Destination, Manifest, Transfer
 from ..protocol.layout import Layout
 from ..protocol.metadata import FileEntry, Metadata, encode_metadata
 from ..protocol.sender import SenderCore, SendPhase
-from ..protocol.wire import MAX_DATAGRAM, TCP_PREFACE, Hello
+from ..protocol.wire import FRAME, MAX_DATAGRAM, TCP_PREFACE, Hello, encode_frames
 from ..states import TransferStatus
 from .source import FileSource
 
@@ -46,7 +45,6 @@ LOOPBACK_BLOCK_SIZE = 16 * 1024
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 TCP_BLOCK_SIZE = 64 * 1024
-_FRAME = struct.Struct("!I")
 _SOCKET_BUFFER = 4 * 1024 * 1024
 
 
@@ -345,7 +343,7 @@ class SendSession:
             if self._writer.is_closing():
                 return  # the connection broke; _read_tcp has ended the session
             try:
-                self._writer.write(b"".join(_FRAME.pack(len(d)) + d for d in datagrams))
+                self._writer.write(encode_frames(datagrams))
             except (OSError, RuntimeError):  # (uvloop: RuntimeError once it is closed)
                 pass
             return
@@ -376,7 +374,7 @@ class SendSession:
         assert core is not None
         try:
             while True:
-                size = _FRAME.unpack(await reader.readexactly(_FRAME.size))[0]
+                size = FRAME.unpack(await reader.readexactly(FRAME.size))[0]
                 if size > MAX_DATAGRAM:
                     core.fail("The receiver sent an oversized frame.")
                     break

@@ -26,6 +26,7 @@ __all__ = [
     "DATA_HEADER",
     "ERROR_REFUSED",
     "ERROR_UNKNOWN_SESSION",
+    "FRAME",
     "HEADER",
     "MAGIC",
     "MAX_DATAGRAM",
@@ -44,6 +45,7 @@ __all__ = [
     "encode_ack",
     "encode_challenge",
     "encode_error",
+    "encode_frames",
     "encode_hello",
     "parse_header",
     "seal",
@@ -55,6 +57,8 @@ TCP_PREFACE = b"JSTD"
 #: Largest datagram or TCP frame accepted (TCP frames carry bigger blocks).
 MAX_DATAGRAM = 1024 * 1024 + 64
 
+#: Length prefix of a datagram carried as a TCP frame.
+FRAME = struct.Struct("!I")
 HEADER = struct.Struct("!HBBQI")  # magic, version, type, session, crc
 DATA_HEADER = struct.Struct("!QQ")  # block index, sender timestamp (us)
 _HELLO = struct.Struct("!16sIQQB")  # transfer id, block size, meta size, meta blocks, flags
@@ -79,6 +83,11 @@ class Kind(IntEnum):
 
 class Garbage(Exception):
     """The bytes are not a valid datagram of this protocol."""
+
+
+def encode_frames(datagrams: list[bytes] | list[bytes | bytearray]) -> bytes:
+    """Datagrams as TCP data-mode frames: each preceded by its length."""
+    return b"".join(FRAME.pack(len(d)) + d for d in datagrams)
 
 
 def seal(buffer: bytearray | memoryview, length: int) -> None:
