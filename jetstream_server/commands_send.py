@@ -268,8 +268,7 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     user_data = check_user_data(p["userData"] or {})
     transport = _transport(p["dataTransport"], destination.data_transport)
     block_size = block_size_for(transport, destination.ip)
-    layout = Layout(block_size, 0, [None if f.is_empty_dir else f.file_size
-                                    for f in manifest.files])
+    layout = Layout(block_size, 0, manifest.sizes)
     transfer = Transfer(
         id=new_id(), owner=call.user, create_time_us=now_us(), user_data=user_data,
         destination_id=destination.id, manifest_id=manifest.id,

@@ -118,6 +118,11 @@ class Manifest(Owned):
             return None
         return sum(f.file_size for f in self.files)
 
+    @property
+    def sizes(self) -> list[int | None]:
+        """Per entry, its size, or None for an empty folder (what a block layout takes)."""
+        return [None if f.is_empty_dir else f.file_size for f in self.files]
+
     def to_api(self) -> dict[str, Any]:
         return {
             "manifestId": self.id,

@@ -123,6 +123,7 @@ class Service:
         register_recv(self.registry)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gc_wakeup: asyncio.Event | None = None
+        self._gc: dict[str, int] = {**DEFAULT_GC, **(self.state.setting("gc") or {})}
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -299,15 +300,14 @@ class Service:
 
     @property
     def gc_settings(self) -> dict[str, int]:
-        stored = self.state.setting("gc") or {}
-        return {**DEFAULT_GC, **stored}
+        return dict(self._gc)
 
     def update_gc_settings(self, settings: dict[str, int]) -> dict[str, int]:
-        merged = {**self.gc_settings, **settings}
-        self.state.put_setting("gc", merged)
+        self._gc.update(settings)
+        self.state.put_setting("gc", self._gc)
         if self._gc_wakeup is not None:
             self._gc_wakeup.set()
-        return merged
+        return self.gc_settings
 
     def garbage_collect(self) -> dict[str, int]:
         """Remove what ended more than timeLimitSeconds ago; counts of what went."""

@@ -149,8 +149,7 @@ class SendSession:
             tcp = transfer.data_transport == "tcp"
             block_size = block_size_for(transfer.data_transport, self.destination.ip)
             metadata = self._metadata()
-            layout = Layout(block_size, len(metadata), [
-                None if f.is_empty_dir else f.file_size for f in self.manifest.files])
+            layout = Layout(block_size, len(metadata), self.manifest.sizes)
             root = self.plane.service.sandbox_root(transfer.owner)
             def wake_from_thread() -> None:
                 loop.call_soon_threadsafe(self.wake)
