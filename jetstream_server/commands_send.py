@@ -99,7 +99,6 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         send_rate_max_kbps=_rate(p["sendRateMax"]),
         data_transport=_transport(p["dataTransport"], "udp"),
         remote_user=p["destinationUser"], remote_password=p["destinationPassword"],
-        remote_token=p["destinationToken"],
     )
     for attempt in range(2):  # again after resolving: another call may have made it
         for existing in service.destinations.values():

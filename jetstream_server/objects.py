@@ -36,7 +36,6 @@ class Destination(Owned):
     data_transport: str
     remote_user: str | None = None
     remote_password: str | None = field(default=None, repr=False)
-    remote_token: str | None = None
     last_error: str | None = None
     last_error_message: str | None = None
     last_recv_time_us: int | None = None
@@ -45,9 +44,9 @@ class Destination(Owned):
     def same_parameters(self, other: Destination) -> bool:
         """True when ``other`` was created with the same parameters (idempotent create)."""
         return (self.owner, self.host, self.port, self.send_rate_max_kbps, self.data_transport,
-                self.remote_user, self.remote_password, self.remote_token) == (
+                self.remote_user, self.remote_password) == (
             other.owner, other.host, other.port, other.send_rate_max_kbps, other.data_transport,
-            other.remote_user, other.remote_password, other.remote_token)
+            other.remote_user, other.remote_password)
 
     def to_api(self, queued: int) -> dict[str, Any]:
         return {
@@ -56,8 +55,8 @@ class Destination(Owned):
             "destinationIP": self.ip,
             "destinationPort": self.port,
             "destinationUser": self.remote_user,
-            "destinationToken": None if self.remote_token is None else "(set)",
-            "hasCredentials": self.remote_password is not None or self.remote_token is not None,
+            "destinationToken": None,  # API tokens are not supported yet
+            "hasCredentials": self.remote_password is not None,
             "sendRateMax": self.send_rate_max_kbps,
             "dataTransport": self.data_transport,
             "connectionId": None,
