@@ -84,6 +84,7 @@ class Outcome:
     blocks_sent: int
     blocks_retransmitted: int
     corrupted_dropped: int = 0
+    datagrams_to_sender: int = 0
     events: list[object] = field(default_factory=list)
 
 
@@ -211,5 +212,6 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         blocks_sent=sender.blocks_sent,
         blocks_retransmitted=sender.blocks_retransmitted,
         corrupted_dropped=corrupted,
+        datagrams_to_sender=sender.packets_recv,
         events=events,
     )

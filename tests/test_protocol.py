@@ -187,3 +187,12 @@ def test_a_file_complete_before_the_interruption_is_not_sent_again() -> None:
                   resume=Checkpoint([(1, 7)], {0: digest}, {0}))
     assert outcome.complete and outcome.files == [first, second]
     assert outcome.blocks_sent <= 1 + 6  # metadata and the second file only
+
+
+def test_acknowledgements_stay_sparse_under_loss() -> None:
+    """An ACK every 16 datagrams or 5 ms, and at once only when a new gap opens: not
+    one per datagram while an old gap waits for its retransmission."""
+    data = bytes(range(256)) * 12_000  # ~3 MB, ~2200 blocks
+    outcome = run([data], LinkConfig(loss=0.02, delay_s=0.02, seed=3), block_size=1400)
+    assert outcome.complete and outcome.files == [data]
+    assert outcome.datagrams_to_sender <= outcome.blocks_sent / 4

@@ -18,6 +18,11 @@ class RangeSet:
         self._ends: list[int] = []
         self.count = 0
 
+    @property
+    def end(self) -> int:
+        """One past the largest value (0 when empty)."""
+        return self._ends[-1] if self._ends else 0
+
     def __contains__(self, value: int) -> bool:
         i = bisect_right(self._starts, value) - 1
         return i >= 0 and value < self._ends[i]

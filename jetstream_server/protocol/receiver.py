@@ -298,12 +298,12 @@ class ReceiverCore:
         slot = layout.locate(block)
         if len(payload) != slot.length:
             raise Garbage("bad block length")
-        previous_end = self.received.first_missing(0)
+        highest_end = self.received.end
         if not self.received.add(block):
             self.duplicates += 1
             return
-        if block > previous_end:
-            self._ack_now = True  # a gap: tell the sender soon
+        if block > highest_end:
+            self._ack_now = True  # a new gap opened: tell the sender soon
         if slot.digest:
             digest, size = DIGEST.unpack(payload)
             if size != layout.sizes[slot.file]:
