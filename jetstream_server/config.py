@@ -151,18 +151,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _check_type(setting: Setting, value: Any, path: Path) -> Any:
-    expected: tuple[type, ...]
     if setting.kind is list:
         if isinstance(value, str):
             return [value]
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         expected_name = "a list of strings"
     else:
-        expected = (str,) if setting.kind in (str, Path) else (setting.kind,)
-        ok = isinstance(value, expected) and not (
-            setting.kind is int and isinstance(value, bool))
-        expected_name = {str: "a string", Path: "a string", int: "an integer",
-                         bool: "true or false"}[setting.kind]
+        kind = str if setting.kind is Path else setting.kind
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        expected_name = {str: "a string", int: "an integer", bool: "true or false"}[kind]
     if not ok:
         raise ConfigError(f"Setting {setting.name!r} in config file {path} must be "
                           f"{expected_name}.")
