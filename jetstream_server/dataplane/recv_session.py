@@ -16,6 +16,7 @@ from ..ids import now_us
 from ..netaddr import plain_host
 from ..protocol.layout import Layout
 from ..protocol.metadata import Metadata, decode_metadata
+from ..protocol.ranges import RangeSet
 from ..protocol.receiver import (
     Checkpoint,
     Closed,
@@ -231,10 +232,13 @@ class ReceiveSession:
         record.user_data = meta.user_data
         root = expand_sandbox(self.service.settings.sandbox_dir, core.user)
         layout = Layout(core.hello.block_size, len(raw), meta.sizes)
-        keep = set() if resume is None else {
-            f for f in layout.files if f not in resume.committed and any(
-                s < layout.file_range(f)[1] and e > layout.file_range(f)[0]
-                for s, e in resume.ranges)}
+        keep: set[int] = set()  # files with data on disk from an earlier session
+        if resume is not None:
+            kept = RangeSet()
+            for start, end in resume.ranges:
+                kept.add_range(start, end)
+            keep = {f for f in layout.files
+                    if f not in resume.committed and kept.count_in(*layout.file_range(f))}
         self.sink = sink = FileSink(root, meta, self.transfer_id, keep)
         try:
             paths = await self._run(sink.prepare)
