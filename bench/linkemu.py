@@ -87,6 +87,8 @@ class Direction:
                 self.counters["delivered"] += 1
             except BlockingIOError:
                 self.counters["queueDrops"] += 1
+            except OSError:  # the device is down (not yet moved and configured)
+                self.counters["downDrops"] = self.counters.get("downDrops", 0) + 1
 
     def next_time(self) -> float | None:
         times = [t for t in (self.in_flight[0][0] if self.in_flight else None,

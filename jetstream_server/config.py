@@ -46,6 +46,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("recv-port", int, "Data port, UDP and TCP (default 8886; 0 picks one)."),
     Setting("recv-allow-anonymous", bool,
             "Accept incoming transfers without credentials, as user 'anonymous'."),
+    Setting("udp-offload", bool,
+            "Send and receive UDP data in batches with Linux GSO/GRO where the kernel "
+            "allows: true (default) or false.", flag=False),
     Setting("users-file", Path, "Users file (default: HOME/users)."),
     Setting("superuser", list, "A user who may raise a session with superuser(); repeatable."),
     Setting("sandbox-dir", str,
@@ -81,6 +84,7 @@ class Settings:
     api_allow_remote_control: bool = False
     recv_port: int = 8886
     recv_allow_anonymous: bool = False
+    udp_offload: bool = True
     users_file: Path = field(default_factory=lambda: default_home() / "users")
     superuser: tuple[str, ...] = ()
     sandbox_dir: str = field(default_factory=lambda: str(default_home() / "sandbox"))

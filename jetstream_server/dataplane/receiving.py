@@ -39,6 +39,7 @@ from ..protocol.wire import (
 )
 from ..users import StoredHash, parse_hash
 from .recv_session import MAX_QUEUED_WRITE_BYTES, ReceiveSession, SendFunc
+from .udpio import enable_gro, receive_batches
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -91,6 +92,7 @@ class DataEndpoint:
                 udp.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
             except OSError:
                 pass
+        self._gro = service.settings.udp_offload and enable_gro(udp)
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self.udp.fileno(), self._on_readable)
@@ -119,18 +121,10 @@ class DataEndpoint:
         return None
 
     def _on_readable(self) -> None:
-        buffer, view = self._buffer, memoryview(self._buffer)
         touched: dict[int, ReceiveSession] = {}
         now = time.monotonic()
-        for _ in range(1024):
-            try:
-                size, address = self.udp.recvfrom_into(buffer)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            session = self.datagram(view[:size], (address[0], address[1]), self._udp_send,
-                                    "udp", now)
+        for data, address in receive_batches(self.udp, self._buffer, self._gro, 1024):
+            session = self.datagram(data, address, self._udp_send, "udp", now)
             if session is not None:
                 touched[id(session)] = session
         for session in touched.values():

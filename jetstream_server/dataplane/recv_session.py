@@ -38,6 +38,11 @@ log = logging.getLogger("jetstream.recv")
 
 #: Received bytes waiting for the disk before the data socket stops being read.
 MAX_QUEUED_WRITE_BYTES = 64 * 1024 * 1024
+#: Blocks are handed to the writer thread in batches: a batch goes when it has this many
+#: blocks, when the writer is idle and WRITE_DELAY_S has passed since the first block
+#: waited, or at once before any other disk operation (commit, sync, close) is queued.
+WRITE_BATCH_BLOCKS = 64
+WRITE_DELAY_S = 0.002
 DEFAULT_CHECKPOINT_S = 30.0
 
 SendFunc = Callable[[list[bytes]], None]
@@ -60,6 +65,8 @@ class ReceiveSession:
         self._next_checkpoint: float | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "jetstream-sink")
         self._queued_bytes = 0
+        self._writes_in_flight = 0
+        self._write_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.paused: asyncio.Future[None] | None = None
@@ -79,7 +86,7 @@ class ReceiveSession:
         core = self.core
         if self.record is None and core.user is not None:
             self._start_record()
-        self._flush_writes()
+        self._flush_writes(force=bool(core.events))
         while core.events:
             event = core.events.popleft()
             if isinstance(event, MetadataReady):
@@ -105,13 +112,27 @@ class ReceiveSession:
             return
         self._arm(core.get_timer())
 
-    def _flush_writes(self) -> None:
+    def _flush_writes(self, force: bool = True) -> None:
+        """Hand the received blocks to the writer thread (see WRITE_BATCH_BLOCKS)."""
         core = self.core
-        if core.writes and self.sink is not None:
-            writes, core.writes = core.writes, []
-            size = sum(len(w[2]) for w in writes)
-            self._queued_bytes += size
-            self._submit(self.sink.write, writes, done=lambda f: self._written(f, size))
+        if not core.writes or self.sink is None:
+            return
+        if not force and len(core.writes) < WRITE_BATCH_BLOCKS:
+            if self._write_timer is None and not self._writes_in_flight:
+                self._write_timer = asyncio.get_running_loop().call_later(
+                    WRITE_DELAY_S, self._flush_writes)
+            return  # a timer or the write in progress flushes them
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        writes, core.writes = core.writes, []
+        size = sum(len(w[2]) for w in writes)
+        self._queued_bytes += size
+        self._writes_in_flight += 1
+        loop = asyncio.get_running_loop()
+        future = self._executor.submit(self.sink.write, writes)
+        future.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._written, f, size))
 
     def _arm(self, deadline: float | None) -> None:
         if self._timer is not None:
@@ -133,15 +154,20 @@ class ReceiveSession:
 
     def _submit(self, func: Callable[..., Any], *args: Any,
                 done: Callable[[concurrent.futures.Future[Any]], None]) -> None:
+        """Queue a disk operation after the blocks received so far."""
+        self._flush_writes()
         loop = asyncio.get_running_loop()
         future = self._executor.submit(func, *args)
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
 
     async def _run(self, func: Callable[..., Any], *args: Any) -> Any:
+        self._flush_writes()
         return await asyncio.wrap_future(self._executor.submit(func, *args))
 
     def _written(self, future: concurrent.futures.Future[Any], size: int) -> None:
         self._queued_bytes -= size
+        self._writes_in_flight -= 1
+        self._flush_writes(force=False)
         exc = future.exception()
         if exc is not None and self.core.phase is RecvPhase.DATA:
             self._sink_failed(exc)
@@ -219,7 +245,8 @@ class ReceiveSession:
             return
         self.meta = meta
         self.checkpoint_s = float(meta.checkpoint_s or DEFAULT_CHECKPOINT_S)
-        digest = hashlib.sha256(raw).hexdigest()
+        # a checkpoint counts blocks: it is kept only for the same metadata and block size
+        digest = hashlib.sha256(raw + core.hello.block_size.to_bytes(4, "big")).hexdigest()
         earlier = self.endpoint.session_of(self.transfer_id, other_than=self)
         if earlier is not None:  # the sender started over: take the earlier one's place
             await earlier.pause("replaced by a new session of the same transfer")
@@ -331,8 +358,9 @@ class ReceiveSession:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
         if self.core.phase is not RecvPhase.COMPLETE and self.paused is None:
             self._finish("error", self.core.error or "The transfer was closed.")
         self._executor.shutdown(wait=False)

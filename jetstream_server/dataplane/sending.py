@@ -24,9 +24,18 @@ from ..objects import Destination, Manifest, Transfer
 from ..protocol.layout import Layout
 from ..protocol.metadata import FileEntry, Metadata, encode_metadata
 from ..protocol.sender import SenderCore, SendPhase
-from ..protocol.wire import FRAME, MAX_DATAGRAM, TCP_PREFACE, Hello, encode_frames
+from ..protocol.wire import (
+    DATA_HEADER,
+    FRAME,
+    HEADER,
+    MAX_DATAGRAM,
+    TCP_PREFACE,
+    Hello,
+    encode_frames,
+)
 from ..states import TransferStatus
 from .source import FileSource
+from .udpio import GsoSender
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -36,28 +45,56 @@ __all__ = ["LOOPBACK_BLOCK_SIZE", "TCP_BLOCK_SIZE", "UDP_BLOCK_SIZE", "SendSessi
 
 log = logging.getLogger("jetstream.send")
 
-#: Payload bytes per datagram: 1400 keeps datagrams under a 1500-byte MTU.
+#: Payload bytes per datagram when the route's MTU cannot be read: fits a 1500-byte MTU.
 UDP_BLOCK_SIZE = 1400
 #: To a loopback address (the whole path is this machine's 64 KiB-MTU loopback device)
 #: datagrams can be larger, which divides the per-datagram cost.
-LOOPBACK_BLOCK_SIZE = 16 * 1024
+LOOPBACK_BLOCK_SIZE = 63 * 1024
+#: Datagrams are sized to the MTU of the route to the destination (as the kernel knows
+#: it), within these bounds: 1200 is what IPv6 guarantees, 8960 a jumbo frame's payload.
+MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1200, 8960
 #: Retry after network trouble: 1 s, doubling up to 30 s.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 TCP_BLOCK_SIZE = 64 * 1024
 _SOCKET_BUFFER = 4 * 1024 * 1024
+_IP_MTU, _IPV6_MTU = 14, 24  # from <linux/in.h>, <linux/in6.h>; Python does not name them
+
+
+def route_mtu(ip: str) -> int | None:
+    """The MTU of this machine's route to ``ip`` (no packet is sent), if Linux says."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((ip, 9))
+            if family == socket.AF_INET6:
+                mtu: int = sock.getsockopt(socket.IPPROTO_IPV6, _IPV6_MTU)
+            else:
+                mtu = sock.getsockopt(socket.IPPROTO_IP, _IP_MTU)
+            return mtu
+    except OSError:
+        return None
 
 
 def block_size_for(transport: str, ip: str) -> int:
-    """The block size of a transfer: by transport, and larger over loopback."""
+    """The block size of a new transfer: by transport, by the route's MTU over UDP (so a
+    datagram is one full-size packet), and larger over loopback."""
     if transport == "tcp":
         return TCP_BLOCK_SIZE
-    return LOOPBACK_BLOCK_SIZE if is_loopback(ip) else UDP_BLOCK_SIZE
+    if is_loopback(ip):
+        return LOOPBACK_BLOCK_SIZE
+    mtu = route_mtu(ip)
+    if mtu is None:
+        return UDP_BLOCK_SIZE
+    overhead = (48 if ":" in ip else 28) + HEADER.size + DATA_HEADER.size
+    return max(MIN_BLOCK_SIZE, min(mtu - overhead, MAX_BLOCK_SIZE))
 
 
 class SendingPlane:
     def __init__(self, service: Service) -> None:
         self.service = service
+        #: scrypt verifiers by (password, salt, log2 n, r, p): see SendSession._verifier
+        self.verifiers: dict[tuple[bytes, bytes, int, int, int], bytes] = {}
         self.sessions: dict[str, SendSession] = {}
         #: failed attempts in a row, per transfer, for the retry back-off
         self.attempts: dict[str, int] = {}
@@ -110,6 +147,7 @@ class SendSession:
         self._waiter: asyncio.Future[None] | None = None
         self._pending: list[bytes | bytearray] = []
         self._sock: socket.socket | None = None
+        self._gso: GsoSender | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._refused = 0
         #: stopping to resume later (server shutdown), not for good
@@ -147,7 +185,7 @@ class SendSession:
         try:
             loop = asyncio.get_running_loop()
             tcp = transfer.data_transport == "tcp"
-            block_size = block_size_for(transfer.data_transport, self.destination.ip)
+            block_size = transfer.block_size  # chosen at createTransfer, kept across resumes
             metadata = self._metadata()
             layout = Layout(block_size, len(metadata), self.manifest.sizes)
             root = self.plane.service.sandbox_root(transfer.owner)
@@ -260,12 +298,22 @@ class SendSession:
                 handle.cancel()
 
     def _verifier(self, core: SenderCore) -> bytes:
+        """scrypt of the password under the receiver's salt (runs in a worker thread);
+        remembered, so the next transfer to the same account skips the ~0.1 s."""
         challenge = core.challenge
         assert challenge is not None
         password = (self.destination.remote_password or "").encode("utf-8", "surrogatepass")
-        return hashlib.scrypt(password, salt=challenge.salt, n=1 << challenge.log2_n,
-                              r=challenge.r, p=challenge.p, maxmem=256 * 1024 * 1024,
-                              dklen=32)
+        key = (password, challenge.salt, challenge.log2_n, challenge.r, challenge.p)
+        cache = self.plane.verifiers
+        verifier = cache.get(key)
+        if verifier is None:
+            verifier = hashlib.scrypt(password, salt=challenge.salt, n=1 << challenge.log2_n,
+                                      r=challenge.r, p=challenge.p,
+                                      maxmem=256 * 1024 * 1024, dklen=32)
+            if len(cache) >= 256:
+                cache.clear()
+            cache[key] = verifier
+        return verifier
 
     def _metadata(self) -> bytes:
         transfer = self.transfer
@@ -306,6 +354,7 @@ class SendSession:
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
         sock.connect((self.destination.ip, self.destination.port))
         self._sock = sock
+        self._gso = GsoSender(sock, self.plane.service.settings.udp_offload)
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
@@ -346,20 +395,15 @@ class SendSession:
             except (OSError, RuntimeError):  # (uvloop: RuntimeError once it is closed)
                 pass
             return
-        sock = self._sock
-        if sock is None:
+        gso = self._gso
+        if gso is None:
             return
-        for i, datagram in enumerate(datagrams):
-            try:
-                sock.send(datagram)
-            except (BlockingIOError, InterruptedError):
-                self._pending = list(datagrams[i:])
-                asyncio.get_running_loop().add_writer(sock.fileno(), self._on_writable)
-                return
-            except ConnectionRefusedError:
-                self._refused += 1
-            except OSError:
-                pass  # the datagram is lost; the protocol resends what matters
+        sent = gso.send(datagrams)
+        self._refused += gso.refused
+        gso.refused = 0
+        if sent < len(datagrams):
+            self._pending = list(datagrams[sent:])
+            asyncio.get_running_loop().add_writer(gso.sock.fileno(), self._on_writable)
 
     async def _connect_tcp(self) -> None:
         reader, writer = await asyncio.wait_for(
@@ -391,7 +435,7 @@ class SendSession:
             loop.remove_reader(self._sock.fileno())
             loop.remove_writer(self._sock.fileno())
             self._sock.close()
-            self._sock = None
+            self._sock = self._gso = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -1,8 +1,10 @@
 """Reading a manifest's files for sending: read-ahead in a thread, hashing on the way.
 
 A reader thread reads the files in manifest order in chunks (a whole number of blocks,
-about 4 MiB), hashes each file with SHA-256 as it goes, and keeps a window of chunks ahead
-of and behind the send position. :meth:`FileSource.block` answers from that window; for a
+about 4 MiB; a small file is one chunk), hashes each file with SHA-256 as it goes, and
+keeps a window of about 32 MiB ahead of and behind the send position (so many small
+files are read ahead as well as one large one). It wakes the event loop only when the
+sender is waiting for it. :meth:`FileSource.block` answers from that window; for a
 block that has fallen behind it (a late retransmission) it reads the block directly, from
 the page cache as a rule. A file whose size or modification time differs from the
 manifest, or that changes while it is read, fails the transfer with a message naming it.
@@ -25,8 +27,9 @@ from ..sandbox import resolve_in_sandbox
 __all__ = ["FileSource"]
 
 CHUNK_TARGET = 4 * 1024 * 1024
-AHEAD_CHUNKS = 8
-BEHIND_CHUNKS = 8
+AHEAD_BYTES = 32 * 1024 * 1024
+BEHIND_BYTES = 32 * 1024 * 1024
+MAX_AHEAD_CHUNKS = 16384  # (zero-byte files are chunks of no bytes)
 MAX_OPEN_FILES = 64
 
 
@@ -40,6 +43,7 @@ class FileSource:
         # the sequence of chunks to read: (file index, chunk index)
         self._order: list[tuple[int, int]] = []
         self._position: dict[tuple[int, int], int] = {}
+        self._start: list[int] = [0]  # bytes before each chunk of the order
         for index, entry in enumerate(files):
             if entry.is_empty_dir:
                 continue
@@ -47,12 +51,16 @@ class FileSource:
             for c in range(count):
                 self._position[(index, c)] = len(self._order)
                 self._order.append((index, c))
+                self._start.append(self._start[-1] + min(
+                    self.chunk, max(entry.file_size - c * self.chunk, 0)))
         self._cache: dict[int, bytes] = {}
+        self._evicted = 0  # chunks before this position have left the cache
+        self._waiting = False  # the sender waits for the reader
         self._digests: dict[int, bytes] = {}
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._hashes: dict[int, hashlib._Hash] = {}
         self._error: str | None = None
-        self._wanted = -1
+        self._wanted = 0
         self._read_pos = 0
         self._lock = threading.Condition()
         self._closed = False
@@ -70,8 +78,7 @@ class FileSource:
             if digest is None:
                 last = self._position[(slot.file, max(
                     -(-self.files[slot.file].file_size // self.chunk) - 1, 0))]
-                self._want(last)
-                return None
+                return self.block(slot) if self._wait_for(last) else None
             return DIGEST.pack(digest, self.files[slot.file].file_size)
         chunk_index, within = divmod(slot.offset, self.chunk)
         position = self._position[(slot.file, chunk_index)]
@@ -85,16 +92,33 @@ class FileSource:
                 raise SourceError(f"Source file {self.files[slot.file].src_path} is shorter "
                                   "than when the manifest was built.")
             return data
+        return self.block(slot) if self._wait_for(position) else None
+
+    def _wait_for(self, position: int) -> bool:
+        """The sender needs chunk ``position``: True if it was read meanwhile, else the
+        reader will call on_ready once it has read another chunk."""
         self._want(position)
-        return None
+        with self._lock:
+            if self._read_pos > position:
+                return True
+            self._waiting = True
+            return False
 
     def _want(self, position: int) -> None:
         if position > self._wanted:
             with self._lock:
                 self._wanted = position
-                for old in [p for p in self._cache if p < position - BEHIND_CHUNKS]:
-                    del self._cache[old]
+                floor = self._start[position] - BEHIND_BYTES
+                while self._evicted < position and self._start[self._evicted + 1] < floor:
+                    self._cache.pop(self._evicted, None)
+                    self._evicted += 1
                 self._lock.notify()
+
+    def _ahead(self) -> bool:
+        """The reader is far enough ahead of the sender (under the lock)."""
+        position, wanted = self._read_pos, self._wanted
+        return position - wanted > MAX_AHEAD_CHUNKS or \
+            (position > wanted and self._start[position] - self._start[wanted] > AHEAD_BYTES)
 
     def close(self) -> None:
         with self._lock:
@@ -111,8 +135,7 @@ class FileSource:
         while True:
             with self._lock:
                 while not self._closed and (
-                        self._read_pos > self._wanted + AHEAD_CHUNKS or
-                        self._read_pos >= len(self._order)):
+                        self._ahead() or self._read_pos >= len(self._order)):
                     self._lock.wait()
                 if self._closed:
                     return
@@ -126,7 +149,9 @@ class FileSource:
             with self._lock:
                 self._cache[position] = data
                 self._read_pos = position + 1
-            self.on_ready()
+                wake, self._waiting = self._waiting, False
+            if wake:
+                self.on_ready()
 
     def _read(self, index: int, chunk_index: int) -> bytes:
         entry = self.files[index]

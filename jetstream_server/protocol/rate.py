@@ -8,9 +8,19 @@ exceeds its limit over any window longer than the burst.
 delivery rate at the receiver (bytes the receiver got, over the receiver's own clock) and
 the round-trip time, keeps the largest recent delivery rate as the bottleneck estimate,
 and paces at that estimate times a gain that cycles 1.25, 0.75, 1, 1, 1, 1, 1, 1 per
-round trip, so it probes for more room and then drains the queue it made. Random loss
-lowers the delivery rate only by the loss fraction, so it is not taken for congestion.
-At start the gain is 2 until the estimate stops growing by 25% for three rounds.
+round trip, so it probes for more room and then drains the queue it made. Loss is not
+taken for congestion: a rising round trip is. While the round trip stays near its minimum
+(no queue is building at the bottleneck) a delivery-rate sample is divided by (1 - the
+random loss fraction), since the lost datagrams crossed the bottleneck too. That fraction
+is measured only over rounds in which, like the round before, no queue built up: losses
+from an overflowing queue come with a long round trip, so they are never taken for
+random ones, and samples taken while a queue builds count only what arrived. When a
+round with a queue loses more than 2% above the random loss, the bottleneck is shared
+with flows that filled the queue (TCP, other transfers): the estimate is cut by 15% and
+rebuilt from new samples, so a competing TCP flow is not starved.
+
+At start the gain is 2/ln 2 (the rate doubles every round, as in BBR) until the estimate
+stops growing by 25% for three rounds.
 """
 
 from __future__ import annotations
@@ -20,10 +30,26 @@ from collections import deque
 __all__ = ["Pacer", "RateController"]
 
 _CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+#: A delivery-rate sample spans at least this long (shorter ones are mostly noise).
+MIN_SAMPLE_S = 0.03
+#: The pacing gain at start (BBR's 2/ln 2).
+STARTUP_GAIN = 2.885
+WINDOW_GAIN = 1.5
+#: The minimum round trip is the least seen over this long.
+MIN_RTT_WINDOW_S = 30.0
+#: A sendRateMax is paced at this fraction of itself, so that no window of time, however
+#: it falls on the pacer's bursts, sees more than the limit.
+LIMIT_MARGIN = 0.99
+#: Loss above the random loss, in a round with a queue, that counts as congestion: the
+#: estimate is then multiplied by CONGESTION_CUT.
+CONGESTION_LOSS = 0.02
+CONGESTION_CUT = 0.85
+#: Loss above this is not compensated for, whatever the round trip says.
+MAX_LOSS_COMPENSATED = 0.25
 
 
 class Pacer:
-    def __init__(self, rate_bps: float, burst_s: float = 0.002, min_burst_bytes: int = 1500,
+    def __init__(self, rate_bps: float, burst_s: float = 0.003, min_burst_bytes: int = 1500,
                  now: float = 0.0) -> None:
         self.rate_bps = rate_bps
         self.burst_s = burst_s
@@ -53,7 +79,7 @@ class Pacer:
     def consume(self, size: int) -> None:
         self._tokens -= size
 
-    def next_time(self, size: int, now: float) -> float:
+    def next_time(self, size: float, now: float) -> float:
         """When ``size`` bytes will be allowed."""
         self._refill(now)
         missing = size - 0.5 - self._tokens
@@ -77,6 +103,11 @@ class RateController:
         self._samples: deque[tuple[float, float]] = deque()  # (time, delivery rate)
         self._deliveries: deque[tuple[float, int]] = deque()  # (receiver time, bytes)
         self._rtt_samples: deque[tuple[float, float]] = deque()
+        self.recent_rtt_s: float | None = None  # a smoothed recent round trip
+        self.loss = 0.0  # smoothed fraction of datagrams lost, per round
+        self._round_sent = 0
+        self._round_lost = 0
+        self._round_clean = self._last_round_clean = True  # no queue in the round
 
     @property
     def round_s(self) -> float:
@@ -87,20 +118,38 @@ class RateController:
         while samples and samples[-1][1] >= rtt_s:
             samples.pop()
         samples.append((now, rtt_s))
-        while now - samples[0][0] > 10.0:
+        while now - samples[0][0] > MIN_RTT_WINDOW_S:
             samples.popleft()
         self.min_rtt_s = samples[0][1]
+        recent = self.recent_rtt_s
+        self.recent_rtt_s = rtt_s if recent is None else 0.75 * recent + 0.25 * rtt_s
+        if not self.queue_free:
+            self._round_clean = False
+
+    def on_sent(self, count: int = 1) -> None:
+        self._round_sent += count
+
+    def on_lost(self, count: int = 1) -> None:
+        self._round_lost += count
+
+    @property
+    def queue_free(self) -> bool:
+        """The round trip is near its minimum: no queue is building at the bottleneck."""
+        recent = self.recent_rtt_s
+        return recent is not None and recent <= self.min_rtt_s * 1.1 + 0.001
 
     def on_delivery(self, receiver_time_s: float, received_bytes: int, now: float) -> None:
         """The receiver had received ``received_bytes`` at ``receiver_time_s``."""
         deliveries = self._deliveries
         deliveries.append((receiver_time_s, received_bytes))
-        span = self.round_s
+        span = max(self.round_s, MIN_SAMPLE_S)
         while len(deliveries) > 2 and receiver_time_s - deliveries[1][0] >= span:
             deliveries.popleft()
         first_t, first_b = deliveries[0]
         if receiver_time_s - first_t >= span * 0.5 and received_bytes > first_b:
             rate = (received_bytes - first_b) * 8 / (receiver_time_s - first_t)
+            if self.queue_free:
+                rate /= 1 - min(self.loss, MAX_LOSS_COMPENSATED)
             samples = self._samples  # a monotonic deque: falling rates
             while samples and samples[-1][1] <= rate:
                 samples.pop()
@@ -117,6 +166,16 @@ class RateController:
 
     def _next_round(self, now: float) -> None:
         self._round_end = now + self.round_s
+        if self._round_sent >= 16:  # (losses show a round after their sending)
+            ratio = min(self._round_lost / self._round_sent, 1.0)
+            if self._round_clean and self._last_round_clean:
+                self.loss = 0.75 * self.loss + 0.25 * ratio
+            elif not self.startup and ratio - self.loss > CONGESTION_LOSS:
+                # a queue overflowed: others share the bottleneck; give way, as TCP does
+                self.btl_bps = max(self.btl_bps * CONGESTION_CUT, self.min_bps)
+                self._samples.clear()
+            self._round_sent = self._round_lost = 0
+        self._last_round_clean, self._round_clean = self._round_clean, self.queue_free
         if self.startup:
             if self.btl_bps >= self._full_bw * 1.25:
                 self._full_bw = self.btl_bps
@@ -131,17 +190,21 @@ class RateController:
 
     @property
     def gain(self) -> float:
-        return 2.0 if self.startup else _CYCLE[self._cycle]
+        return STARTUP_GAIN if self.startup else _CYCLE[self._cycle]
 
     def pacing_bps(self, limit_bps: float | None = None) -> float:
         """The rate to pace at now, never above ``limit_bps`` when one is set."""
         rate = min(self.btl_bps * self.gain, self.max_bps)
         if limit_bps:
+            limit_bps *= LIMIT_MARGIN
             if self.btl_bps >= 0.97 * limit_bps:
                 return limit_bps  # the path carries the limit: hold it, no drain dips
             rate = min(rate, limit_bps)
         return max(rate, self.min_bps)
 
     def window_bytes(self) -> float:
-        """Most bytes in flight: two bottleneck-delay products, at least 256 KiB."""
-        return max(2 * self.btl_bps / 8 * max(self.min_rtt_s, 0.005), 256 * 1024)
+        """Most bytes in flight: 1.5 bottleneck-delay products (2/ln 2 at start), at least
+        256 KiB. When a queue another flow keeps full doubles the round trip, this caps
+        the rate well below the estimate, leaving that flow its share."""
+        gain = STARTUP_GAIN if self.startup else WINDOW_GAIN
+        return max(gain * self.btl_bps / 8 * max(self.min_rtt_s, 0.005), 256 * 1024)

@@ -106,8 +106,10 @@ class SenderCore:
         self.retry = False
         self.rate_limit_bps = rate_limit_bps or None
         self.controller = RateController()
+        # a burst of at least two datagrams: a wake-up late by up to one loses no time
         self.pacer = Pacer(self._rate(), now=now,
-                           min_burst_bytes=HEADER.size + DATA_HEADER.size + layout.block_size)
+                           min_burst_bytes=2 * (HEADER.size + DATA_HEADER.size +
+                                                layout.block_size))
         self.suspended = False
         self.acked = RangeSet()
         #: block -> time of its last transmission, oldest first
@@ -252,6 +254,7 @@ class SenderCore:
                 break
             del in_flight[block]
             self.lost.append(block)
+            self.controller.on_lost()
 
     def _rate(self) -> float:
         if self.reliable and self.rate_limit_bps is None:
@@ -333,6 +336,7 @@ class SenderCore:
         self.in_flight[block] = now
         self.in_flight.move_to_end(block)
         self.blocks_sent += 1
+        self.controller.on_sent()
         self.packets_sent += 1
         self.bytes_sent += len(datagram)
         return datagram
@@ -347,7 +351,24 @@ class SenderCore:
             deadlines.append(self._keepalive_at)
             if self.in_flight and not self.reliable:
                 deadlines.append(self._last_ack_s + self._pto())
+            tail = self._tail_deadline()
+            if tail is not None:
+                deadlines.append(tail)
         return min(deadlines)
+
+    def _tail_wait(self) -> float:
+        return (self.srtt_s or 0.25) + max(2 * self.rttvar_s, 0.005)
+
+    def _tail_deadline(self) -> float | None:
+        """When the oldest unacknowledged block is taken for lost at the end of the data.
+
+        Once every block has been sent, no later datagram can reveal a loss, so a block
+        not acknowledged a round trip (and a margin) after it was last sent is sent
+        again; the link is otherwise idle, so a duplicate costs little."""
+        if self.reliable or self.lost or not self.in_flight or \
+                self.phase is not SendPhase.DATA or self.next_new < self.layout.total_blocks:
+            return None
+        return next(iter(self.in_flight.values())) + self._tail_wait()
 
     def next_send_time(self, now: float) -> float | None:
         """When datagrams_to_send would next have data to give (pacing), if it has any."""
@@ -356,8 +377,10 @@ class SenderCore:
             return None
         if self._next_block(self._window_blocks()) is None:
             return None
-        return self.pacer.next_time(HEADER.size + DATA_HEADER.size + self.layout.block_size,
-                                    now)
+        # Wake for half a burst, not for every datagram: waking costs far more than sending
+        # one (and event-loop timers are only as fine as a millisecond).
+        size = HEADER.size + DATA_HEADER.size + self.layout.block_size
+        return self.pacer.next_time(max(size, self.pacer.burst_bytes / 2), now)
 
     def _pto(self) -> float:
         srtt = self.srtt_s if self.srtt_s is not None else 0.25
@@ -382,6 +405,15 @@ class SenderCore:
             if now >= self._keepalive_at:
                 self._control.append(encode(Kind.PING, self.session))
                 self._keepalive_at = now + KEEPALIVE_S
+            tail = self._tail_deadline()
+            if tail is not None and now >= tail:
+                wait = self._tail_wait()
+                while self.in_flight:
+                    block, sent_s = next(iter(self.in_flight.items()))
+                    if sent_s + wait > now:
+                        break
+                    del self.in_flight[block]
+                    self.lost.append(block)
             if self.in_flight and not self.reliable and \
                     now >= self._last_ack_s + self._pto():
                 # nothing acknowledged for a while: resend the oldest block and back off

@@ -1,0 +1,93 @@
+"""Drive jetstream transfers through a server's API; run where that server runs.
+
+    python bench/drive.py API_PORT DEST_HOST:PORT SOURCE [--flows N] [--transport udp]
+        [--rate-kbps K] [--deadline S]
+
+Logs in as alice, makes one destination per flow (user bob on the receiving server), one
+manifest for SOURCE (a sandbox path: a file or a folder), prints ``{"ready": ...}`` and
+waits for a line on stdin. Then it starts one transfer per flow at once and polls them
+every 20 ms until all have ended or DEADLINE seconds passed, and prints one JSON object:
+per flow, the seconds from ``createTransfer`` to ``complete``, status, bytes and blocks,
+and (time, bytesSent) samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+from jetstream_server.client import AsyncClient
+
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}  # as bench/run.py writes them
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("api_port", type=int)
+    parser.add_argument("destination")
+    parser.add_argument("source")
+    parser.add_argument("--flows", type=int, default=1)
+    parser.add_argument("--transport", default="udp")
+    parser.add_argument("--rate-kbps", type=int, default=0)
+    parser.add_argument("--deadline", type=float, default=120.0)
+    args = parser.parse_args()
+    client = await AsyncClient.connect("127.0.0.1", args.api_port)
+    await client.auth("alice", PASSWORDS["alice"])
+    destinations = []
+    for n in range(args.flows):
+        user = ("bob", "alice")[n % 2]  # distinct destinations (the same ones are merged)
+        made = await client.call(
+            "send.createDestination", destinationAddress=args.destination,
+            destinationUser=user, destinationPassword=PASSWORDS[user],
+            dataTransport=args.transport, sendRateMax=args.rate_kbps)
+        destinations.append(made["destinationId"])
+    manifest = await client.call("send.createManifest",
+                                 fileMappings=[f"{args.source}:{args.source}"])
+    ready = await client.wait_for_manifest(manifest["manifestId"], timeout_s=600)
+    print(json.dumps({"ready": ready["status"], "files": ready.get("totalFiles")}),
+          flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+    started = time.monotonic()
+    flows: list[dict[str, Any]] = []
+    for n, destination in enumerate(destinations):
+        made = await client.call("send.createTransfer", destinationId=destination,
+                                 manifestId=manifest["manifestId"],
+                                 destinationPath=f"/flow{n}")
+        flows.append({"id": made["transferId"], "samples": [], "seconds": None})
+    deadline = started + args.deadline
+    while True:
+        now = time.monotonic()
+        for flow in flows:
+            if flow["seconds"] is not None:
+                continue
+            got = await client.call("send.getTransfer", transferId=flow["id"])
+            flow["samples"].append((round(now - started, 4), got["bytesSent"]))
+            flow["last"] = got
+            if got["status"] in ("complete", "error", "cancelled"):
+                flow["seconds"] = time.monotonic() - started
+        if all(f["seconds"] is not None for f in flows) or now > deadline:
+            break
+        await asyncio.sleep(0.02)
+    result = []
+    for flow in flows:
+        last = flow["last"]
+        result.append({
+            "status": last["status"], "error": last["errorMessage"],
+            "seconds": flow["seconds"] or (time.monotonic() - started),
+            "totalBytes": last["totalBytes"], "bytesSent": last["bytesSent"],
+            "blockSize": last["blockSize"], "totalBlocks": last["totalBlocks"],
+            "blocksSent": last["blocksSent"],
+            "blocksAcked": last["blocksAcked"],
+            "blocksRetransmitted": last["blocksRetransmitted"],
+            "samples": flow["samples"]})
+    print(json.dumps({"flows": result}), flush=True)
+    await client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

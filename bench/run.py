@@ -1,0 +1,557 @@
+"""The benchmark: jetstream-server against rsync over ssh and plain TCP (CUBIC and BBR).
+
+    sudo .venv/bin/python bench/run.py PROFILE [PROFILE ...] [--json results.jsonl]
+    sudo .venv/bin/python bench/run.py --list
+
+For each profile it builds the lab (bench/netlab.py: two network namespaces joined by the
+user-space link emulator bench/linkemu.py, or one namespace for loopback profiles),
+checks the emulated round trip, writes the test data once, and moves it with each tool
+in turn, every run bounded by ``--max-seconds``:
+
+- jetstream: two jetstream-server processes (receiver in B, sender in A), driven through
+  the sender's API by bench/drive.py; seconds from ``createTransfer`` to ``complete``
+  (the receiver's SHA-256 read-back and fsyncs included);
+- rsync over ssh: ``rsync -a`` to an sshd of the benchmark's own in B;
+- TCP CUBIC and TCP BBR: ``iperf3 -F FILE`` (reads the same file; the receiver discards).
+
+It prints one table per profile: goodput (file bytes delivered per second, or files per
+second), jetstream's ratio to each tool, retransmitted bytes, CPU seconds per GiB on the
+sending and receiving end, and seconds. Missing tools (iperf3, rsync, sshd) are installed
+with apt-get when it is there. The lab and all processes are removed on exit, also when a
+run fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netlab import Lab, Link, lab, round_trip_ms
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GIB = 1 << 30
+
+
+@dataclass
+class Profile:
+    about: str
+    link: Link | None  # None: loopback
+    size_mib: int = 256
+    files: int = 1  # more than 1: a folder of that many files of size_kib each
+    file_kib: int = 4
+    tools: tuple[str, ...] = ("jetstream", "rsync", "cubic", "bbr")
+    flows: int = 1
+    rate_kbps: int = 0
+    competing_tcp_s: int = 0  # run a TCP CUBIC flow (iperf3) this long beside jetstream
+
+
+PROFILES = {
+    "lan": Profile("100 Mbit/s, 0 ms, no loss", Link(100, 0, 0)),
+    "wan50": Profile("100 Mbit/s, 50 ms one way, no loss", Link(100, 50, 0)),
+    "wan50-loss1": Profile("100 Mbit/s, 50 ms one way, 1% loss", Link(100, 50, 0.01)),
+    "wan100-loss5": Profile("100 Mbit/s, 100 ms one way, 5% loss", Link(100, 100, 0.05)),
+    "fast": Profile("fastest emulated rate, 10 ms one way, 0.1% loss",
+                    Link(300, 10, 0.001), size_mib=512),
+    "loopback": Profile("loopback, no emulator", None, size_mib=2048),
+    "smallfiles": Profile("loopback, 10,000 files of 4 KiB", None, files=10000,
+                          tools=("jetstream", "rsync")),
+    "fairness": Profile("two jetstream transfers at once, 100 Mbit/s, 25 ms one way",
+                        Link(100, 25, 0), size_mib=128, flows=2, tools=("jetstream",)),
+    "tcp-share": Profile("jetstream and a TCP CUBIC flow at once, 100 Mbit/s, 25 ms one way",
+                         Link(100, 25, 0), size_mib=256, competing_tcp_s=15,
+                         tools=("jetstream",)),
+    "ratemax": Profile("sendRateMax 50 Mbit/s on a 100 Mbit/s, 10 ms link",
+                       Link(100, 10, 0), size_mib=128, rate_kbps=50000,
+                       tools=("jetstream",)),
+}
+
+
+@dataclass
+class Result:
+    tool: str
+    seconds: float
+    delivered: int  # bytes
+    files: int = 0
+    retransmitted: int | None = None  # bytes
+    cpu_send: float | None = None  # seconds
+    cpu_recv: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mbps(self) -> float:
+        return self.delivered * 8 / self.seconds / 1e6 if self.seconds else 0.0
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files / self.seconds if self.seconds else 0.0
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds of a process and of the children it has reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / CLK_TCK
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def tcp_retransmitted_segments(the_lab: Lab) -> int:
+    text = subprocess.run(the_lab.argv(the_lab.ns_a, "cat", "/proc/net/snmp"),
+                          capture_output=True, text=True, timeout=10).stdout
+    header, values = [line.split() for line in text.splitlines() if line.startswith("Tcp:")]
+    return int(values[header.index("RetransSegs")])
+
+
+def folder_bytes(path: Path) -> tuple[int, int]:
+    total = count = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+                count += 1
+    return total, count
+
+
+def ensure_tools() -> None:
+    missing = [tool for tool, package in (("iperf3", "iperf3"), ("rsync", "rsync"),
+                                          ("ssh", "openssh-client"))
+               if shutil.which(tool) is None]
+    if not Path("/usr/sbin/sshd").exists():
+        missing.append("openssh-server")
+    packages = {"iperf3": "iperf3", "rsync": "rsync", "ssh": "openssh-client",
+                "openssh-server": "openssh-server"}
+    if missing and shutil.which("apt-get"):
+        print(f"installing {' '.join(missing)} with apt-get", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq",
+                        *(packages[m] for m in missing)], check=True, env=env, timeout=900)
+    elif missing:
+        sys.exit(f"missing tools: {' '.join(missing)}")
+
+
+class Workdir:
+    """Test data, the servers' homes, ssh keys; one temporary folder, removed at the end."""
+
+    def __init__(self, base: Path, profile: Profile) -> None:
+        self.base = base
+        self.a_sandbox = base / "a" / "sandbox"
+        self.b_sandbox = base / "b" / "sandbox"
+        self.rsync_dest = base / "rsync-dest"
+        for folder in (self.a_sandbox, self.b_sandbox, self.rsync_dest):
+            folder.mkdir(parents=True)
+        from jetstream_server.users import hash_password, write_users_file
+        users = {"alice": hash_password("alice-pw"), "bob": hash_password("bob-pw")}
+        for side in "ab":
+            write_users_file(base / side / "users", users)
+        if profile.files > 1:
+            self.source = "/small"
+            folder = self.a_sandbox / "small"
+            folder.mkdir()
+            for n in range(profile.files):
+                (folder / f"f{n:05d}.bin").write_bytes(os.urandom(profile.file_kib << 10))
+            self.total_bytes = profile.files * (profile.file_kib << 10)
+        else:
+            self.source = "/big.bin"
+            size = profile.size_mib << 20
+            with open(self.a_sandbox / "big.bin", "wb") as stream:
+                for offset in range(0, size, 64 << 20):
+                    stream.write(os.urandom(min(64 << 20, size - offset)))
+            self.total_bytes = size
+        self.files = profile.files
+        os.sync()
+
+    @property
+    def source_path(self) -> Path:
+        return self.a_sandbox / self.source.lstrip("/")
+
+    def clear_destinations(self) -> None:
+        """Empty the receiving folders and let the disk settle, so that no run pays for
+        the one before (dirty pages, discards of deleted files)."""
+        for folder in (self.b_sandbox, self.rsync_dest):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+        os.sync()
+        time.sleep(1)
+
+
+@contextlib.contextmanager
+def process(argv: list[str], log: Path, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as stream:
+        proc = subprocess.Popen(argv, stdout=stream, stderr=subprocess.STDOUT, **kwargs)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def jetstream_server(the_lab: Lab, ns: str, home: Path
+                     ) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    """A jetstream-server in namespace ``ns``: (process, API port, data port)."""
+    log = home / "server.log"
+    argv = the_lab.argv(ns, str(BIN / "jetstream-server"), "--api-host", "127.0.0.1",
+                        "--api-port", "0", "--recv-port", "0",
+                        "--users-file", str(home / "users"),
+                        "--sandbox-dir", str(home / "sandbox"),
+                        "--persistent-state-dir", str(home / "state"))
+    with process(argv, log) as proc:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            match = re.search(r"listening on TCP \S+:(\d+); data port UDP and TCP (\d+)",
+                              log.read_text(errors="replace"))
+            if match:
+                yield proc, int(match.group(1)), int(match.group(2))
+                return
+            time.sleep(0.05)
+        raise RuntimeError("jetstream-server did not start:\n" + log.read_text())
+
+
+def py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """Record where process ``pid`` spends its time (py-spy, speedscope format)."""
+    return subprocess.Popen([str(BIN / "py-spy"), "record", "--nonblocking", "-r", "200",
+                             "-d", str(int(seconds)), "-f", "speedscope", "-o", str(out),
+                             "-p", str(pid)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def window_rate(samples: list[list[float]], start: float, end: float) -> float:
+    """Mbit/s of bytesSent between two times, from the driver's (time, bytesSent)."""
+    inside = [(t, b) for t, b in samples if start <= t <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return 0.0
+    return (inside[-1][1] - inside[0][1]) * 8 / (inside[-1][0] - inside[0][0]) / 1e6
+
+
+def one_second_rates(samples: list[list[float]]) -> list[float]:
+    """Mbit/s sent in each one-second window (sliding by 0.25 s), leaving out the first
+    second (the handshake) and the last (the end of the data)."""
+    if not samples:
+        return [0.0]
+    last = samples[-1][0]
+    windows, start = [], 1.0
+    while start + 1.0 <= last - 1.0:
+        windows.append(window_rate(samples, start, start + 1.0))
+        start += 0.25
+    return windows or [0.0]
+
+
+@contextlib.contextmanager
+def competing_tcp(the_lab: Lab, work: Workdir, seconds: int
+                  ) -> Iterator[Callable[[], dict[str, float]] | None]:
+    """A TCP CUBIC flow from A to B for ``seconds``, started now; yields a function that
+    waits for it and returns its bytes and seconds (None when ``seconds`` is 0)."""
+    if not seconds:
+        yield None
+        return
+    with process(the_lab.argv(the_lab.ns_b, "iperf3", "-s", "-p", "5202"),
+                 work.base / "iperf3-share.log"):
+        time.sleep(0.5)
+        client = subprocess.Popen(
+            the_lab.argv(the_lab.ns_a, "iperf3", "-c", the_lab.addr_b, "-p", "5202", "-C",
+                         "cubic", "-t", str(seconds), "-J"),
+            stdout=subprocess.PIPE, text=True)
+
+        def result() -> dict[str, float]:
+            out, _ = client.communicate(timeout=seconds + 30)
+            received = json.loads(out)["end"]["sum_received"]
+            return {"bytes": received["bytes"], "seconds": received["seconds"]}
+
+        try:
+            yield result
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+
+
+def run_jetstream(the_lab: Lab, work: Workdir, profile: Profile, limit_s: float,
+                  spy_dir: Path | None = None, transport: str = "udp") -> Result:
+    with contextlib.ExitStack() as stack:
+        receiver, _, data_port = stack.enter_context(
+            jetstream_server(the_lab, the_lab.ns_b, work.base / "b"))
+        sender, api_port, _ = stack.enter_context(
+            jetstream_server(the_lab, the_lab.ns_a, work.base / "a"))
+        driver = subprocess.Popen(
+            the_lab.argv(the_lab.ns_a, sys.executable, str(HERE / "drive.py"), str(api_port),
+                         f"{the_lab.addr_b}:{data_port}", work.source,
+                         "--flows", str(profile.flows), "--transport", transport,
+                         "--rate-kbps", str(profile.rate_kbps), "--deadline", str(limit_s)),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert driver.stdin and driver.stdout
+            ready = json.loads(driver.stdout.readline() or "{}")
+            if ready.get("ready") != "complete":
+                raise RuntimeError(f"manifest not ready: {ready}")
+            cpu = proc_cpu(sender.pid), proc_cpu(receiver.pid)
+            tcp = stack.enter_context(competing_tcp(the_lab, work, profile.competing_tcp_s))
+            driver.stdin.write("go\n")
+            driver.stdin.flush()
+            spies = [py_spy(pid, spy_dir / f"{side}.speedscope.json", limit_s)
+                     for pid, side in ((sender.pid, "sender"), (receiver.pid, "receiver"))
+                     ] if spy_dir else []
+            out = driver.stdout.readline()
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
+                spy.wait(60)
+            cpu_send, cpu_recv = proc_cpu(sender.pid) - cpu[0], proc_cpu(receiver.pid) - cpu[1]
+            driver.wait(30)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+        flows = json.loads(out)["flows"]
+        tcp_report = tcp() if tcp else None
+    seconds = max(f["seconds"] for f in flows)
+    done = all(f["status"] == "complete" for f in flows)
+    delivered = sum(f["totalBytes"] if f["status"] == "complete"
+                    else min(f["blocksAcked"] * f["blockSize"], f["totalBytes"])
+                    for f in flows)
+    note = "" if done else ", ".join(
+        f"{f['status']} {f['error'] or ''}".strip() for f in flows)
+    if len(flows) > 1:  # the shares while all ran, leaving out the first second
+        until = min(f["seconds"] for f in flows) - 0.5
+        rates = [window_rate(f["samples"], 1.0, until) for f in flows]
+        note = "while both ran: " + ", ".join(
+            f"flow {n} {r:.1f} Mbit/s ({100 * r / sum(rates):.0f}%)"
+            for n, r in enumerate(rates)) + (f"; {note}" if note else "")
+    if tcp_report is not None:
+        tcp_mbps = tcp_report["bytes"] * 8 / tcp_report["seconds"] / 1e6
+        ours = window_rate(flows[0]["samples"], 1.0, tcp_report["seconds"])
+        note = (f"while TCP CUBIC ran ({tcp_report['seconds']:.0f} s): jetstream {ours:.1f} "
+                f"Mbit/s, TCP {tcp_mbps:.1f} Mbit/s ({100 * tcp_mbps / (ours + tcp_mbps):.0f}%"
+                " of the two)") + (f"; {note}" if note else "")
+    if profile.rate_kbps:
+        limit = profile.rate_kbps / 1000
+        windows = one_second_rates(flows[0]["samples"])
+        note = (f"sendRateMax {limit:.0f} Mbit/s; sent per 1-s window (datagram bytes): "
+                f"min {min(windows):.2f}, max {max(windows):.2f} Mbit/s "
+                f"({len(windows)} windows)") + (f"; {note}" if note else "")
+    return Result(
+        f"jetstream ({transport})", seconds, delivered,
+        files=work.files * len(flows) if done else 0,
+        retransmitted=sum(f["blocksRetransmitted"] * f["blockSize"] for f in flows),
+        cpu_send=cpu_send, cpu_recv=cpu_recv, note=note, extra={"flows": flows})
+
+
+def run_rsync(the_lab: Lab, work: Workdir, limit_s: float) -> Result:
+    ssh_dir = work.base / "ssh"
+    ssh_dir.mkdir(exist_ok=True)
+    key, host_key = ssh_dir / "id", ssh_dir / "host"
+    for path in (key, host_key):
+        if not path.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                           check=True, timeout=30)
+    shutil.copy(f"{key}.pub", ssh_dir / "authorized_keys")
+    config = ssh_dir / "sshd_config"
+    config.write_text(f"Port 22\nHostKey {host_key}\nAuthorizedKeysFile {ssh_dir}/"
+                      "authorized_keys\nPermitRootLogin yes\nPasswordAuthentication no\n"
+                      "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+                      f"PidFile {ssh_dir}/sshd.pid\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    ssh = (f"ssh -i {key} -F /dev/null -o StrictHostKeyChecking=no -o BatchMode=yes "
+           "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+    source = str(work.source_path)
+    with process(the_lab.argv(the_lab.ns_b, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)),
+                 work.base / "sshd.log") as sshd:
+        time.sleep(0.5)
+        retrans = tcp_retransmitted_segments(the_lab)
+        cpu_recv, cpu_send = proc_cpu(sshd.pid), children_cpu()
+        started = time.monotonic()
+        client = subprocess.Popen(
+            the_lab.argv(the_lab.ns_a, "rsync", "-a", "-e", ssh, source,
+                         f"root@{the_lab.addr_b}:{work.rsync_dest}/"),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            out, _ = client.communicate(timeout=limit_s)
+            note = "" if client.returncode == 0 else f"exit {client.returncode}: {out[-200:]!r}"
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
+            note = f"stopped at {limit_s:.0f} s"
+        seconds = time.monotonic() - started
+        delivered, files = folder_bytes(work.rsync_dest)
+        time.sleep(0.5)  # let sshd reap its session
+        cpu_send = children_cpu() - cpu_send
+        cpu_recv = proc_cpu(sshd.pid) - cpu_recv
+        retrans = tcp_retransmitted_segments(the_lab) - retrans
+    return Result("rsync over ssh", seconds, delivered, files=files if not note else 0,
+                  retransmitted=retrans * 1448, cpu_send=cpu_send, cpu_recv=cpu_recv,
+                  note=note)
+
+
+def run_iperf3(the_lab: Lab, work: Workdir, algorithm: str, limit_s: float) -> Result:
+    with process(the_lab.argv(the_lab.ns_b, "iperf3", "-s", "-p", "5201"),
+                 work.base / "iperf3.log") as server:
+        time.sleep(0.5)
+        retrans = tcp_retransmitted_segments(the_lab)
+        cpu_recv, cpu_send = proc_cpu(server.pid), children_cpu()
+        started = time.monotonic()
+        done = subprocess.run(
+            the_lab.argv(the_lab.ns_a, "iperf3", "-c", the_lab.addr_b, "-p", "5201", "-C",
+                         algorithm, "-F", str(work.source_path), "-t", str(int(limit_s)),
+                         "-J"),
+            capture_output=True, text=True, timeout=limit_s + 30)
+        seconds = time.monotonic() - started
+        cpu_send = children_cpu() - cpu_send
+        cpu_recv = proc_cpu(server.pid) - cpu_recv
+        retrans = tcp_retransmitted_segments(the_lab) - retrans
+    report = json.loads(done.stdout)
+    if "error" in report:
+        raise RuntimeError(f"iperf3: {report['error']}")
+    received = report["end"]["sum_received"]
+    sent = report["end"]["sum_sent"]["bytes"]
+    note = "" if sent >= work.total_bytes else f"stopped at {limit_s:.0f} s"
+    return Result(f"TCP {algorithm.upper()} (iperf3)", received["seconds"], received["bytes"],
+                  retransmitted=retrans * 1448, cpu_send=cpu_send, cpu_recv=cpu_recv,
+                  note=note, extra={"wallSeconds": seconds})
+
+
+def table(profile_name: str, profile: Profile, rtt: str, results: list[Result]) -> str:
+    jet = results[0]
+    by_files = profile.files > 1
+    unit = "files/s" if by_files else "Mbit/s"
+
+    def rate(r: Result) -> float:
+        return r.files_per_s if by_files else r.mbps
+
+    def per_gib(cpu: float | None, r: Result) -> str:
+        return "" if cpu is None or not r.delivered else f"{cpu * GIB / r.delivered:.1f}"
+
+    lines = [f"### {profile_name}: {profile.about}",
+             "", f"round trip measured: {rtt}; data: "
+             + (f"{profile.files} files of {profile.file_kib} KiB" if by_files
+                else f"one file of {profile.size_mib} MiB"), "",
+             f"| tool | goodput ({unit}) | jetstream is x this | retransmitted (MiB) "
+             "| CPU s/GiB sender | CPU s/GiB receiver | seconds | note |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in results:
+        ratio = f"{rate(jet) / rate(r):.2f}" if rate(r) > 0 and r is not jet else ""
+        retrans = "" if r.retransmitted is None else f"{r.retransmitted / (1 << 20):.1f}"
+        lines.append(f"| {r.tool} | {rate(r):.1f} | {ratio} | {retrans} | "
+                     f"{per_gib(r.cpu_send, r)} | {per_gib(r.cpu_recv, r)} | "
+                     f"{r.seconds:.1f} | {r.note} |")
+    return "\n".join(lines)
+
+
+def run_profile(name: str, profile: Profile, limit_s: float, keep_going: bool,
+                spy_dir: Path | None = None, keep: bool = False
+                ) -> tuple[str, list[Result], dict[str, Any]]:
+    base = Path(tempfile.mkdtemp(prefix="jsbench-", dir="/var/tmp"))
+    try:
+        work = Workdir(base, profile)
+        with lab(profile.link) as the_lab:
+            median, got = round_trip_ms(the_lab)
+            rtt = f"{median:.1f} ms ({got}/20 echoes)"
+            if profile.link is not None:
+                expected = 2 * profile.link.delay_ms
+                rtt += f", expected about {expected:.0f} ms"
+                if got == 0 or abs(median - expected) > max(0.2 * expected, 3.0):
+                    raise RuntimeError(f"the emulated round trip is wrong: {rtt}")
+            print(f"{name}: round trip {rtt}", flush=True)
+            results: list[Result] = []
+            for tool in profile.tools:
+                work.clear_destinations()
+                print(f"{name}: {tool} ...", flush=True)
+                try:
+                    if tool == "jetstream":
+                        result = run_jetstream(the_lab, work, profile, limit_s, spy_dir)
+                    elif tool == "rsync":
+                        result = run_rsync(the_lab, work, limit_s)
+                    else:
+                        result = run_iperf3(the_lab, work, tool, limit_s)
+                except Exception as exc:  # one tool failing is reported
+                    if not keep_going:
+                        raise
+                    result = Result(tool, 0.0, 0, note=f"failed: {exc}")
+                print(f"{name}: {result.tool}: {result.mbps:.1f} Mbit/s, "
+                      f"{result.files_per_s:.0f} files/s, {result.seconds:.1f} s "
+                      f"{result.note}", flush=True)
+                results.append(result)
+        return table(name, profile, rtt, results), results, the_lab.emulator_counters
+    finally:
+        if keep:
+            print(f"{name}: kept {base} (logs, data)", flush=True)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("profiles", nargs="*")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--max-seconds", type=float, default=60.0,
+                        help="bound on each tool's run (default 60)")
+    parser.add_argument("--size-mib", type=int, help="override the profile's file size")
+    parser.add_argument("--rate-mbps", type=float, help="override the link rate")
+    parser.add_argument("--tools", help="comma-separated subset: jetstream,rsync,cubic,bbr")
+    parser.add_argument("--json", type=Path, help="append results as JSON lines here")
+    parser.add_argument("--py-spy", type=Path, metavar="DIR",
+                        help="profile both jetstream servers with py-spy into DIR")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work folder (server logs, data) for a look")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="report a failing tool in the table instead of stopping")
+    args = parser.parse_args()
+    if args.list or not args.profiles:
+        for name, profile in PROFILES.items():
+            print(f"{name:14} {profile.about}")
+        return
+    unknown = [p for p in args.profiles if p not in PROFILES]
+    if unknown:
+        sys.exit(f"unknown profile(s): {', '.join(unknown)} (see --list)")
+    ensure_tools()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
+    for name in args.profiles:
+        profile = PROFILES[name]
+        if args.size_mib:
+            profile.size_mib = args.size_mib
+        if args.rate_mbps and profile.link:
+            profile.link.rate_mbps = args.rate_mbps
+        if args.tools:
+            profile.tools = tuple(args.tools.split(","))
+        spy_dir = None
+        if args.py_spy:
+            spy_dir = args.py_spy / name
+            spy_dir.mkdir(parents=True, exist_ok=True)
+        text, results, counters = run_profile(name, profile, args.max_seconds,
+                                              args.keep_going, spy_dir, args.keep)
+        print("\n" + text + f"\n\nemulator counters: {json.dumps(counters)}\n", flush=True)
+        if args.json:
+            with args.json.open("a") as stream:
+                stream.write(json.dumps({
+                    "profile": name, "about": profile.about, "time": time.time(),
+                    "results": [{**r.__dict__, "mbps": r.mbps, "filesPerS": r.files_per_s}
+                                for r in results], "emulator": counters}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
