@@ -8,7 +8,8 @@ them, in each direction: a tail-drop bottleneck queue (``--queue-bdp`` bandwidth
 products, at least 64 KiB) drained at ``--rate-mbps``, then ``--delay-ms`` of one-way
 delay, then random loss with probability ``--loss``. The devices can be moved into other
 network namespaces after it prints ``ready`` (a TUN descriptor stays attached to its
-device). It prints counters as JSON on SIGTERM or SIGINT and exits.
+device). It prints its counters as a JSON line on SIGUSR1, and on SIGTERM or SIGINT, when
+it exits.
 """
 
 from __future__ import annotations
@@ -116,12 +117,19 @@ def main() -> None:
     routes = {fd_a: a_to_b, fd_b: b_to_a}
     stop = False
 
+    report = False
+
     def on_signal(*_: object) -> None:
         nonlocal stop
         stop = True
 
+    def on_report(*_: object) -> None:
+        nonlocal report
+        report = True
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_report)
     print("ready", flush=True)
     poller = select.epoll()
     poller.register(fd_a, select.EPOLLIN)
@@ -146,6 +154,9 @@ def main() -> None:
         for direction in routes.values():
             direction.pump(now)
             direction.deliver(now)
+        if report:  # a snapshot of the counters, one JSON line
+            report = False
+            print(json.dumps({"aToB": a_to_b.counters, "bToA": b_to_a.counters}), flush=True)
     json.dump({"aToB": a_to_b.counters, "bToA": b_to_a.counters, "queueBytes": queue},
               sys.stdout)
     print(flush=True)

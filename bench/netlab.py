@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -45,6 +46,17 @@ class Lab:
 
     def argv(self, ns: str, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", ns, *argv]
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """The emulator's counters now (empty for loopback)."""
+        if self.emulator is None or self.emulator.stdout is None:
+            return {}
+        self.emulator.send_signal(signal.SIGUSR1)
+        ready, _, _ = select.select([self.emulator.stdout], [], [], 5)
+        if not ready:
+            return {}
+        counters: dict[str, dict[str, int]] = json.loads(self.emulator.stdout.readline())
+        return counters
 
 
 def _ip(*args: str, check: bool = True) -> None:

@@ -403,7 +403,11 @@ def run_rsync(the_lab: Lab, work: Workdir, limit_s: float) -> Result:
         cpu_send = children_cpu() - cpu_send
         cpu_recv = proc_cpu(sshd.pid) - cpu_recv
         retrans = tcp_retransmitted_segments(the_lab) - retrans
-    return Result("rsync over ssh", seconds, delivered, files=files if not note else 0,
+    algorithm = subprocess.run(
+        the_lab.argv(the_lab.ns_a, "sysctl", "-n", "net.ipv4.tcp_congestion_control"),
+        capture_output=True, text=True, timeout=10).stdout.strip()
+    return Result(f"rsync over ssh ({algorithm.upper()}, the default)", seconds, delivered,
+                  files=files if not note else 0,
                   retransmitted=retrans * 1448, cpu_send=cpu_send, cpu_recv=cpu_recv,
                   note=note)
 
@@ -481,6 +485,7 @@ def run_profile(name: str, profile: Profile, limit_s: float, keep_going: bool,
             for tool in profile.tools:
                 work.clear_destinations()
                 print(f"{name}: {tool} ...", flush=True)
+                before = the_lab.counters()
                 try:
                     if tool == "jetstream":
                         result = run_jetstream(the_lab, work, profile, limit_s, spy_dir)
@@ -492,6 +497,14 @@ def run_profile(name: str, profile: Profile, limit_s: float, keep_going: bool,
                     if not keep_going:
                         raise
                     result = Result(tool, 0.0, 0, note=f"failed: {exc}")
+                after = the_lab.counters()
+                if before and after:
+                    sent = after["aToB"]["packets"] - before["aToB"]["packets"]
+                    drops = after["aToB"]["queueDrops"] - before["aToB"]["queueDrops"]
+                    result.extra["queueDrops"], result.extra["packets"] = drops, sent
+                    result.note = (f"queue drops {100 * drops / max(sent, 1):.2f}% of "
+                                   f"{sent} packets") + (f"; {result.note}"
+                                                         if result.note else "")
                 print(f"{name}: {result.tool}: {result.mbps:.1f} Mbit/s, "
                       f"{result.files_per_s:.0f} files/s, {result.seconds:.1f} s "
                       f"{result.note}", flush=True)

@@ -66,6 +66,8 @@ class ReceiveSession:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "jetstream-sink")
         self._queued_bytes = 0
         self._writes_in_flight = 0
+        self._commit_queue: list[FileReady] = []
+        self._committing = False
         self._write_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -154,14 +156,16 @@ class ReceiveSession:
 
     def _submit(self, func: Callable[..., Any], *args: Any,
                 done: Callable[[concurrent.futures.Future[Any]], None]) -> None:
-        """Queue a disk operation after the blocks received so far."""
+        """Queue a disk operation after the blocks received and files ready so far."""
         self._flush_writes()
+        self._flush_commits()
         loop = asyncio.get_running_loop()
         future = self._executor.submit(func, *args)
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
 
     async def _run(self, func: Callable[..., Any], *args: Any) -> Any:
         self._flush_writes()
+        self._flush_commits()
         return await asyncio.wrap_future(self._executor.submit(func, *args))
 
     def _written(self, future: concurrent.futures.Future[Any], size: int) -> None:
@@ -287,17 +291,33 @@ class ReceiveSession:
         self.step(time.monotonic())
 
     def _commit(self, event: FileReady) -> None:
-        assert self.sink is not None
+        """Files ready are committed in groups: one group at a time goes to the writer
+        thread, and the files that become ready meanwhile make the next (see
+        FileSink.commit_many: a group costs one flush to disk, not one per file)."""
+        self._commit_queue.append(event)
+        if not self._committing:
+            self._flush_commits()
+
+    def _flush_commits(self) -> None:
+        if not self._commit_queue or self.sink is None:
+            return
+        events, self._commit_queue = self._commit_queue, []
+        self._committing = True
 
         def committed(future: concurrent.futures.Future[Any]) -> None:
+            self._committing = False
             exc = future.exception()
-            if exc is not None:
-                self._sink_failed(exc)
-                return
-            self.core.file_committed(event.file)
+            results = [exc] * len(events) if exc is not None else future.result()
+            for event, result in zip(events, results, strict=True):
+                if isinstance(result, BaseException):
+                    self._sink_failed(result)
+                    return
+                self.core.file_committed(event.file)
+            self._flush_commits()
             self.step(time.monotonic())
 
-        self._submit(self.sink.commit, event.file, event.digest, event.size, done=committed)
+        self._submit(self.sink.commit_many, [(e.file, e.digest, e.size) for e in events],
+                     done=committed)
 
     async def make_checkpoint(self) -> None:
         """Make what is written durable and record it (for a later session)."""

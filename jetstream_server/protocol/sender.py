@@ -83,6 +83,12 @@ class SendPhase(Enum):
     FAILED = "failed"
 
 
+#: Phases in which blocks go out. The metadata follows AUTH at once, without waiting a
+#: round trip for ACCEPT: the receiver checks AUTH as it arrives, so metadata arriving
+#: after it is taken (and before it, dropped and sent again).
+_SENDING = (SendPhase.AUTH_SENT, SendPhase.METADATA, SendPhase.DATA)
+
+
 def auth_proof(verifier: bytes, nonce: bytes, session: int, transfer_id: bytes) -> bytes:
     """What proves the sender knows the password: HMAC-SHA256 keyed with the scrypt hash."""
     message = nonce + struct.pack("!Q", session) + transfer_id
@@ -274,8 +280,7 @@ class SenderCore:
             out, self._control = list(self._control), []
             self.packets_sent += len(out)
             self.bytes_sent += sum(len(d) for d in out)
-        if self.finished or self.suspended or self.phase not in (SendPhase.METADATA,
-                                                                 SendPhase.DATA):
+        if self.finished or self.suspended or self.phase not in _SENDING:
             return out
         pacer = self.pacer
         size = HEADER.size + DATA_HEADER.size + self.layout.block_size
@@ -298,7 +303,7 @@ class SenderCore:
                 self.lost.popleft()
                 continue
             return block
-        limit = self.layout.meta_blocks if self.phase is SendPhase.METADATA else \
+        limit = self.layout.meta_blocks if self.phase is not SendPhase.DATA else \
             self.layout.total_blocks
         if self.next_new in self.acked:  # the receiver had it already (resume)
             self.next_new = self.acked.first_missing(self.next_new)
@@ -364,7 +369,8 @@ class SenderCore:
 
         Once every block has been sent, no later datagram can reveal a loss, so a block
         not acknowledged a round trip (and a margin) after it was last sent is sent
-        again; the link is otherwise idle, so a duplicate costs little."""
+        again, twice: the link is otherwise idle, so the copy costs little and saves a
+        round trip whenever one of the two is lost."""
         if self.reliable or self.lost or not self.in_flight or \
                 self.phase is not SendPhase.DATA or self.next_new < self.layout.total_blocks:
             return None
@@ -372,8 +378,7 @@ class SenderCore:
 
     def next_send_time(self, now: float) -> float | None:
         """When datagrams_to_send would next have data to give (pacing), if it has any."""
-        if self.finished or self.suspended or self.phase not in (SendPhase.METADATA,
-                                                                 SendPhase.DATA):
+        if self.finished or self.suspended or self.phase not in _SENDING:
             return None
         if self._next_block(self._window_blocks()) is None:
             return None
@@ -413,7 +418,7 @@ class SenderCore:
                     if sent_s + wait > now:
                         break
                     del self.in_flight[block]
-                    self.lost.append(block)
+                    self.lost.extend((block, block))  # twice: the link is idle by now
             if self.in_flight and not self.reliable and \
                     now >= self._last_ack_s + self._pto():
                 # nothing acknowledged for a while: resend the oldest block and back off

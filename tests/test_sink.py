@@ -1,0 +1,87 @@
+"""The receiver's file writer: verification hashed as data is written, in any order."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from jetstream_server.dataplane.sink import FileSink, SinkError
+from jetstream_server.protocol.metadata import FileEntry, Metadata
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _sink(root: Path, size: int) -> FileSink:
+    meta = Metadata("ab" * 16, None, [FileEntry("/f.bin", "/f.bin", size, 1_700_000_000_000_000,
+                                                False)], {}, {}, None)
+    sink = FileSink(str(root), meta, "ab" * 16)
+    sink.prepare()
+    return sink
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_blocks_written_out_of_order_and_twice_give_the_right_file(tmp_path: Path,
+                                                                   seed: int) -> None:
+    data = os.urandom(300_000)
+    block = 1000
+    writes = [(0, offset, data[offset:offset + block]) for offset in range(0, len(data), block)]
+    rng = random.Random(seed)
+    rng.shuffle(writes)
+    writes += rng.sample(writes, 30)  # duplicates, as a lossy link delivers them
+    sink = _sink(tmp_path, len(data))
+    for start in range(0, len(writes), 17):  # batches of mixed, overlapping order
+        sink.write(writes[start:start + 17])
+    path = sink.commit(0, hashlib.sha256(data).digest(), len(data))
+    assert Path(path).read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary file left
+
+
+def test_a_wrong_digest_is_refused_and_nothing_is_delivered(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    sink = _sink(tmp_path, len(data))
+    sink.write([(0, 0, data)])
+    with pytest.raises(SinkError, match="checksum"):
+        sink.commit(0, hashlib.sha256(data + b"x").digest(), len(data))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_changed_on_disk_after_writing_is_caught(tmp_path: Path) -> None:
+    """Parts not yet hashed when written (behind a gap) are hashed from the file itself."""
+    data = os.urandom(8_000)
+    sink = _sink(tmp_path, len(data))
+    sink.write([(0, 4000, data[4000:])])  # after a gap: not hashed yet
+    temp = next(tmp_path.iterdir())
+    with open(temp, "r+b") as stream:  # the disk returns other bytes than were written
+        stream.seek(5000)
+        stream.write(b"\0" * 10)
+    sink.write([(0, 0, data[:4000])])
+    with pytest.raises(SinkError, match="checksum"):
+        sink.commit(0, hashlib.sha256(data).digest(), len(data))
+
+
+def test_a_group_commit_delivers_the_good_files_and_refuses_the_bad_one(
+        tmp_path: Path) -> None:
+    contents = [os.urandom(4096 + n) for n in range(20)]
+    meta = Metadata("cd" * 16, None, [
+        FileEntry(f"/d{n % 3}/f{n}.bin", f"/f{n}.bin", len(c), 1_700_000_000_000_000, False)
+        for n, c in enumerate(contents)], {}, {}, None)
+    sink = FileSink(str(tmp_path), meta, "cd" * 16)
+    sink.prepare()
+    for n, data in enumerate(contents):
+        sink.write([(n, 0, data)])
+    digests = [hashlib.sha256(c).digest() for c in contents]
+    digests[7] = hashlib.sha256(b"something else").digest()
+    results = sink.commit_many([(n, d, len(c)) for n, (d, c) in
+                                enumerate(zip(digests, contents, strict=True))])
+    assert isinstance(results[7], SinkError) and "checksum" in str(results[7])
+    for n, data in enumerate(contents):
+        target = tmp_path / f"d{n % 3}" / f"f{n}.bin"
+        if n == 7:
+            assert not target.exists()
+        else:
+            assert results[n] == str(target) and target.read_bytes() == data
+    assert not [p for p in tmp_path.rglob(".jetstream-*")]  # no temporary file left
