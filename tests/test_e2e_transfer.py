@@ -122,3 +122,18 @@ def test_wrong_credentials_fail_the_transfer_and_write_nothing(
     assert got["status"] == "error"
     assert "refused user 'bob': wrong user name or password" in got["errorMessage"]
     assert os.listdir(tmp_path / "b" / "sandbox") == []
+
+
+def test_without_udp_offload_the_same_files_arrive(tmp_path: Path) -> None:
+    """--udp-offload false: one datagram per system call on both ends, same result."""
+    a = ServerProcess(_home(tmp_path / "a"), "--udp-offload", "false")
+    b = ServerProcess(_home(tmp_path / "b"), "--udp-offload", "false")
+    try:
+        make_tree(tmp_path / "a" / "sandbox" / "src", small_files=100, big_bytes=5 * 2**20)
+        done = _transfer(a, b, "/src:/plain")
+        assert done["status"] == "complete", done["errorMessage"]
+        assert tree_listing(tmp_path / "b" / "sandbox" / "plain") == \
+            tree_listing(tmp_path / "a" / "sandbox" / "src")
+    finally:
+        a.stop()
+        b.stop()

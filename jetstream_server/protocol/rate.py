@@ -34,6 +34,7 @@ _CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 MIN_SAMPLE_S = 0.03
 #: The pacing gain at start (BBR's 2/ln 2).
 STARTUP_GAIN = 2.885
+#: Most bytes in flight, in bottleneck-delay products, after start-up (see window_bytes).
 WINDOW_GAIN = 1.5
 #: The minimum round trip is the least seen over this long.
 MIN_RTT_WINDOW_S = 30.0
