@@ -67,7 +67,7 @@ PROFILES = {
     "wan50-loss1": Profile("100 Mbit/s, 50 ms one way, 1% loss", Link(100, 50, 0.01)),
     "wan100-loss5": Profile("100 Mbit/s, 100 ms one way, 5% loss", Link(100, 100, 0.05)),
     "fast": Profile("fastest emulated rate, 10 ms one way, 0.1% loss",
-                    Link(300, 10, 0.001), size_mib=512),
+                    Link(400, 10, 0.001), size_mib=512),
     "loopback": Profile("loopback, no emulator", None, size_mib=2048),
     "smallfiles": Profile("loopback, 10,000 files of 4 KiB", None, files=10000,
                           tools=("jetstream", "rsync")),

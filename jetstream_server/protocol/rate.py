@@ -90,7 +90,7 @@ class Pacer:
 
 
 class RateController:
-    def __init__(self, initial_bps: float = 10e6, max_bps: float = 10e9,
+    def __init__(self, initial_bps: float = 20e6, max_bps: float = 10e9,
                  min_bps: float = 256e3) -> None:
         self.max_bps = max_bps
         self.min_bps = min_bps
@@ -139,8 +139,11 @@ class RateController:
         recent = self.recent_rtt_s
         return recent is not None and recent <= self.min_rtt_s * 1.1 + 0.001
 
-    def on_delivery(self, receiver_time_s: float, received_bytes: int, now: float) -> None:
-        """The receiver had received ``received_bytes`` at ``receiver_time_s``."""
+    def on_delivery(self, receiver_time_s: float, received_bytes: int, now: float,
+                    limited: bool = False) -> None:
+        """The receiver had received ``received_bytes`` at ``receiver_time_s``.
+        ``limited``: the sender was held back by its window, not by the path, so a
+        sample below the estimate says nothing about the path and is not taken."""
         deliveries = self._deliveries
         deliveries.append((receiver_time_s, received_bytes))
         span = max(self.round_s, MIN_SAMPLE_S)
@@ -152,9 +155,10 @@ class RateController:
             if self.queue_free:
                 rate /= 1 - min(self.loss, MAX_LOSS_COMPENSATED)
             samples = self._samples  # a monotonic deque: falling rates
-            while samples and samples[-1][1] <= rate:
-                samples.pop()
-            samples.append((now, rate))
+            if not limited or rate >= self.btl_bps:
+                while samples and samples[-1][1] <= rate:
+                    samples.pop()
+                samples.append((now, rate))
         window = 10 * self.round_s
         while len(self._samples) > 1 and now - self._samples[0][0] > window:
             self._samples.popleft()

@@ -117,6 +117,8 @@ class SenderCore:
                            min_burst_bytes=2 * (HEADER.size + DATA_HEADER.size +
                                                 layout.block_size))
         self.suspended = False
+        #: new data waited for room in the window since the last ACK
+        self.window_limited = False
         self.acked = RangeSet()
         #: block -> time of its last transmission, oldest first
         self.in_flight: OrderedDict[int, float] = OrderedDict()
@@ -224,7 +226,9 @@ class SenderCore:
                 self._rtt_sample(rtt, now)
             self._echo_max_s = max(self._echo_max_s, echo_s)
         if self.phase is SendPhase.DATA:  # earlier, the sender itself limits delivery
-            self.controller.on_delivery(ack.recv_ts_us / 1e6, ack.bytes, now)
+            self.controller.on_delivery(ack.recv_ts_us / 1e6, ack.bytes, now,
+                                        limited=self.window_limited)
+            self.window_limited = False
             self.pacer.set_rate(self._rate(), now)
         in_flight = self.in_flight
         for start, end in [(0, ack.cum), *ack.ranges]:
@@ -307,8 +311,10 @@ class SenderCore:
             self.layout.total_blocks
         if self.next_new in self.acked:  # the receiver had it already (resume)
             self.next_new = self.acked.first_missing(self.next_new)
-        if self.next_new < limit and len(self.in_flight) < window:
-            return self.next_new
+        if self.next_new < limit:
+            if len(self.in_flight) < window:
+                return self.next_new
+            self.window_limited = True
         return None
 
     def _data_datagram(self, block: int, now: float) -> bytearray | None:
