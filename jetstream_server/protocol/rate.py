@@ -17,10 +17,12 @@ from an overflowing queue come with a long round trip, so they are never taken f
 random ones, and samples taken while a queue builds count only what arrived. When a
 round with a queue loses more than 2% above the random loss, the bottleneck is shared
 with flows that filled the queue (TCP, other transfers): the estimate is cut by 15% and
-rebuilt from new samples, so a competing TCP flow is not starved.
+rebuilt from new samples, so a competing TCP flow is not starved. At most 1.5
+bottleneck-delay products are in flight; a sample taken while that window held the
+sender back may raise the estimate but not lower it.
 
-At start the gain is 2/ln 2 (the rate doubles every round, as in BBR) until the estimate
-stops growing by 25% for three rounds.
+At start the gain is 2/ln 2 (the rate doubles every round, as in BBR, from 20 Mbit/s)
+until the estimate stops growing by 25% for three rounds.
 """
 
 from __future__ import annotations
