@@ -48,7 +48,7 @@ log = logging.getLogger("jetstream.send")
 #: Payload bytes per datagram when the route's MTU cannot be read: fits a 1500-byte MTU.
 UDP_BLOCK_SIZE = 1400
 #: To a loopback address (the whole path is this machine's 64 KiB-MTU loopback device)
-#: datagrams can be larger, which divides the per-datagram cost.
+#: datagrams can be nearly 64 KiB, which divides the per-datagram cost.
 LOOPBACK_BLOCK_SIZE = 63 * 1024
 #: Datagrams are sized to the MTU of the route to the destination (as the kernel knows
 #: it), within these bounds: 1200 is what IPv6 guarantees, 8960 a jumbo frame's payload.
