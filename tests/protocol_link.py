@@ -71,6 +71,8 @@ class LinkConfig:
     delay_s: float = 0.01
     rate_bps: float = 200e6  # the link's own speed
     seed: int = 0
+    #: a tail-drop bottleneck queue of this many bytes (None: unbounded)
+    queue_bytes: int | None = None
 
 
 @dataclass
@@ -86,6 +88,8 @@ class Outcome:
     corrupted_dropped: int = 0
     datagrams_to_sender: int = 0
     events: list[object] = field(default_factory=list)
+    seconds: float = 0.0  # simulated time until the sender finished
+    queue_drops: int = 0  # datagrams to the receiver dropped at a full bottleneck queue
 
 
 def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
@@ -113,6 +117,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
     queue: list[tuple[float, int, str, bytes]] = []
     seq = 0
     link_free = {"s": 0.0, "r": 0.0}
+    queue_drops = {"s": 0, "r": 0}
     corrupted = 0
     events: list[object] = []
 
@@ -122,6 +127,10 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         for datagram in datagrams:
             data = bytes(datagram)
             start = max(now, link_free[direction])
+            if link.queue_bytes is not None and \
+                    (start - now) * link.rate_bps / 8 + len(data) > link.queue_bytes:
+                queue_drops[direction] += 1
+                continue  # the bottleneck queue is full
             link_free[direction] = start + len(data) * 8 / link.rate_bps
             if rng.random() < link.loss:
                 continue
@@ -214,4 +223,6 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         corrupted_dropped=corrupted,
         datagrams_to_sender=sender.packets_recv,
         events=events,
+        seconds=now,
+        queue_drops=queue_drops["s"],
     )
