@@ -217,20 +217,16 @@ class FileSink:
         """Hash what is now written contiguously from ``opened.hashed`` on: from
         ``buffers`` (just written at ``offset``) where they cover it, else from the file."""
         end = opened.written.first_missing(opened.hashed)
-        while opened.hashed < end:
-            position = opened.hashed
-            if position >= offset:  # inside or after the buffers
-                start = offset
-                for buffer in buffers:
-                    if start <= position < start + len(buffer):
-                        opened.sha.update(memoryview(buffer)[position - start:])
-                        opened.hashed = start + len(buffer)
-                        break
-                    start += len(buffer)
-                else:
-                    self._hash_from_file(opened, end)
-                continue
+        if opened.hashed < offset:
             self._hash_from_file(opened, min(offset, end))
+        start = offset
+        for buffer in buffers:  # one pass: they are contiguous from offset
+            stop = start + len(buffer)
+            if start <= opened.hashed < stop:
+                opened.sha.update(memoryview(buffer)[opened.hashed - start:])
+                opened.hashed = stop
+            start = stop
+        self._hash_from_file(opened, end)
 
     @staticmethod
     def _hash_from_file(opened: _Open, end: int) -> None:

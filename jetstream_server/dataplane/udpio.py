@@ -53,9 +53,7 @@ def receive_batches(sock: socket.socket, buffer: bytearray, gro: bool, limit: in
             else:
                 size, address = sock.recvfrom_into(buffer)
                 ancillary = []
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
+        except OSError:  # nothing waiting (BlockingIOError) or an error: stop here
             return
         segment = size
         for level, kind, data in ancillary:

@@ -108,8 +108,8 @@ class RateController:
         self._rtt_samples: deque[tuple[float, float]] = deque()
         self.recent_rtt_s: float | None = None  # a smoothed recent round trip
         self.loss = 0.0  # smoothed fraction of datagrams lost, per round
-        self._round_sent = 0
-        self._round_lost = 0
+        # the sender's datagram counts (sent, lost) when the loss was last measured
+        self._counted = (0, 0)
         self._round_clean = self._last_round_clean = True  # no queue in the round
 
     @property
@@ -129,21 +129,16 @@ class RateController:
         if not self.queue_free:
             self._round_clean = False
 
-    def on_sent(self, count: int = 1) -> None:
-        self._round_sent += count
-
-    def on_lost(self, count: int = 1) -> None:
-        self._round_lost += count
-
     @property
     def queue_free(self) -> bool:
         """The round trip is near its minimum: no queue is building at the bottleneck."""
         recent = self.recent_rtt_s
         return recent is not None and recent <= self.min_rtt_s * 1.1 + 0.001
 
-    def on_delivery(self, receiver_time_s: float, received_bytes: int, now: float,
-                    limited: bool = False) -> None:
-        """The receiver had received ``received_bytes`` at ``receiver_time_s``.
+    def on_delivery(self, receiver_time_s: float, received_bytes: int, now: float, *,
+                    sent: int, lost: int, limited: bool = False) -> None:
+        """The receiver had received ``received_bytes`` at ``receiver_time_s``; the sender
+        has sent ``sent`` data datagrams so far and found ``lost`` of them lost.
         ``limited``: the sender was held back by its window, not by the path, so a
         sample below the estimate says nothing about the path and is not taken."""
         deliveries = self._deliveries
@@ -169,19 +164,20 @@ class RateController:
             # in startup the estimate only grows: early samples are small by nature
             self.btl_bps = max(estimate, self.btl_bps) if self.startup else estimate
         if now >= self._round_end:
-            self._next_round(now)
+            self._next_round(now, sent, lost)
 
-    def _next_round(self, now: float) -> None:
+    def _next_round(self, now: float, sent: int, lost: int) -> None:
         self._round_end = now + self.round_s
-        if self._round_sent >= 16:  # (losses show a round after their sending)
-            ratio = min(self._round_lost / self._round_sent, 1.0)
+        round_sent, round_lost = sent - self._counted[0], lost - self._counted[1]
+        if round_sent >= 16:  # (losses show a round after their sending)
+            ratio = min(round_lost / round_sent, 1.0)
             if self._round_clean and self._last_round_clean:
                 self.loss = 0.75 * self.loss + 0.25 * ratio
             elif not self.startup and ratio - self.loss > CONGESTION_LOSS:
                 # a queue overflowed: others share the bottleneck; give way, as TCP does
                 self.btl_bps = max(self.btl_bps * CONGESTION_CUT, self.min_bps)
                 self._samples.clear()
-            self._round_sent = self._round_lost = 0
+            self._counted = (sent, lost)
         self._last_round_clean, self._round_clean = self._round_clean, self.queue_free
         if self.startup:
             if self.btl_bps >= self._full_bw * 1.25:

@@ -143,6 +143,8 @@ class SenderCore:
         self.packets_recv = 0
         self.blocks_sent = 0
         self.blocks_retransmitted = 0
+        #: blocks found lost by later datagrams getting through (the rate control's loss)
+        self.blocks_lost = 0
         self.datagrams_dropped = 0
 
     # -- inputs -----------------------------------------------------------------------
@@ -227,6 +229,7 @@ class SenderCore:
             self._echo_max_s = max(self._echo_max_s, echo_s)
         if self.phase is SendPhase.DATA:  # earlier, the sender itself limits delivery
             self.controller.on_delivery(ack.recv_ts_us / 1e6, ack.bytes, now,
+                                        sent=self.blocks_sent, lost=self.blocks_lost,
                                         limited=self.window_limited)
             self.window_limited = False
             self.pacer.set_rate(self._rate(), now)
@@ -264,7 +267,7 @@ class SenderCore:
                 break
             del in_flight[block]
             self.lost.append(block)
-            self.controller.on_lost()
+            self.blocks_lost += 1
 
     def _rate(self) -> float:
         if self.reliable and self.rate_limit_bps is None:
@@ -347,7 +350,6 @@ class SenderCore:
         self.in_flight[block] = now
         self.in_flight.move_to_end(block)
         self.blocks_sent += 1
-        self.controller.on_sent()
         self.packets_sent += 1
         self.bytes_sent += len(datagram)
         return datagram
