@@ -124,6 +124,27 @@ def tcp_retransmitted_segments(the_lab: Lab) -> int:
     return int(values[header.index("RetransSegs")])
 
 
+@dataclass
+class Usage:
+    cpu_send: float = 0.0  # seconds
+    cpu_recv: float = 0.0
+    retransmitted: int = 0  # bytes
+
+
+@contextlib.contextmanager
+def tcp_usage(the_lab: Lab, server_pid: int) -> Iterator[Usage]:
+    """CPU of this process's children (the sending end) and of ``server_pid`` with the
+    children it reaped (the receiving end), and TCP segments A retransmitted, while the
+    block runs; filled in when it ends."""
+    usage = Usage()
+    retrans = tcp_retransmitted_segments(the_lab)
+    cpu_recv, cpu_send = proc_cpu(server_pid), children_cpu()
+    yield usage
+    usage.cpu_send = children_cpu() - cpu_send
+    usage.cpu_recv = proc_cpu(server_pid) - cpu_recv
+    usage.retransmitted = (tcp_retransmitted_segments(the_lab) - retrans) * 1448
+
+
 def folder_bytes(path: Path) -> tuple[int, int]:
     total = count = 0
     for root, _, names in os.walk(path):
@@ -383,51 +404,43 @@ def run_rsync(the_lab: Lab, work: Workdir, limit_s: float) -> Result:
     with process(the_lab.argv(the_lab.ns_b, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)),
                  work.base / "sshd.log") as sshd:
         time.sleep(0.5)
-        retrans = tcp_retransmitted_segments(the_lab)
-        cpu_recv, cpu_send = proc_cpu(sshd.pid), children_cpu()
-        started = time.monotonic()
-        client = subprocess.Popen(
-            the_lab.argv(the_lab.ns_a, "rsync", "-a", "-e", ssh, source,
-                         f"root@{the_lab.addr_b}:{work.rsync_dest}/"),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            out, _ = client.communicate(timeout=limit_s)
-            note = "" if client.returncode == 0 else f"exit {client.returncode}: {out[-200:]!r}"
-        except subprocess.TimeoutExpired:
-            client.kill()
-            client.wait()
-            note = f"stopped at {limit_s:.0f} s"
-        seconds = time.monotonic() - started
-        delivered, files = folder_bytes(work.rsync_dest)
-        time.sleep(0.5)  # let sshd reap its session
-        cpu_send = children_cpu() - cpu_send
-        cpu_recv = proc_cpu(sshd.pid) - cpu_recv
-        retrans = tcp_retransmitted_segments(the_lab) - retrans
+        with tcp_usage(the_lab, sshd.pid) as usage:
+            started = time.monotonic()
+            client = subprocess.Popen(
+                the_lab.argv(the_lab.ns_a, "rsync", "-a", "-e", ssh, source,
+                             f"root@{the_lab.addr_b}:{work.rsync_dest}/"),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            try:
+                out, _ = client.communicate(timeout=limit_s)
+                note = "" if client.returncode == 0 else \
+                    f"exit {client.returncode}: {out[-200:]!r}"
+            except subprocess.TimeoutExpired:
+                client.kill()
+                client.wait()
+                note = f"stopped at {limit_s:.0f} s"
+            seconds = time.monotonic() - started
+            delivered, files = folder_bytes(work.rsync_dest)
+            time.sleep(0.5)  # let sshd reap its session
     algorithm = subprocess.run(
         the_lab.argv(the_lab.ns_a, "sysctl", "-n", "net.ipv4.tcp_congestion_control"),
         capture_output=True, text=True, timeout=10).stdout.strip()
     return Result(f"rsync over ssh ({algorithm.upper()}, the default)", seconds, delivered,
-                  files=files if not note else 0,
-                  retransmitted=retrans * 1448, cpu_send=cpu_send, cpu_recv=cpu_recv,
-                  note=note)
+                  files=files if not note else 0, retransmitted=usage.retransmitted,
+                  cpu_send=usage.cpu_send, cpu_recv=usage.cpu_recv, note=note)
 
 
 def run_iperf3(the_lab: Lab, work: Workdir, algorithm: str, limit_s: float) -> Result:
     with process(the_lab.argv(the_lab.ns_b, "iperf3", "-s", "-p", "5201"),
                  work.base / "iperf3.log") as server:
         time.sleep(0.5)
-        retrans = tcp_retransmitted_segments(the_lab)
-        cpu_recv, cpu_send = proc_cpu(server.pid), children_cpu()
-        started = time.monotonic()
-        done = subprocess.run(
-            the_lab.argv(the_lab.ns_a, "iperf3", "-c", the_lab.addr_b, "-p", "5201", "-C",
-                         algorithm, "-F", str(work.source_path), "-t", str(int(limit_s)),
-                         "-J"),
-            capture_output=True, text=True, timeout=limit_s + 30)
-        seconds = time.monotonic() - started
-        cpu_send = children_cpu() - cpu_send
-        cpu_recv = proc_cpu(server.pid) - cpu_recv
-        retrans = tcp_retransmitted_segments(the_lab) - retrans
+        with tcp_usage(the_lab, server.pid) as usage:
+            started = time.monotonic()
+            done = subprocess.run(
+                the_lab.argv(the_lab.ns_a, "iperf3", "-c", the_lab.addr_b, "-p", "5201",
+                             "-C", algorithm, "-F", str(work.source_path), "-t",
+                             str(int(limit_s)), "-J"),
+                capture_output=True, text=True, timeout=limit_s + 30)
+            seconds = time.monotonic() - started
     report = json.loads(done.stdout)
     if "error" in report:
         raise RuntimeError(f"iperf3: {report['error']}")
@@ -435,8 +448,8 @@ def run_iperf3(the_lab: Lab, work: Workdir, algorithm: str, limit_s: float) -> R
     sent = report["end"]["sum_sent"]["bytes"]
     note = "" if sent >= work.total_bytes else f"stopped at {limit_s:.0f} s"
     return Result(f"TCP {algorithm.upper()} (iperf3)", received["seconds"], received["bytes"],
-                  retransmitted=retrans * 1448, cpu_send=cpu_send, cpu_recv=cpu_recv,
-                  note=note, extra={"wallSeconds": seconds})
+                  retransmitted=usage.retransmitted, cpu_send=usage.cpu_send,
+                  cpu_recv=usage.cpu_recv, note=note, extra={"wallSeconds": seconds})
 
 
 def table(profile_name: str, profile: Profile, rtt: str, results: list[Result]) -> str:
