@@ -9,6 +9,8 @@ import random
 import secrets
 from dataclasses import dataclass, field
 
+from blake3 import blake3
+
 from jetstream_server.protocol.layout import DIGEST, Layout, Slot
 from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
 from jetstream_server.protocol.receiver import (
@@ -31,7 +33,7 @@ class MemorySource:
         data = self.files[slot.file]
         assert data is not None
         if slot.digest:
-            return DIGEST.pack(hashlib.sha256(data).digest(), len(data))
+            return DIGEST.pack(blake3(data).digest(), len(data))
         return data[slot.offset:slot.offset + slot.length]
 
 
@@ -165,7 +167,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
                                                   decoded.sizes), resume)
             elif isinstance(event, FileReady):
                 data = bytes(received[event.file] or b"")
-                if hashlib.sha256(data).digest() == event.digest:
+                if blake3(data).digest() == event.digest:
                     receiver.file_committed(event.file)
                 else:
                     receiver.fail(f"checksum mismatch in file {event.file}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from jetstream_server.dataplane.sink import FileSink, SinkError
 from jetstream_server.protocol.metadata import FileEntry, Metadata
@@ -35,7 +35,7 @@ def test_blocks_written_out_of_order_and_twice_give_the_right_file(tmp_path: Pat
     sink = _sink(tmp_path, len(data))
     for start in range(0, len(writes), 17):  # batches of mixed, overlapping order
         sink.write(writes[start:start + 17])
-    path = sink.commit(0, hashlib.sha256(data).digest(), len(data))
+    path = sink.commit(0, blake3(data).digest(), len(data))
     assert Path(path).read_bytes() == data
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary file left
 
@@ -45,7 +45,7 @@ def test_a_wrong_digest_is_refused_and_nothing_is_delivered(tmp_path: Path) -> N
     sink = _sink(tmp_path, len(data))
     sink.write([(0, 0, data)])
     with pytest.raises(SinkError, match="checksum"):
-        sink.commit(0, hashlib.sha256(data + b"x").digest(), len(data))
+        sink.commit(0, blake3(data + b"x").digest(), len(data))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -60,7 +60,7 @@ def test_a_file_changed_on_disk_after_writing_is_caught(tmp_path: Path) -> None:
         stream.write(b"\0" * 10)
     sink.write([(0, 0, data[:4000])])
     with pytest.raises(SinkError, match="checksum"):
-        sink.commit(0, hashlib.sha256(data).digest(), len(data))
+        sink.commit(0, blake3(data).digest(), len(data))
 
 
 def test_a_group_commit_delivers_the_good_files_and_refuses_the_bad_one(
@@ -73,8 +73,8 @@ def test_a_group_commit_delivers_the_good_files_and_refuses_the_bad_one(
     sink.prepare()
     for n, data in enumerate(contents):
         sink.write([(n, 0, data)])
-    digests = [hashlib.sha256(c).digest() for c in contents]
-    digests[7] = hashlib.sha256(b"something else").digest()
+    digests = [blake3(c).digest() for c in contents]
+    digests[7] = blake3(b"something else").digest()
     results = sink.commit_many([(n, d, len(c)) for n, (d, c) in
                                 enumerate(zip(digests, contents, strict=True))])
     assert isinstance(results[7], SinkError) and "checksum" in str(results[7])

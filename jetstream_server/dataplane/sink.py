@@ -4,10 +4,10 @@ Every path is opened one component at a time from a descriptor of the sandbox fo
 ``O_NOFOLLOW``: a symlink anywhere under the sandbox, existing or swapped in while the
 transfer runs, is never followed, so nothing is written outside it. Each file is written
 to a hidden temporary name beside its target (``.jetstream-<transfer>-<n>.part``), then
-fsynced, checked against the sender's SHA-256, given its mode and modification time,
+fsynced, checked against the sender's BLAKE3 digest, given its mode and modification time,
 renamed into place, and its folder fsynced.
 
-The SHA-256 of a file is computed as its data is written: whenever the bytes written from
+The digest of a file is computed as its data is written: whenever the bytes written from
 the start of the file grow, the new bytes are hashed (from the buffers just written, or
 read back for parts that arrived earlier out of order), so at the end only what was not
 yet hashed is read back, and verification does not cost a second pass over the file.
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ApiError
+from ..protocol.checksums import FileHash, file_hash
 from ..protocol.metadata import Metadata
 from ..protocol.ranges import RangeSet
 from ..sandbox import written_parts
@@ -85,7 +85,7 @@ class _Open:
     temp: str
     name: str
     written: RangeSet  # byte ranges written in this session
-    sha: hashlib._Hash  # of the bytes [0, hashed)
+    hasher: FileHash  # of the bytes [0, hashed)
     hashed: int = 0
     unflushed: int = 0  # bytes written since the disk was last asked to write back
 
@@ -173,7 +173,7 @@ class FileSink:
                 os.close(parent)
                 raise SinkError(f"Cannot write {path}: {exc.strerror}.") from None
             opened = self._open[index] = _Open(parent, fd, temp, parts[-1], RangeSet(),
-                                               hashlib.sha256())
+                                               file_hash())
             size = self.meta.files[index].size or 0
             try:
                 _allocate(fd, size)
@@ -223,7 +223,7 @@ class FileSink:
         for buffer in buffers:  # one pass: they are contiguous from offset
             stop = start + len(buffer)
             if start <= opened.hashed < stop:
-                opened.sha.update(memoryview(buffer)[opened.hashed - start:])
+                opened.hasher.update(memoryview(buffer)[opened.hashed - start:])
                 opened.hashed = stop
             start = stop
         self._hash_from_file(opened, end)
@@ -234,7 +234,7 @@ class FileSink:
             chunk = os.pread(opened.fd, min(_READ_CHUNK, end - opened.hashed), opened.hashed)
             if not chunk:
                 raise OSError(errno.EIO, "the file is shorter than what was written")
-            opened.sha.update(chunk)
+            opened.hasher.update(chunk)
             opened.hashed += len(chunk)
 
     def _write_error(self, file: int, exc: OSError) -> str:
@@ -306,7 +306,7 @@ class FileSink:
         if actual != size:
             raise SinkError(f"{path}: received {actual} bytes, expected {size}.")
         self._hash_from_file(opened, size)  # what was not hashed on the way
-        if opened.sha.digest() != digest:
+        if opened.hasher.digest() != digest:
             raise SinkError(f"{path}: the checksum of the received data does not match "
                             "the sender's; the file was not delivered.")
         os.fchmod(opened.fd, 0o755 if entry.executable else 0o644)

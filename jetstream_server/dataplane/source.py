@@ -1,7 +1,7 @@
 """Reading a manifest's files for sending: read-ahead in a thread, hashing on the way.
 
 A reader thread reads the files in manifest order in chunks (a whole number of blocks,
-about 4 MiB; a small file is one chunk), hashes each file with SHA-256 as it goes, and
+about 4 MiB; a small file is one chunk), hashes each file (BLAKE3) as it goes, and
 keeps a window of about 32 MiB ahead of and behind the send position (so many small
 files are read ahead as well as one large one). It wakes the event loop only when the
 sender is waiting for it. :meth:`FileSource.block` answers from that window; for a
@@ -12,7 +12,6 @@ manifest, or that changes while it is read, fails the transfer with a message na
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -20,6 +19,7 @@ from collections.abc import Callable
 
 from ..errors import ApiError
 from ..objects import FileMapping
+from ..protocol.checksums import FileHash, file_hash
 from ..protocol.layout import DIGEST, Slot
 from ..protocol.sender import SourceError
 from ..sandbox import resolve_in_sandbox
@@ -58,7 +58,7 @@ class FileSource:
         self._waiting = False  # the sender waits for the reader
         self._digests: dict[int, bytes] = {}
         self._fds: OrderedDict[int, int] = OrderedDict()
-        self._hashes: dict[int, hashlib._Hash] = {}
+        self._hashes: dict[int, FileHash] = {}
         self._error: str | None = None
         self._wanted = 0
         self._read_pos = 0
@@ -156,7 +156,7 @@ class FileSource:
     def _read(self, index: int, chunk_index: int) -> bytes:
         entry = self.files[index]
         if chunk_index == 0:
-            self._hashes[index] = hashlib.sha256()
+            self._hashes[index] = file_hash()
         fd = self._fd(index)
         offset = chunk_index * self.chunk
         length = min(self.chunk, entry.file_size - offset)

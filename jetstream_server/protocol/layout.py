@@ -2,7 +2,7 @@
 
 Blocks ``[0, meta_blocks)`` carry the transfer's metadata (JSON). Then each file in
 manifest order gets ``ceil(size / block_size)`` data blocks followed by one digest block
-(the file's SHA-256 and size); a zero-byte file has only its digest block, and an empty
+(the file's BLAKE3 digest and size); a zero-byte file has only its digest block, and an empty
 directory has no block at all. Block numbers and offsets are 64-bit.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 __all__ = ["DIGEST", "Layout", "Slot"]
 
-DIGEST = struct.Struct("!32sQ")  # sha256, size
+DIGEST = struct.Struct("!32sQ")  # BLAKE3 digest, size
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
 Every datagram starts with a 16-byte header, all integers big-endian::
 
     0  u16  magic 0x4A53 ("JS")
-    2  u8   version (1)
+    2  u8   version (2)
     3  u8   type
     4  u64  session id (chosen at random by the sender)
-    12 u32  CRC-32 of the whole datagram, computed with this field zero
+    12 u32  CRC-32C of the whole datagram, computed with this field zero
 
 A datagram whose magic, version, length or CRC is wrong is garbage: it is dropped and
 counted, never acted on. Over the TCP data mode the same datagrams travel as frames, each
@@ -16,9 +16,10 @@ preceded by its length (u32), after a 4-byte preface ``JSTD``.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from enum import IntEnum
+
+from .checksums import crc32c
 
 __all__ = [
     "CLOSE_FINAL",
@@ -52,7 +53,8 @@ __all__ = [
 ]
 
 MAGIC = 0x4A53
-VERSION = 1
+VERSION = 2  # 2: CRC-32C per datagram, BLAKE3 per file (1: CRC-32, SHA-256)
+_NO_CRC = bytes(4)
 TCP_PREFACE = b"JSTD"
 #: Largest datagram or TCP frame accepted (TCP frames carry bigger blocks).
 MAX_DATAGRAM = 1024 * 1024 + 64
@@ -92,7 +94,7 @@ def encode_frames(datagrams: list[bytes] | list[bytes | bytearray]) -> bytes:
 
 def seal(buffer: bytearray | memoryview, length: int) -> None:
     """Write the CRC of ``buffer[:length]`` into its header (CRC field zero on entry)."""
-    crc = zlib.crc32(buffer[:length])
+    crc = crc32c(memoryview(buffer)[:length])
     struct.pack_into("!I", buffer, 12, crc)
 
 
@@ -111,9 +113,8 @@ def parse_header(data: bytes | memoryview) -> tuple[Kind, int]:
     magic, version, kind, session, crc = HEADER.unpack_from(data, 0)
     if magic != MAGIC or version != VERSION:
         raise Garbage("bad magic or version")
-    check = zlib.crc32(data[:12])
-    check = zlib.crc32(b"\0\0\0\0", check)
-    check = zlib.crc32(data[16:], check)
+    view = memoryview(data)
+    check = crc32c(view[16:], crc32c(_NO_CRC, crc32c(view[:12])))
     if check != crc:
         raise Garbage("bad checksum")
     try:
