@@ -8,7 +8,7 @@ manifest for SOURCE (a sandbox path: a file or a folder), prints ``{"ready": ...
 waits for a line on stdin. Then it starts one transfer per flow at once and polls them
 every 20 ms until all have ended or DEADLINE seconds passed, and prints one JSON object:
 per flow, the seconds from ``createTransfer`` to ``complete``, status, bytes and blocks,
-and (time, bytesSent) samples.
+and (time, bytesSent, blocksRetransmitted) samples.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ async def main() -> None:
             if flow["seconds"] is not None:
                 continue
             got = await client.call("send.getTransfer", transferId=flow["id"])
-            flow["samples"].append((round(now - started, 4), got["bytesSent"]))
+            flow["samples"].append((round(now - started, 4), got["bytesSent"],
+                                    got["blocksRetransmitted"]))
             flow["last"] = got
             if got["status"] in ("complete", "error", "cancelled"):
                 flow["seconds"] = time.monotonic() - started

@@ -87,7 +87,7 @@ class Direction:
                 os.write(self.out_fd, packet)
                 self.counters["delivered"] += 1
             except BlockingIOError:
-                self.counters["queueDrops"] += 1
+                self.counters["writeDrops"] = self.counters.get("writeDrops", 0) + 1
             except OSError:  # the device is down (not yet moved and configured)
                 self.counters["downDrops"] = self.counters.get("downDrops", 0) + 1
 

@@ -266,7 +266,7 @@ def py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
 
 def window_rate(samples: list[list[float]], start: float, end: float) -> float:
     """Mbit/s of bytesSent between two times, from the driver's (time, bytesSent)."""
-    inside = [(t, b) for t, b in samples if start <= t <= end]
+    inside = [(s[0], s[1]) for s in samples if start <= s[0] <= end]
     if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
         return 0.0
     return (inside[-1][1] - inside[0][1]) * 8 / (inside[-1][0] - inside[0][0]) / 1e6
@@ -511,13 +511,19 @@ def run_profile(name: str, profile: Profile, limit_s: float, keep_going: bool,
                         raise
                     result = Result(tool, 0.0, 0, note=f"failed: {exc}")
                 after = the_lab.counters()
+                note = result.note
                 if before and after:
                     sent = after["aToB"]["packets"] - before["aToB"]["packets"]
                     drops = after["aToB"]["queueDrops"] - before["aToB"]["queueDrops"]
                     result.extra["queueDrops"], result.extra["packets"] = drops, sent
-                    result.note = (f"queue drops {100 * drops / max(sent, 1):.2f}% of "
-                                   f"{sent} packets") + (f"; {result.note}"
-                                                         if result.note else "")
+                    result.note = f"queue drops {100 * drops / max(sent, 1):.2f}% of {sent}"
+                    result.note += " packets"
+                    written = after["aToB"].get("writeDrops", 0) - \
+                        before["aToB"].get("writeDrops", 0)
+                    if written:  # the receiving namespace's kernel refused them
+                        result.note += f", {written} dropped on delivery"
+                    if note:
+                        result.note += f"; {note}"
                 print(f"{name}: {result.tool}: {result.mbps:.1f} Mbit/s, "
                       f"{result.files_per_s:.0f} files/s, {result.seconds:.1f} s "
                       f"{result.note}", flush=True)

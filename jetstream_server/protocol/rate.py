@@ -22,7 +22,10 @@ bottleneck-delay products are in flight; a sample taken while that window held t
 sender back may raise the estimate but not lower it.
 
 At start the gain is 2/ln 2 (the rate doubles every round, as in BBR, from 20 Mbit/s)
-until the estimate stops growing by 25% for three rounds.
+until the estimate stops growing by 25% for three rounds, or sooner when the round trip
+grows by a quarter plus 2 ms (a queue is building: the bottleneck is full; on a short path
+with a small buffer, waiting three rounds would overflow it). Losses in the first cycle
+after start-up are start-up's own overshoot, never taken for another flow's congestion.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ LIMIT_MARGIN = 0.99
 #: estimate is then multiplied by CONGESTION_CUT.
 CONGESTION_LOSS = 0.02
 CONGESTION_CUT = 0.85
+#: Start-up ends when the round trip grows this much (and by a quarter) above its minimum.
+STARTUP_QUEUE_S = 0.002
 #: Loss above this is not compensated for, whatever the round trip says.
 MAX_LOSS_COMPENSATED = 0.25
 
@@ -102,6 +107,8 @@ class RateController:
         self._full_rounds = 0
         self._full_bw = 0.0
         self._cycle = 0
+        #: losses in the first cycle after start-up come from start-up's own overshoot
+        self._cycles_since_startup = 0
         self._round_end = 0.0
         self._samples: deque[tuple[float, float]] = deque()  # (time, delivery rate)
         self._deliveries: deque[tuple[float, int]] = deque()  # (receiver time, bytes)
@@ -128,6 +135,8 @@ class RateController:
         self.recent_rtt_s = rtt_s if recent is None else 0.75 * recent + 0.25 * rtt_s
         if not self.queue_free:
             self._round_clean = False
+            if self.startup and self.recent_rtt_s > self.min_rtt_s * 1.25 + STARTUP_QUEUE_S:
+                self._end_startup()  # the bottleneck is full: a queue is building
 
     @property
     def queue_free(self) -> bool:
@@ -173,7 +182,7 @@ class RateController:
             ratio = min(round_lost / round_sent, 1.0)
             if self._round_clean and self._last_round_clean:
                 self.loss = 0.75 * self.loss + 0.25 * ratio
-            elif not self.startup and ratio - self.loss > CONGESTION_LOSS:
+            elif self._cycles_since_startup and ratio - self.loss > CONGESTION_LOSS:
                 # a queue overflowed: others share the bottleneck; give way, as TCP does
                 self.btl_bps = max(self.btl_bps * CONGESTION_CUT, self.min_bps)
                 self._samples.clear()
@@ -186,10 +195,15 @@ class RateController:
             else:
                 self._full_rounds += 1
                 if self._full_rounds >= 3:
-                    self.startup = False
-                    self._cycle = 1  # drain first
+                    self._end_startup()
         else:
             self._cycle = (self._cycle + 1) % len(_CYCLE)
+            if self._cycle == 0:
+                self._cycles_since_startup += 1
+
+    def _end_startup(self) -> None:
+        self.startup = False
+        self._cycle = 1  # drain first
 
     @property
     def gain(self) -> float:
