@@ -1,4 +1,4 @@
-"""Two network namespaces joined by bench/linkemu.py, or one namespace for loopback runs.
+"""Two network namespaces joined by bench/linkemu.c, or one namespace for loopback runs.
 
 Everything it makes is named ``jsb*`` and removed on exit, also when a run fails: the
 namespaces (their interfaces and processes go with them), the emulator process, and a
@@ -9,12 +9,14 @@ there by mistake from outside the lab fails on this machine instead of leaving i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +25,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 NETWORK = "198.18.100.0/24"
 ADDR_A, ADDR_B = "198.18.100.1", "198.18.100.2"
+
+
+def emulator_binary() -> Path:
+    """bench/linkemu.c compiled (gcc -O2), once per version of the source."""
+    source = HERE / "linkemu.c"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    binary = Path(tempfile.gettempdir()) / f"jsbench-linkemu-{digest}"
+    if not binary.exists():
+        partial = binary.with_suffix(f".{os.getpid()}")
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(partial), str(source)], check=True,
+                       timeout=120)
+        partial.rename(binary)
+    return binary
 
 
 @dataclass
@@ -95,7 +110,7 @@ def lab(link: Link | None) -> Iterator[Lab]:
         _ip("netns", "add", "jsbA")
         _ip("netns", "add", "jsbB")
         emulator = subprocess.Popen(
-            [sys.executable, str(HERE / "linkemu.py"), "--rate-mbps", str(link.rate_mbps),
+            [str(emulator_binary()), "--rate-mbps", str(link.rate_mbps),
              "--delay-ms", str(link.delay_ms), "--loss", str(link.loss),
              "--queue-bdp", str(link.queue_bdp)],
             stdout=subprocess.PIPE)

@@ -4,19 +4,19 @@
     sudo .venv/bin/python bench/run.py --list
 
 For each profile it builds the lab (bench/netlab.py: two network namespaces joined by the
-user-space link emulator bench/linkemu.py, or one namespace for loopback profiles),
+user-space link emulator bench/linkemu.c, or one namespace for loopback profiles),
 checks the emulated round trip, writes the test data once, and moves it with each tool
 in turn, every run bounded by ``--max-seconds``:
 
 - jetstream: two jetstream-server processes (receiver in B, sender in A), driven through
   the sender's API by bench/drive.py; seconds from ``createTransfer`` to ``complete``
-  (the receiver's SHA-256 read-back and fsyncs included);
+  (the receiver's verification and fsyncs included);
 - rsync over ssh: ``rsync -a`` to an sshd of the benchmark's own in B;
 - TCP CUBIC and TCP BBR: ``iperf3 -F FILE`` (reads the same file; the receiver discards).
 
 It prints one table per profile: goodput (file bytes delivered per second, or files per
 second), jetstream's ratio to each tool, retransmitted bytes, CPU seconds per GiB on the
-sending and receiving end, and seconds. Missing tools (iperf3, rsync, sshd) are installed
+sending and receiving end, and seconds. Missing tools (iperf3, rsync, sshd, gcc) are installed
 with apt-get when it is there. The lab and all processes are removed on exit, also when a
 run fails or is interrupted.
 """
@@ -67,7 +67,7 @@ PROFILES = {
     "wan50-loss1": Profile("100 Mbit/s, 50 ms one way, 1% loss", Link(100, 50, 0.01)),
     "wan100-loss5": Profile("100 Mbit/s, 100 ms one way, 5% loss", Link(100, 100, 0.05)),
     "fast": Profile("fastest emulated rate, 10 ms one way, 0.1% loss",
-                    Link(400, 10, 0.001), size_mib=512),
+                    Link(700, 10, 0.001), size_mib=1024),
     "loopback": Profile("loopback, no emulator", None, size_mib=2048),
     "smallfiles": Profile("loopback, 10,000 files of 4 KiB", None, files=10000,
                           tools=("jetstream", "rsync")),
@@ -156,13 +156,11 @@ def folder_bytes(path: Path) -> tuple[int, int]:
 
 
 def ensure_tools() -> None:
-    missing = [tool for tool, package in (("iperf3", "iperf3"), ("rsync", "rsync"),
-                                          ("ssh", "openssh-client"))
-               if shutil.which(tool) is None]
+    packages = {"iperf3": "iperf3", "rsync": "rsync", "ssh": "openssh-client",
+                "gcc": "gcc", "openssh-server": "openssh-server"}
+    missing = [tool for tool in ("iperf3", "rsync", "ssh", "gcc") if shutil.which(tool) is None]
     if not Path("/usr/sbin/sshd").exists():
         missing.append("openssh-server")
-    packages = {"iperf3": "iperf3", "rsync": "rsync", "ssh": "openssh-client",
-                "openssh-server": "openssh-server"}
     if missing and shutil.which("apt-get"):
         print(f"installing {' '.join(missing)} with apt-get", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

@@ -223,3 +223,25 @@ def test_start_up_ends_when_a_queue_builds() -> None:
     assert outcome.complete and outcome.files == [data]
     assert outcome.queue_drops <= 60
     assert len(data) * 8 / outcome.seconds >= 0.9 * rate
+
+
+def test_a_probe_that_builds_a_queue_ends_early() -> None:
+    """Out of start-up, the controller probes at 1.25 x its estimate for a round; when
+    the round trip shows a queue building during the probe (there was no room), it
+    drains at once instead of pushing on until the round ends."""
+    from jetstream_server.protocol.rate import RateController
+
+    controller = RateController()
+    now, received, sent = 0.0, 0, 0
+    controller.on_rtt(0.001, now)
+    while controller.startup or controller.gain != 1.25:  # 100 Mbit/s, 1 ms round trip
+        now += 0.001
+        received += 12_500
+        sent += 9
+        controller.on_rtt(0.001 if controller.startup else 0.0011, now)
+        controller.on_delivery(now, received, now, sent=sent, lost=0)
+        assert now < 5, "never reached a probe"
+    for _ in range(3):  # a queue builds: 8 ms above the minimum
+        now += 0.0005
+        controller.on_rtt(0.009, now)
+    assert controller.gain == 0.75

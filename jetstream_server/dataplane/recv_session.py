@@ -25,6 +25,7 @@ from ..protocol.receiver import (
     ReceiverCore,
     RecvPhase,
 )
+from ..protocol.wire import VERSION
 from ..sandbox import expand_sandbox
 from .records import ReceiveRecord
 from .sink import FileSink, SinkError
@@ -249,8 +250,10 @@ class ReceiveSession:
             return
         self.meta = meta
         self.checkpoint_s = float(meta.checkpoint_s or DEFAULT_CHECKPOINT_S)
-        # a checkpoint counts blocks: it is kept only for the same metadata and block size
-        digest = hashlib.sha256(raw + core.hello.block_size.to_bytes(4, "big")).hexdigest()
+        # a checkpoint counts blocks and keeps file digests: it is kept only for the same
+        # metadata, block size and protocol version (version 1 digests were SHA-256)
+        digest = hashlib.sha256(raw + core.hello.block_size.to_bytes(4, "big") +
+                                bytes([VERSION])).hexdigest()
         earlier = self.endpoint.session_of(self.transfer_id, other_than=self)
         if earlier is not None:  # the sender started over: take the earlier one's place
             await earlier.pause("replaced by a new session of the same transfer")

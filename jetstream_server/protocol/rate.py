@@ -8,7 +8,8 @@ exceeds its limit over any window longer than the burst.
 delivery rate at the receiver (bytes the receiver got, over the receiver's own clock) and
 the round-trip time, keeps the largest recent delivery rate as the bottleneck estimate,
 and paces at that estimate times a gain that cycles 1.25, 0.75, 1, 1, 1, 1, 1, 1 per
-round trip, so it probes for more room and then drains the queue it made. Loss is not
+round trip, so it probes for more room and then drains the queue it made; a probe ends
+early when the round trip shows a queue building (there was no room). Loss is not
 taken for congestion: a rising round trip is. While the round trip stays near its minimum
 (no queue is building at the bottleneck) a delivery-rate sample is divided by (1 - the
 random loss fraction), since the lost datagrams crossed the bottleneck too. That fraction
@@ -50,8 +51,9 @@ LIMIT_MARGIN = 0.99
 #: estimate is then multiplied by CONGESTION_CUT.
 CONGESTION_LOSS = 0.02
 CONGESTION_CUT = 0.85
-#: Start-up ends when the round trip grows this much (and by a quarter) above its minimum.
-STARTUP_QUEUE_S = 0.002
+#: Start-up, or a probe for room, ends when the round trip grows this much (and by a
+#: quarter) above its minimum.
+QUEUE_BUILDING_S = 0.002
 #: Loss above this is not compensated for, whatever the round trip says.
 MAX_LOSS_COMPENSATED = 0.25
 
@@ -135,8 +137,13 @@ class RateController:
         self.recent_rtt_s = rtt_s if recent is None else 0.75 * recent + 0.25 * rtt_s
         if not self.queue_free:
             self._round_clean = False
-            if self.startup and self.recent_rtt_s > self.min_rtt_s * 1.25 + STARTUP_QUEUE_S:
-                self._end_startup()  # the bottleneck is full: a queue is building
+            if self.recent_rtt_s > self.min_rtt_s * 1.25 + QUEUE_BUILDING_S:
+                # the bottleneck is full, a queue is building: stop pushing
+                if self.startup:
+                    self._end_startup()
+                elif self.gain > 1:  # the probe found no room: drain now
+                    self._cycle = 1
+                    self._round_end = now + self.round_s
 
     @property
     def queue_free(self) -> bool:
