@@ -23,10 +23,11 @@ bottleneck-delay products are in flight; a sample taken while that window held t
 sender back may raise the estimate but not lower it.
 
 At start the gain is 2/ln 2 (the rate doubles every round, as in BBR, from 20 Mbit/s)
-until the estimate stops growing by 25% for three rounds, or sooner when the round trip
-grows by a quarter plus 2 ms (a queue is building: the bottleneck is full; on a short path
-with a small buffer, waiting three rounds would overflow it). Losses in the first cycle
-after start-up are start-up's own overshoot, never taken for another flow's congestion.
+until the estimate stops growing by 25% for three rounds, or for one round if the round
+trip has grown by a quarter plus 2 ms meanwhile (a queue is building: the bottleneck is
+full; on a short path with a small buffer, two more rounds would overflow it). Losses in
+the first cycle after start-up are start-up's own overshoot, never taken for another
+flow's congestion.
 """
 
 from __future__ import annotations
@@ -138,11 +139,11 @@ class RateController:
         if not self.queue_free:
             self._round_clean = False
             if self.recent_rtt_s > self.min_rtt_s * 1.25 + QUEUE_BUILDING_S:
-                # the bottleneck is full, a queue is building: stop pushing
-                if self.startup:
+                # a queue is building at the bottleneck: stop pushing
+                if self.startup and self._full_rounds:  # (and the estimate stopped growing)
                     self._end_startup()
-                elif self.gain > 1:  # the probe found no room: drain now
-                    self._cycle = 1
+                elif not self.startup and self.gain > 1:  # the probe found no room
+                    self._cycle = 1  # drain now
                     self._round_end = now + self.round_s
 
     @property
