@@ -122,11 +122,14 @@ class DataEndpoint:
 
     def _on_readable(self) -> None:
         touched: dict[int, ReceiveSession] = {}
-        now = time.monotonic()
         for data, address in receive_batches(self.udp, self._buffer, self._gro, 1024):
-            session = self.datagram(data, address, self._udp_send, "udp", now)
+            # the time of each datagram, not of the batch: one that arrived while the
+            # batch was being read must not look older than it is (its ACK reports how
+            # long it was held, and the sender takes that off the round trip)
+            session = self.datagram(data, address, self._udp_send, "udp", time.monotonic())
             if session is not None:
                 touched[id(session)] = session
+        now = time.monotonic()
         for session in touched.values():
             session.step(now)
         self._apply_backpressure()

@@ -360,7 +360,6 @@ class SendSession:
     def _on_readable(self) -> None:
         sock, core = self._sock, self.core
         assert sock is not None and core is not None
-        now = time.monotonic()
         for _ in range(256):
             try:
                 data = sock.recv(MAX_DATAGRAM)
@@ -376,7 +375,9 @@ class SendSession:
             except OSError:
                 break
             self._refused = 0
-            core.receive_datagram(data, now)
+            # the time of each ACK, not of the batch: one that arrived while the batch was
+            # being read would otherwise shorten the round trip measured from it
+            core.receive_datagram(data, time.monotonic())
         self.wake()
 
     def _on_writable(self) -> None:
