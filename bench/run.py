@@ -514,8 +514,8 @@ def run_profile(name: str, profile: Profile, limit_s: float, keep_going: bool,
                     sent = after["aToB"]["packets"] - before["aToB"]["packets"]
                     drops = after["aToB"]["queueDrops"] - before["aToB"]["queueDrops"]
                     result.extra["queueDrops"], result.extra["packets"] = drops, sent
-                    result.note = f"queue drops {100 * drops / max(sent, 1):.2f}% of {sent}"
-                    result.note += " packets"
+                    share = 100 * drops / max(sent, 1)
+                    result.note = f"queue drops {share:.2f}% of {sent} packets"
                     written = after["aToB"].get("writeDrops", 0) - \
                         before["aToB"].get("writeDrops", 0)
                     if written:  # the receiving namespace's kernel refused them
