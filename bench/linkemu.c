@@ -225,15 +225,17 @@ int main(int argc, char **argv) {
         struct timespec ts = {(time_t)timeout, (long)((timeout - (time_t)timeout) * 1e9)};
         int ready = ppoll(fds, 2, &ts, NULL);
         if (ready < 0 && errno != EINTR) { perror("ppoll"); return 1; }
-        now = now_s();
         for (int i = 0; ready > 0 && i < 2; i++) {
             if (!(fds[i].revents & POLLIN)) continue;
             for (int n = 0; n < 256; n++) {
                 ssize_t len = read(fds[i].fd, buffer, sizeof buffer);
                 if (len <= 0) break;
-                enqueue(from[i], buffer, (size_t)len, now);
+                /* each packet's own arrival time: one read late in a batch must not
+                 * start earlier than it arrived (that would shorten the path) */
+                enqueue(from[i], buffer, (size_t)len, now_s());
             }
         }
+        now = now_s();
         for (int i = 0; i < 2; i++) {
             pump(from[i], now);
             deliver(from[i], now);
