@@ -112,10 +112,10 @@ class SenderCore:
         self.retry = False
         self.rate_limit_bps = rate_limit_bps or None
         self.controller = RateController()
+        #: bytes of a full data datagram
+        self.datagram_size = HEADER.size + DATA_HEADER.size + layout.block_size
         # a burst of at least two datagrams: a wake-up late by up to one loses no time
-        self.pacer = Pacer(self._rate(), now=now,
-                           min_burst_bytes=2 * (HEADER.size + DATA_HEADER.size +
-                                                layout.block_size))
+        self.pacer = Pacer(self._rate(), now=now, min_burst_bytes=2 * self.datagram_size)
         self.suspended = False
         #: new data waited for room in the window since the last ACK
         self.window_limited = False
@@ -290,7 +290,7 @@ class SenderCore:
         if self.finished or self.suspended or self.phase not in _SENDING:
             return out
         pacer = self.pacer
-        size = HEADER.size + DATA_HEADER.size + self.layout.block_size
+        size = self.datagram_size
         window = self._window_blocks()
         while len(out) < limit and pacer.allows(size, now):
             block = self._next_block(window)
@@ -392,8 +392,7 @@ class SenderCore:
             return None
         # Wake for half a burst, not for every datagram: waking costs far more than sending
         # one (and event-loop timers are only as fine as a millisecond).
-        size = HEADER.size + DATA_HEADER.size + self.layout.block_size
-        return self.pacer.next_time(max(size, self.pacer.burst_bytes / 2), now)
+        return self.pacer.next_time(max(self.datagram_size, self.pacer.burst_bytes / 2), now)
 
     def _pto(self) -> float:
         srtt = self.srtt_s if self.srtt_s is not None else 0.25
