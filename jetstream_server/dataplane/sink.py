@@ -242,13 +242,6 @@ class FileSink:
             return f"No space left on the receiving server's disk writing {self.paths[file]}."
         return f"Cannot write {self.paths[file]}: {exc.strerror}."
 
-    def commit(self, index: int, digest: bytes, size: int) -> str:
-        """Verify file ``index`` and put it under its final name; return that path."""
-        result = self.commit_many([(index, digest, size)])[0]
-        if isinstance(result, SinkError):
-            raise result
-        return result
-
     def commit_many(self, items: list[tuple[int, bytes, int]]) -> list[str | SinkError]:
         """Verify files and put them under their final names, durably; per file, its
         path or why it was not delivered (its temporary file is then removed).
