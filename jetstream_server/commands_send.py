@@ -13,7 +13,7 @@ from .errors import InvalidParameter, InvalidState
 from .ids import new_id, now_us
 from .manifests import ManifestError, build_file_list, parse_console_mapping
 from .objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer
-from .protocol.layout import Layout
+from .protocol.layout import MAX_BLOCKS, Layout
 from .registry import Command, Param, Registry
 from .sandbox import virtual_parts
 from .service import Call, check_user_data
@@ -268,6 +268,9 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     transport = _transport(p["dataTransport"], destination.data_transport)
     block_size = block_size_for(transport, destination.ip)
     layout = Layout(block_size, 0, manifest.sizes)
+    if layout.total_blocks >= MAX_BLOCKS:
+        raise InvalidParameter(f"The manifest needs {layout.total_blocks} blocks of "
+                               f"{block_size} bytes; one transfer can carry {MAX_BLOCKS - 1}.")
     transfer = Transfer(
         id=new_id(), owner=call.user, create_time_us=now_us(), user_data=user_data,
         destination_id=destination.id, manifest_id=manifest.id,

@@ -92,14 +92,16 @@ class Outcome:
     events: list[object] = field(default_factory=list)
     seconds: float = 0.0  # simulated time until the sender finished
     queue_drops: int = 0  # datagrams to the receiver dropped at a full bottleneck queue
+    srtt_s: float | None = None  # the sender's smoothed round trip at the end
 
 
 def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         user: str = "alice", password: str = "pw", users: dict[str, str] | None = None,
         allow_anonymous: bool = False, rate_limit_bps: float | None = None,
-        max_time_s: float = 600.0, resume: Checkpoint | None = None) -> Outcome:
+        max_time_s: float = 600.0, resume: Checkpoint | None = None,
+        start_s: float = 0.0) -> Outcome:
     """``resume``: what the receiver kept from an earlier session (its files already
-    hold the data of those blocks)."""
+    hold the data of those blocks). ``start_s``: both clocks' reading at the start."""
     rng = random.Random(link.seed)
     entries = [FileEntry(f"/f{i}", f"/src{i}", None if d is None else len(d), 0, False)
                for i, d in enumerate(files)]
@@ -107,7 +109,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
     layout = Layout(block_size, len(meta), [e.size for e in entries])
     session = rng.getrandbits(64)
     hello = Hello(bytes(16), block_size, len(meta), layout.meta_blocks, user)
-    now = 0.0
+    now = start_s
     sender = SenderCore(session, hello, meta, layout, MemorySource(files), now,
                         rate_limit_bps=rate_limit_bps)
     authorizer = MemoryAuthorizer(users if users is not None else {"alice": "pw"},
@@ -118,7 +120,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         for d in files]
     queue: list[tuple[float, int, str, bytes]] = []
     seq = 0
-    link_free = {"s": 0.0, "r": 0.0}
+    link_free = {"s": start_s, "r": start_s}
     queue_drops = {"s": 0, "r": 0}
     corrupted = 0
     events: list[object] = []
@@ -176,7 +178,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         transmit(receiver.datagrams_to_send(now), "s")
 
     transmit(sender.datagrams_to_send(now), "r")
-    while now < max_time_s and not sender.finished:
+    while now < start_s + max_time_s and not sender.finished:
         candidates = [t for t in (sender.get_timer(), sender.next_send_time(now),
                                   receiver.get_timer() if receiver else None) if t is not None]
         if queue:
@@ -225,6 +227,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         corrupted_dropped=corrupted,
         datagrams_to_sender=sender.packets_recv,
         events=events,
-        seconds=now,
+        seconds=now - start_s,
         queue_drops=queue_drops["s"],
+        srtt_s=sender.srtt_s,
     )

@@ -3,7 +3,8 @@
 Blocks ``[0, meta_blocks)`` carry the transfer's metadata (JSON). Then each file in
 manifest order gets ``ceil(size / block_size)`` data blocks followed by one digest block
 (the file's BLAKE3 digest and size); a zero-byte file has only its digest block, and an empty
-directory has no block at all. Block numbers and offsets are 64-bit.
+directory has no block at all. Offsets are 64-bit; a DATA datagram carries its block
+number in 48 bits, so a transfer has fewer than ``MAX_BLOCKS`` blocks.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import struct
 from bisect import bisect_right
 from dataclasses import dataclass
 
-__all__ = ["DIGEST", "Layout", "Slot"]
+__all__ = ["DIGEST", "MAX_BLOCKS", "Layout", "Slot"]
 
 DIGEST = struct.Struct("!32sQ")  # BLAKE3 digest, size
+MAX_BLOCKS = 1 << 48  # 407 PB in 1448-byte blocks
 
 
 @dataclass(frozen=True)

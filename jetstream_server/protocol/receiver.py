@@ -20,10 +20,12 @@ from .layout import DIGEST, Layout
 from .ranges import RangeSet
 from .wire import (
     ACK_COMPLETE,
+    ACK_ECHO,
     ACK_READY,
     CLOSE_PAUSE,
     DATA_HEADER,
     MAX_ACK_RANGES,
+    TS_MASK,
     Ack,
     Challenge,
     Garbage,
@@ -128,7 +130,7 @@ class ReceiverCore:
         self._unacked = 0
         self._ack_now = False
         self._ack_due: float | None = None
-        self._echo_ts = 0
+        self._echo_ts: int | None = None  # low 32 bits of a sender's clock (us)
         self._echo_at = now
         self.last_recv_s = now
         self.packets = 0
@@ -261,9 +263,11 @@ class ReceiverCore:
             raise Garbage("data before authentication")
         if len(body) < DATA_HEADER.size:
             raise Garbage("short DATA")
-        block, sent_us = DATA_HEADER.unpack_from(body, 0)
+        high, low, sent_us = DATA_HEADER.unpack_from(body, 0)
+        block = high << 32 | low
         payload = body[DATA_HEADER.size:]
-        if sent_us > self._echo_ts:  # the newest transmission seen, for RTT and losses
+        echo = self._echo_ts  # the newest transmission seen, for RTT and losses
+        if echo is None or 0 < (sent_us - echo) & TS_MASK < 1 << 31:  # newer, mod 2^32
             self._echo_ts, self._echo_at = sent_us, now
         meta_blocks = self.hello.meta_blocks
         if block < meta_blocks:
@@ -334,7 +338,7 @@ class ReceiverCore:
     def _acks(self, now: float) -> list[bytes]:
         self._unacked, self._ack_now, self._ack_due = 0, False, None
         cum = self.received.first_missing(0)
-        flags = 0
+        flags = 0 if self._echo_ts is None else ACK_ECHO
         if self.phase is RecvPhase.DATA:
             flags |= ACK_READY
         elif self.phase is RecvPhase.COMPLETE:
@@ -345,7 +349,7 @@ class ReceiverCore:
         for i in range(0, max(len(ranges), 1), MAX_ACK_RANGES):
             chunk = _fit_u32(cum, ranges[i:i + MAX_ACK_RANGES])
             out.append(encode_ack(self.session, Ack(
-                cum, self.packets, self.bytes, int(now * 1e6), self._echo_ts, delay_us,
+                cum, self.packets, self.bytes, int(now * 1e6), self._echo_ts or 0, delay_us,
                 self.committed, flags, chunk)))
         return out
 

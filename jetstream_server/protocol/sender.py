@@ -25,13 +25,14 @@ from .ranges import RangeSet
 from .rate import Pacer, RateController
 from .wire import (
     ACK_COMPLETE,
+    ACK_ECHO,
     ACK_READY,
     CLOSE_FINAL,
     CLOSE_PAUSE,
     DATA_HEADER,
     ERROR_UNKNOWN_SESSION,
     HEADER,
-    MAGIC,
+    TS_MASK,
     VERSION,
     Ack,
     Challenge,
@@ -221,8 +222,9 @@ class SenderCore:
     def _on_ack(self, ack: Ack, now: float) -> None:
         self._last_ack_s = now
         self._pto_count = 0
-        if ack.echo_ts_us:
-            echo_s = ack.echo_ts_us / 1e6
+        if ack.flags & ACK_ECHO:
+            now_us = int(now * 1e6)  # the echo carries the low 32 bits of a past now_us
+            echo_s = (now_us - ((now_us - ack.echo_ts_us) & TS_MASK)) / 1e6
             rtt = now - echo_s - ack.echo_delay_us / 1e6
             if 0 < rtt < 60:
                 self._rtt_sample(rtt, now)
@@ -337,8 +339,9 @@ class SenderCore:
             self.fail(f"internal: block {block} has {len(payload)} bytes, not {slot.length}")
             return None
         datagram = bytearray(HEADER.size + DATA_HEADER.size + slot.length)
-        HEADER.pack_into(datagram, 0, MAGIC, VERSION, Kind.DATA, self.session, 0)
-        DATA_HEADER.pack_into(datagram, HEADER.size, block, int(now * 1e6))
+        HEADER.pack_into(datagram, 0, VERSION, Kind.DATA, self.session, 0)
+        DATA_HEADER.pack_into(datagram, HEADER.size, block >> 32, block & 0xFFFFFFFF,
+                              int(now * 1e6) & TS_MASK)
         datagram[HEADER.size + DATA_HEADER.size:] = payload
         seal(datagram, len(datagram))
         retransmit = bool(self.lost) and self.lost[0] == block

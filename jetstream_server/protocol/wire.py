@@ -1,15 +1,16 @@
 """Datagram formats of the data protocol (see docs/protocol.md), sans-I/O.
 
-Every datagram starts with a 16-byte header, all integers big-endian::
+Every datagram starts with a 14-byte header, all integers big-endian::
 
-    0  u16  magic 0x4A53 ("JS")
-    2  u8   version (2)
-    3  u8   type
-    4  u64  session id (chosen at random by the sender)
-    12 u32  CRC-32C of the whole datagram, computed with this field zero
+    0  u8   version (3)
+    1  u8   type
+    2  u64  session id (chosen at random by the sender)
+    10 u32  CRC-32C of the whole datagram, computed with this field zero
 
-A datagram whose magic, version, length or CRC is wrong is garbage: it is dropped and
-counted, never acted on. Over the TCP data mode the same datagrams travel as frames, each
+A DATA datagram adds 10 bytes (block number u48, the low 32 bits of the sender's clock in
+us), so that header and payload fill a 1500-byte packet as TCP's do: 1448 bytes of file.
+A datagram whose version, length or CRC is wrong is garbage: it is dropped and counted,
+never acted on. Over the TCP data mode the same datagrams travel as frames, each
 preceded by its length (u32), after a 4-byte preface ``JSTD``.
 """
 
@@ -29,9 +30,9 @@ __all__ = [
     "ERROR_UNKNOWN_SESSION",
     "FRAME",
     "HEADER",
-    "MAGIC",
     "MAX_DATAGRAM",
     "TCP_PREFACE",
+    "TS_MASK",
     "VERSION",
     "Ack",
     "Challenge",
@@ -52,8 +53,8 @@ __all__ = [
     "seal",
 ]
 
-MAGIC = 0x4A53
-VERSION = 2  # 2: CRC-32C per datagram, BLAKE3 per file (1: CRC-32, SHA-256)
+#: 3: 24-byte DATA header; 2: CRC-32C per datagram, BLAKE3 per file (1: CRC-32, SHA-256)
+VERSION = 3
 _NO_CRC = bytes(4)
 TCP_PREFACE = b"JSTD"
 #: Largest datagram or TCP frame accepted (TCP frames carry bigger blocks).
@@ -61,8 +62,11 @@ MAX_DATAGRAM = 1024 * 1024 + 64
 
 #: Length prefix of a datagram carried as a TCP frame.
 FRAME = struct.Struct("!I")
-HEADER = struct.Struct("!HBBQI")  # magic, version, type, session, crc
-DATA_HEADER = struct.Struct("!QQ")  # block index, sender timestamp (us)
+HEADER = struct.Struct("!BBQI")  # version, type, session, crc
+_CRC_AT = 10
+#: block index (u48: high u16, low u32), sender timestamp (us, low 32 bits)
+DATA_HEADER = struct.Struct("!HII")
+TS_MASK = 0xFFFFFFFF
 _HELLO = struct.Struct("!16sIQQB")  # transfer id, block size, meta size, meta blocks, flags
 _CHALLENGE = struct.Struct("!16sBBBB")  # nonce, log2 n, r, p, salt length
 _ACK = struct.Struct("!QQQQQIQBH")  # cum, packets, bytes, recv ts, echo ts, echo delay,
@@ -95,26 +99,26 @@ def encode_frames(datagrams: list[bytes] | list[bytes | bytearray]) -> bytes:
 def seal(buffer: bytearray | memoryview, length: int) -> None:
     """Write the CRC of ``buffer[:length]`` into its header (CRC field zero on entry)."""
     crc = crc32c(memoryview(buffer)[:length])
-    struct.pack_into("!I", buffer, 12, crc)
+    struct.pack_into("!I", buffer, _CRC_AT, crc)
 
 
 def encode(kind: Kind, session: int, body: bytes = b"") -> bytes:
     buffer = bytearray(HEADER.size + len(body))
-    HEADER.pack_into(buffer, 0, MAGIC, VERSION, kind, session, 0)
+    HEADER.pack_into(buffer, 0, VERSION, kind, session, 0)
     buffer[HEADER.size:] = body
     seal(buffer, len(buffer))
     return bytes(buffer)
 
 
 def parse_header(data: bytes | memoryview) -> tuple[Kind, int]:
-    """(kind, session) of a datagram, after checking magic, version and CRC."""
+    """(kind, session) of a datagram, after checking version and CRC."""
     if len(data) < HEADER.size:
         raise Garbage("short datagram")
-    magic, version, kind, session, crc = HEADER.unpack_from(data, 0)
-    if magic != MAGIC or version != VERSION:
-        raise Garbage("bad magic or version")
+    version, kind, session, crc = HEADER.unpack_from(data, 0)
+    if version != VERSION:
+        raise Garbage("bad version")
     view = memoryview(data)
-    check = crc32c(view[16:], crc32c(_NO_CRC, crc32c(view[:12])))
+    check = crc32c(view[HEADER.size:], crc32c(_NO_CRC, crc32c(view[:_CRC_AT])))
     if check != crc:
         raise Garbage("bad checksum")
     try:
@@ -182,15 +186,16 @@ class Ack:
     packets: int  # data datagrams received so far in this session
     bytes: int  # datagram bytes received so far
     recv_ts_us: int  # receiver's clock when sent
-    echo_ts_us: int  # the newest sender timestamp seen
+    echo_ts_us: int  # the newest sender timestamp seen (low 32 bits), if ACK_ECHO
     echo_delay_us: int  # how long ago that datagram arrived
     committed: int  # files verified and under their final names
-    flags: int  # ACK_READY, ACK_COMPLETE
+    flags: int  # ACK_READY, ACK_COMPLETE, ACK_ECHO
     ranges: list[tuple[int, int]]  # received [start, end) ranges above cum
 
 
 ACK_READY = 1  # the receiver has accepted the metadata: file data may flow
 ACK_COMPLETE = 2  # every file is verified, fsynced and under its final name
+ACK_ECHO = 4  # the echo fields are set (a DATA datagram has arrived)
 #: Ranges in one ACK datagram (keeps it under 1400 bytes).
 MAX_ACK_RANGES = 160
 
