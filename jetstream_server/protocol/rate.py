@@ -153,11 +153,15 @@ class RateController:
         return recent is not None and recent <= self.min_rtt_s * 1.1 + 0.001
 
     def on_delivery(self, receiver_time_s: float, received_bytes: int, now: float, *,
-                    sent: int, lost: int, limited: bool = False) -> None:
+                    sent: int, lost: int, limited: bool = False,
+                    app_limited: bool = False) -> None:
         """The receiver had received ``received_bytes`` at ``receiver_time_s``; the sender
         has sent ``sent`` data datagrams so far and found ``lost`` of them lost.
         ``limited``: the sender was held back by its window, not by the path, so a
-        sample below the estimate says nothing about the path and is not taken."""
+        sample below the estimate says nothing about the path and is not taken.
+        ``app_limited``: the sender has had little to send (the metadata, before the
+        receiver is ready for file data): as ``limited``, and start-up goes on."""
+        limited = limited or app_limited
         deliveries = self._deliveries
         deliveries.append((receiver_time_s, received_bytes))
         span = max(self.round_s, MIN_SAMPLE_S)
@@ -181,9 +185,9 @@ class RateController:
             # in startup the estimate only grows: early samples are small by nature
             self.btl_bps = max(estimate, self.btl_bps) if self.startup else estimate
         if now >= self._round_end:
-            self._next_round(now, sent, lost)
+            self._next_round(now, sent, lost, app_limited)
 
-    def _next_round(self, now: float, sent: int, lost: int) -> None:
+    def _next_round(self, now: float, sent: int, lost: int, app_limited: bool) -> None:
         self._round_end = now + self.round_s
         round_sent, round_lost = sent - self._counted[0], lost - self._counted[1]
         if round_sent >= 16:  # (losses show a round after their sending)
@@ -197,6 +201,8 @@ class RateController:
             self._counted = (sent, lost)
         self._last_round_clean, self._round_clean = self._round_clean, self.queue_free
         if self.startup:
+            if app_limited:
+                return  # a round without enough to send says nothing about the path
             if self.btl_bps >= self._full_bw * 1.25:
                 self._full_bw = self.btl_bps
                 self._full_rounds = 0

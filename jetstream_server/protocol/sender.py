@@ -115,6 +115,9 @@ class SenderCore:
         self.controller = RateController()
         #: bytes of a full data datagram
         self.datagram_size = HEADER.size + DATA_HEADER.size + layout.block_size
+        #: recent DATA datagrams' mean size: the window is in bytes, and small files
+        #: make small datagrams (a block each)
+        self._mean_size = float(self.datagram_size)
         # a burst of at least two datagrams: a wake-up late by up to one loses no time
         self.pacer = Pacer(self._rate(), now=now, min_burst_bytes=2 * self.datagram_size)
         self.suspended = False
@@ -229,12 +232,14 @@ class SenderCore:
             if 0 < rtt < 60:
                 self._rtt_sample(rtt, now)
             self._echo_max_s = max(self._echo_max_s, echo_s)
-        if self.phase is SendPhase.DATA:  # earlier, the sender itself limits delivery
-            self.controller.on_delivery(ack.recv_ts_us / 1e6, ack.bytes, now,
-                                        sent=self.blocks_sent, lost=self.blocks_lost,
-                                        limited=self.window_limited)
-            self.window_limited = False
-            self.pacer.set_rate(self._rate(), now)
+        # the metadata is sent at the rate found so far, which it can raise: only file
+        # data (of which there is enough) shows where the rate stops growing
+        self.controller.on_delivery(ack.recv_ts_us / 1e6, ack.bytes, now,
+                                    sent=self.blocks_sent, lost=self.blocks_lost,
+                                    limited=self.window_limited,
+                                    app_limited=self.phase is not SendPhase.DATA)
+        self.window_limited = False
+        self.pacer.set_rate(self._rate(), now)
         in_flight = self.in_flight
         for start, end in [(0, ack.cum), *ack.ranges]:
             end = min(end, self.layout.total_blocks)
@@ -278,8 +283,8 @@ class SenderCore:
 
     def _window_blocks(self) -> float:
         if self.reliable:
-            return RELIABLE_WINDOW_BYTES / self.layout.block_size
-        return self.controller.window_bytes() / self.layout.block_size + 64
+            return RELIABLE_WINDOW_BYTES / self._mean_size
+        return self.controller.window_bytes() / self._mean_size + 64
 
     # -- outputs ----------------------------------------------------------------------
 
@@ -344,6 +349,7 @@ class SenderCore:
                               int(now * 1e6) & TS_MASK)
         datagram[HEADER.size + DATA_HEADER.size:] = payload
         seal(datagram, len(datagram))
+        self._mean_size += (len(datagram) - self._mean_size) / 64
         retransmit = bool(self.lost) and self.lost[0] == block
         if retransmit:
             self.lost.popleft()
