@@ -9,7 +9,13 @@ import pytest
 
 from jetstream_server.errors import InvalidParameter, PermissionDenied
 from jetstream_server.manifests import ManifestError, build_file_list, parse_console_mapping
-from jetstream_server.sandbox import expand_sandbox, resolve_in_sandbox, virtual_parts
+from jetstream_server.sandbox import (
+    expand_sandbox,
+    open_in_sandbox,
+    real_sandbox,
+    resolve_in_sandbox,
+    virtual_parts,
+)
 
 
 @pytest.mark.parametrize(("template", "user", "expected"), [
@@ -43,6 +49,31 @@ def test_paths_resolve_inside_the_sandbox_and_symlinks_cannot_leave(tmp_path: Pa
     assert resolve_in_sandbox(str(root), "/inner-link") == root / "in"
     with pytest.raises(PermissionDenied, match="outside the sandbox"):
         resolve_in_sandbox(str(root), "/escape")
+
+
+def test_files_open_inside_the_sandbox_and_symlinks_cannot_leave(tmp_path: Path) -> None:
+    root = tmp_path / "box"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "f").write_text("inside")
+    (tmp_path / "secret").write_text("outside")
+    os.symlink(tmp_path / "secret", root / "escape")
+    os.symlink(root / "in" / "f", root / "link")
+    real_root = real_sandbox(str(root / ".." / "box"))
+    assert real_root == str(root)
+    for path in ("/in/f", "in/f", "/link"):
+        fd = open_in_sandbox(real_root, path)
+        try:
+            assert os.read(fd, 100) == b"inside"
+        finally:
+            os.close(fd)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(PermissionDenied, match="Path /escape leads outside the sandbox"):
+        open_in_sandbox(real_root, "/escape")
+    assert len(os.listdir("/proc/self/fd")) == before  # the refused file is closed
+    with pytest.raises(FileNotFoundError):
+        open_in_sandbox(real_root, "/missing")
+    with pytest.raises(InvalidParameter, match="does not exist"):
+        real_sandbox(str(tmp_path / "nowhere"))
 
 
 def _tree(root: Path) -> None:

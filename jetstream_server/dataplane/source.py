@@ -22,7 +22,7 @@ from ..objects import FileMapping
 from ..protocol.checksums import FileHash, file_hash
 from ..protocol.layout import DIGEST, Slot
 from ..protocol.sender import SourceError
-from ..sandbox import resolve_in_sandbox
+from ..sandbox import open_in_sandbox, real_sandbox
 
 __all__ = ["FileSource"]
 
@@ -58,6 +58,7 @@ class FileSource:
         self._waiting = False  # the sender waits for the reader
         self._digests: dict[int, bytes] = {}
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._real_root: str | None = None  # the sandbox's real path, once known
         self._hashes: dict[int, FileHash] = {}
         self._error: str | None = None
         self._wanted = 0
@@ -190,8 +191,9 @@ class FileSource:
 
     def _open(self, entry: FileMapping) -> int:
         try:
-            path = resolve_in_sandbox(self.root, entry.src_path)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            if self._real_root is None:
+                self._real_root = real_sandbox(self.root)
+            fd = open_in_sandbox(self._real_root, entry.src_path)
         except OSError as exc:
             raise SourceError(f"Cannot read source file {entry.src_path}: "
                               f"{exc.strerror}.") from None
