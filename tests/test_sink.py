@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 from blake3 import blake3
 
-from jetstream_server.dataplane.sink import FileSink, SinkError
+from jetstream_server.dataplane.sink import CREATE_AHEAD, FileSink, SinkError
 from jetstream_server.protocol.metadata import FileEntry, Metadata
 
 pytestmark = pytest.mark.timeout(30)
@@ -86,3 +87,74 @@ def test_a_group_commit_delivers_the_good_files_and_refuses_the_bad_one(
         else:
             assert results[n] == str(target) and target.read_bytes() == data
     assert not [p for p in tmp_path.rglob(".jetstream-*")]  # no temporary file left
+
+
+def _many(root: Path, count: int, folder: str = "/in") -> FileSink:
+    meta = Metadata("ef" * 16, None, [
+        FileEntry(f"{folder}/f{n}.bin", f"/f{n}.bin", 100, 1_700_000_000_000_000, False)
+        for n in range(count)], {}, {}, None)
+    sink = FileSink(str(root), meta, "ef" * 16)
+    sink.prepare()
+    return sink
+
+
+def _parts(folder: Path) -> list[str]:
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+@pytest.mark.parametrize("end", ["abort", "release", "close"])
+def test_temporary_files_made_ahead_are_used_or_removed(tmp_path: Path, end: str) -> None:
+    sink = _many(tmp_path, 40)
+    folder = tmp_path / "in"
+    for _ in range(500):  # the next files' temporary files appear before any data
+        if len(_parts(folder)) >= CREATE_AHEAD:
+            break
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.05)
+    assert _parts(folder) == sorted(f".jetstream-{'ef' * 16}-{n}.part"
+                                    for n in range(CREATE_AHEAD))
+    # at the end of a transfer that resumed, files delivered earlier are never written
+    data = [bytes([n]) * 100 for n in range(3)]
+    for n in range(2 if end == "close" else 3):
+        sink.write([(n, 0, data[n])])
+    assert sink.commit_many([(n, blake3(data[n]).digest(), 100) for n in range(2)]) == [
+        str(folder / f"f{n}.bin") for n in range(2)]
+    getattr(sink, end)()
+    # release keeps what holds data for a later session; nothing made ahead stays
+    assert _parts(folder) == ([f".jetstream-{'ef' * 16}-2.part"] if end == "release" else [])
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "f0.bin", "f1.bin"]
+
+
+def test_a_folder_replaced_by_a_symlink_before_the_rename_refuses_the_file(
+        tmp_path: Path) -> None:
+    root, outside = tmp_path / "box", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    sink = _many(root, 2, "/in/later")
+    data = b"x" * 100
+    sink.write([(0, 0, data), (1, 0, data)])  # both temporary files are in in/later
+    os.rename(root / "in" / "later", root / "in" / "was-later")
+    os.symlink(outside, root / "in" / "later")
+    results = sink.commit_many([(n, blake3(data).digest(), 100) for n in range(2)])
+    for n, result in enumerate(results):
+        assert isinstance(result, SinkError)
+        assert f"later/f{n}.bin" in str(result) and "symlink" in str(result)
+    sink.close()
+    assert list(outside.iterdir()) == []
+    assert list((root / "in" / "was-later").iterdir()) == []  # not delivered elsewhere
+
+
+def test_a_folder_moved_before_the_rename_refuses_the_file(tmp_path: Path) -> None:
+    sink = _many(tmp_path, 1, "/in/later")
+    data = b"y" * 100
+    sink.write([(0, 0, data)])
+    os.rename(tmp_path / "in" / "later", tmp_path / "in" / "was-later")
+    (tmp_path / "in" / "later").mkdir()  # another folder now has the path
+    [result] = sink.commit_many([(0, blake3(data).digest(), 100)])
+    assert isinstance(result, SinkError) and "moved or replaced" in str(result)
+    sink.close()
+    assert list((tmp_path / "in" / "later").iterdir()) == []
+    assert list((tmp_path / "in" / "was-later").iterdir()) == []

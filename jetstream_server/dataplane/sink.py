@@ -1,4 +1,5 @@
-"""Writing a received transfer into the sandbox, safely (blocking code for one worker thread).
+"""Writing a received transfer into the sandbox, safely (blocking code for one worker thread;
+the next files' temporary files are created ahead in a second one, see :mod:`.ahead`).
 
 Every path is opened one component at a time from a descriptor of the sandbox folder, with
 ``O_NOFOLLOW``: a symlink anywhere under the sandbox, existing or swapped in while the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ from ..protocol.checksums import FileHash, file_hash
 from ..protocol.metadata import Metadata
 from ..protocol.ranges import RangeSet
 from ..sandbox import written_parts
+from .ahead import Ahead
 
 __all__ = ["FileSink", "SinkError"]
 
@@ -37,8 +40,9 @@ _READ_CHUNK = 4 * 1024 * 1024
 def _allocate(fd: int, size: int) -> None:
     """Reserve the file's blocks up front: a full disk shows at once, not half way, and
     the file system lays the file out in one go. Only where the file system can do it
-    without writing (fallocate(2)); elsewhere nothing happens."""
-    if size <= 0 or _fallocate is None:
+    without writing (fallocate(2)), and not for a small file (a few blocks, written at
+    once: the call would cost a tenth of its creation for nothing)."""
+    if size < _ALLOCATE_FROM or _fallocate is None:
         return
     if _fallocate(fd, 0, 0, ctypes.c_int64(size)) != 0:
         code = ctypes.get_errno()
@@ -70,6 +74,10 @@ except (AttributeError, OSError):  # not glibc/Linux
 #: Files committed together from which one syncfs replaces an fsync each.
 GROUP_SYNC = 8
 _SYNC_FILE_RANGE_WRITE = 2
+#: Files from this size on get their blocks reserved when created.
+_ALLOCATE_FROM = 64 * 1024
+#: Temporary files created ahead of their first block, at most (two descriptors each).
+CREATE_AHEAD = 16
 #: Written bytes of a file after which its write-back is started.
 _WRITEBACK_BYTES = 32 * 1024 * 1024
 
@@ -102,6 +110,10 @@ class FileSink:
         self._root_fd = -1
         self.paths: list[str] = []  # absolute paths on disk, per manifest entry
         self._parts: list[list[str]] = []
+        #: the next files' temporary files, created in a thread of their own
+        self._ahead: Ahead[_Open] | None = None
+        self._last_folder: tuple[tuple[str, ...], int] | None = None  # see _folder
+        self._last_lock = threading.Lock()
 
     # -- preparing ----------------------------------------------------------------------
 
@@ -132,7 +144,25 @@ class FileSink:
                     os.utime(fd, ns=(entry.mtime_us * 1000, entry.mtime_us * 1000))
                 finally:
                     os.close(fd)
+        files = [i for i, entry in enumerate(self.meta.files) if entry.size is not None]
+        self._ahead = Ahead(files, self._create, CREATE_AHEAD)
+        self._ahead.start()
         return self.paths
+
+    def _folder(self, parts: list[str], path: str) -> int:
+        """A descriptor of the folder of a file to create (created if need be): a copy of
+        the last one opened when it is the same path (one system call, not one per
+        component; a folder moved or replaced since then is caught before the rename)."""
+        key = tuple(parts)
+        with self._last_lock:
+            if self._last_folder is not None and self._last_folder[0] == key:
+                return os.dup(self._last_folder[1])
+        fd = self._dir(parts, create=True, path=path)
+        with self._last_lock:
+            if self._last_folder is not None:
+                os.close(self._last_folder[1])
+            self._last_folder = key, os.dup(fd)
+        return fd
 
     def _dir(self, parts: list[str], create: bool, path: str) -> int:
         fd = os.dup(self._root_fd)
@@ -162,24 +192,53 @@ class FileSink:
     def _file(self, index: int) -> _Open:
         opened = self._open.get(index)
         if opened is None:
-            parts, path = self._parts[index], self.paths[index]
-            parent = self._dir(parts[:-1], create=True, path=path)
-            temp = f".jetstream-{self.transfer_id}-{index}.part"
-            try:
-                truncate = 0 if index in self.keep else os.O_TRUNC
-                fd = os.open(temp, os.O_RDWR | os.O_CREAT | truncate | os.O_NOFOLLOW |
-                             os.O_CLOEXEC, 0o600, dir_fd=parent)
-            except OSError as exc:
-                os.close(parent)
-                raise SinkError(f"Cannot write {path}: {exc.strerror}.") from None
-            opened = self._open[index] = _Open(parent, fd, temp, parts[-1], RangeSet(),
-                                               file_hash())
-            size = self.meta.files[index].size or 0
-            try:
-                _allocate(fd, size)
-            except OSError as exc:
-                raise SinkError(self._write_error(index, exc)) from None
+            made = self._ahead.take(index) if self._ahead is not None else None
+            if isinstance(made, Exception):
+                raise made
+            opened = self._open[index] = made or self._create(index)
         return opened
+
+    def _create(self, index: int) -> _Open:
+        """Open file ``index``'s temporary file (creating its folders), its size reserved."""
+        parts, path = self._parts[index], self.paths[index]
+        parent = self._folder(parts[:-1], path)
+        temp = f".jetstream-{self.transfer_id}-{index}.part"
+        try:
+            truncate = 0 if index in self.keep else os.O_TRUNC
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | truncate | os.O_NOFOLLOW |
+                         os.O_CLOEXEC, 0o600, dir_fd=parent)
+        except OSError as exc:
+            os.close(parent)
+            raise SinkError(f"Cannot write {path}: {exc.strerror}.") from None
+        opened = _Open(parent, fd, temp, parts[-1], RangeSet(), file_hash())
+        try:
+            _allocate(fd, self.meta.files[index].size or 0)
+        except OSError as exc:
+            os.unlink(temp, dir_fd=parent)
+            os.close(fd)
+            os.close(parent)
+            raise SinkError(self._write_error(index, exc)) from None
+        return opened
+
+    def _dispose(self, index: int, opened: _Open) -> None:
+        """Close a temporary file never written in this session; remove it unless it
+        holds data from an earlier one."""
+        if index not in self.keep:
+            try:
+                os.unlink(opened.temp, dir_fd=opened.parent)
+            except OSError:
+                pass
+        os.close(opened.fd)
+        os.close(opened.parent)
+
+    def _stop_ahead(self) -> None:
+        if self._ahead is not None:
+            for index, opened in self._ahead.stop().items():
+                self._dispose(index, opened)
+            self._ahead = None
+        if self._last_folder is not None:
+            os.close(self._last_folder[1])
+            self._last_folder = None
 
     # -- writing ------------------------------------------------------------------------
 
@@ -272,16 +331,24 @@ class FileSink:
                 results[index] = self._discard(index, opened, exc)
             ready = []
         folders: dict[tuple[int, int], int] = {}
+        in_place: dict[tuple[int, int], bool] = {}
         renamed: list[int] = []
         for index, opened in ready:
             try:
+                st = os.fstat(opened.parent)
+                folder = st.st_dev, st.st_ino
+                if folder not in in_place:  # one look per folder, unless it moved
+                    in_place[folder] = self._moved(index, folder) is None
+                moved = None if in_place[folder] else self._moved(index, folder)
+                if moved is not None:
+                    results[index] = self._discard(index, opened, moved)
+                    continue
                 os.rename(opened.temp, opened.name, src_dir_fd=opened.parent,
                           dst_dir_fd=opened.parent)
             except OSError as exc:
                 results[index] = self._discard(index, opened, exc)
                 continue
-            st = os.fstat(opened.parent)
-            folders.setdefault((st.st_dev, st.st_ino), opened.parent)
+            folders.setdefault(folder, opened.parent)
             results[index] = self.paths[index]
             renamed.append(index)
         try:
@@ -292,6 +359,24 @@ class FileSink:
         for index, opened in ready:
             self._close(index, opened)
         return [results[index] for index, _, _ in items]
+
+    def _moved(self, index: int, folder: tuple[int, int]) -> SinkError | None:
+        """Why file ``index``'s folder, opened as ``folder`` (device, inode) when its
+        temporary file was made, is no longer at its path, if it is not: the file would
+        be renamed into place where its path no longer leads."""
+        path = self.paths[index]
+        try:
+            fd = self._dir(self._parts[index][:-1], create=False, path=path)
+        except SinkError as exc:
+            return exc
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (st.st_dev, st.st_ino) != folder:
+            return SinkError(f"Cannot write {path}: a folder on its way was moved or "
+                             "replaced while the transfer ran.")
+        return None
 
     def _verify(self, index: int, opened: _Open, digest: bytes, size: int) -> None:
         entry, path = self.meta.files[index], self.paths[index]
@@ -332,6 +417,7 @@ class FileSink:
 
     def release(self) -> None:
         """Close everything, keeping the temporary files for a later session."""
+        self._stop_ahead()
         self.sync()
         for opened in self._open.values():
             os.close(opened.fd)
@@ -341,6 +427,7 @@ class FileSink:
 
     def abort(self) -> None:
         """Remove the temporary files of unfinished files."""
+        self._stop_ahead()
         for opened in self._open.values():
             try:
                 os.unlink(opened.temp, dir_fd=opened.parent)
@@ -352,6 +439,7 @@ class FileSink:
         self.close()
 
     def close(self) -> None:
+        self._stop_ahead()
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
