@@ -60,8 +60,10 @@ MAX_RTO_S = 2.0
 SILENCE_TIMEOUT_S = 10.0
 KEEPALIVE_S = 0.5
 UNPACED_BPS = 1e12
-#: Bytes in flight in the TCP data mode (TCP's buffers hold the rest back).
+#: Bytes in flight in the TCP data mode (TCP's buffers hold the rest back), and blocks
+#: (many small files: each is remembered until acknowledged).
 RELIABLE_WINDOW_BYTES = 64 * 1024 * 1024
+RELIABLE_WINDOW_BLOCKS = 65536
 
 
 class SourceError(Exception):
@@ -283,7 +285,7 @@ class SenderCore:
 
     def _window_blocks(self) -> float:
         if self.reliable:
-            return RELIABLE_WINDOW_BYTES / self._mean_size
+            return min(RELIABLE_WINDOW_BYTES / self._mean_size, RELIABLE_WINDOW_BLOCKS)
         return self.controller.window_bytes() / self._mean_size + 64
 
     # -- outputs ----------------------------------------------------------------------
