@@ -214,16 +214,14 @@ class FileSink:
         try:
             _allocate(fd, self.meta.files[index].size or 0)
         except OSError as exc:
-            os.unlink(temp, dir_fd=parent)
-            os.close(fd)
-            os.close(parent)
+            self._shut(opened, remove=True)
             raise SinkError(self._write_error(index, exc)) from None
         return opened
 
-    def _dispose(self, index: int, opened: _Open) -> None:
-        """Close a temporary file never written in this session; remove it unless it
-        holds data from an earlier one."""
-        if index not in self.keep:
+    @staticmethod
+    def _shut(opened: _Open, remove: bool) -> None:
+        """Close a temporary file, and remove it if ``remove``."""
+        if remove:
             try:
                 os.unlink(opened.temp, dir_fd=opened.parent)
             except OSError:
@@ -232,9 +230,9 @@ class FileSink:
         os.close(opened.parent)
 
     def _stop_ahead(self) -> None:
-        if self._ahead is not None:
+        if self._ahead is not None:  # files made ahead and never written in this session
             for index, opened in self._ahead.stop().items():
-                self._dispose(index, opened)
+                self._shut(opened, remove=index not in self.keep)  # (keep: earlier data)
             self._ahead = None
         if self._last_folder is not None:
             os.close(self._last_folder[1])
@@ -429,12 +427,7 @@ class FileSink:
         """Remove the temporary files of unfinished files."""
         self._stop_ahead()
         for opened in self._open.values():
-            try:
-                os.unlink(opened.temp, dir_fd=opened.parent)
-            except OSError:
-                pass
-            os.close(opened.fd)
-            os.close(opened.parent)
+            self._shut(opened, remove=True)
         self._open.clear()
         self.close()
 
