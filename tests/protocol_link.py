@@ -93,6 +93,10 @@ class Outcome:
     seconds: float = 0.0  # simulated time until the sender finished
     queue_drops: int = 0  # datagrams to the receiver dropped at a full bottleneck queue
     srtt_s: float | None = None  # the sender's smoothed round trip at the end
+    #: batches of the sender with DATA datagrams of more than one size, and those of them
+    #: where a smaller one came before a larger one (equal sizes go together: GSO)
+    mixed_batches: int = 0
+    unsorted_batches: int = 0
 
 
 def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
@@ -177,7 +181,18 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
                 pass
         transmit(receiver.datagrams_to_send(now), "s")
 
-    transmit(sender.datagrams_to_send(now), "r")
+    mixed = unsorted = 0
+
+    def send_batch() -> None:
+        nonlocal mixed, unsorted
+        batch = sender.datagrams_to_send(now)
+        sizes = [len(d) for d in batch if parse_header(d)[0] is Kind.DATA]
+        if len(set(sizes)) > 1:
+            mixed += 1
+            unsorted += sizes != sorted(sizes, reverse=True)
+        transmit(batch, "r")
+
+    send_batch()
     while now < start_s + max_time_s and not sender.finished:
         candidates = [t for t in (sender.get_timer(), sender.next_send_time(now),
                                   receiver.get_timer() if receiver else None) if t is not None]
@@ -214,7 +229,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
             if rtimer is not None and now >= rtimer:
                 receiver.handle_timer(now)
             receiver_step()
-        transmit(sender.datagrams_to_send(now), "r")
+        send_batch()
     return Outcome(
         files=[None if r is None else bytes(r) for r in received],
         complete=sender.phase.value == "done",
@@ -230,4 +245,6 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         seconds=now - start_s,
         queue_drops=queue_drops["s"],
         srtt_s=sender.srtt_s,
+        mixed_batches=mixed,
+        unsorted_batches=unsorted,
     )

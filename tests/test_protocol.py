@@ -238,6 +238,16 @@ def test_many_small_files_keep_the_path_full() -> None:
     assert outcome.seconds < 1.0
 
 
+def test_a_batch_puts_datagrams_of_one_size_together() -> None:
+    """Small files alternate a data block and a digest block; a batch (sent at one time)
+    groups them by size, so that each size goes to the kernel in one call (GSO)."""
+    files = [bytes([i % 256]) * 3000 for i in range(2000)]
+    outcome = run(files, LinkConfig(delay_s=0.0005, rate_bps=1e9, seed=1), block_size=8192)
+    assert outcome.complete and outcome.files == files
+    assert outcome.mixed_batches > 100  # (the case arises)
+    assert outcome.unsorted_batches == 0
+
+
 def test_the_metadata_is_sent_at_a_rising_rate() -> None:
     """The metadata of 10,000 files (11 blocks of 64 KiB) goes out as start-up raises
     the rate, not at the 20 Mbit/s of the first round trip (0.15 s before, 0.075 now)."""
