@@ -9,7 +9,7 @@ from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jetstream_server.protocol.layout import Layout
+from jetstream_server.protocol.layout import DIGEST, Layout, Slot
 from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
 from jetstream_server.protocol.ranges import RangeSet
 from jetstream_server.protocol.receiver import Checkpoint
@@ -107,7 +107,10 @@ def test_layout_maps_blocks_with_64_bit_offsets() -> None:
     assert last_data.length == five_gib - last_data.offset
     assert layout.locate(end - 1).digest
     assert layout.file_range(2) == (end, end + 1)  # a zero-byte file: its digest block
-    assert layout.total_blocks == end + 1 + 2
+    assert layout.file_range(3) == (end + 1, end + 2)  # 10 bytes: with its digest
+    assert layout.locate(end + 1) == Slot(3, 0, 10 + DIGEST.size, digest=True)
+    assert layout.total_blocks == end + 1 + 1
+    assert Layout(1400, 10, [1360, 1361]).data_blocks == {0: 0, 1: 1}  # 1360 + 40 fits
 
 
 def test_range_set_tracks_new_subranges() -> None:
@@ -239,9 +242,10 @@ def test_many_small_files_keep_the_path_full() -> None:
 
 
 def test_a_batch_puts_datagrams_of_one_size_together() -> None:
-    """Small files alternate a data block and a digest block; a batch (sent at one time)
-    groups them by size, so that each size goes to the kernel in one call (GSO)."""
-    files = [bytes([i % 256]) * 3000 for i in range(2000)]
+    """Files of a few blocks alternate full blocks, a short last one and a digest block; a
+    batch (sent at one time) groups them by size, so that each size goes to the kernel in
+    one call (GSO)."""
+    files = [bytes([i % 256]) * 10_000 for i in range(1000)]
     outcome = run(files, LinkConfig(delay_s=0.0005, rate_bps=1e9, seed=1), block_size=8192)
     assert outcome.complete and outcome.files == files
     assert outcome.mixed_batches > 100  # (the case arises)

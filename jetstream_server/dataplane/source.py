@@ -80,7 +80,11 @@ class FileSource:
                 last = self._position[(slot.file, max(
                     -(-self.files[slot.file].file_size // self.chunk) - 1, 0))]
                 return self.block(slot) if self._wait_for(last) else None
-            return DIGEST.pack(digest, self.files[slot.file].file_size)
+            tail = DIGEST.pack(digest, self.files[slot.file].file_size)
+            if slot.length == DIGEST.size:
+                return tail
+            data = self.block(Slot(slot.file, 0, slot.length - DIGEST.size))  # a small file
+            return None if data is None else bytes(data) + tail
         chunk_index, within = divmod(slot.offset, self.chunk)
         position = self._position[(slot.file, chunk_index)]
         data = self._cache.get(position)

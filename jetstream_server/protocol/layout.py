@@ -2,9 +2,11 @@
 
 Blocks ``[0, meta_blocks)`` carry the transfer's metadata (JSON). Then each file in
 manifest order gets ``ceil(size / block_size)`` data blocks followed by one digest block
-(the file's BLAKE3 digest and size); a zero-byte file has only its digest block, and an empty
-directory has no block at all. Offsets are 64-bit; a DATA datagram carries its block
-number in 48 bits, so a transfer has fewer than ``MAX_BLOCKS`` blocks.
+(the file's BLAKE3 digest and size), except a file small enough to share a block with its
+digest (``size + 40 <= block_size``, a zero-byte file too): its one block carries the
+file's bytes, then the digest and size. An empty directory has no block at all. Offsets
+are 64-bit; a DATA datagram carries its block number in 48 bits, so a transfer has fewer
+than ``MAX_BLOCKS`` blocks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Slot:
     file: int  # -1 for metadata
     offset: int  # byte offset in the file (or in the metadata)
     length: int  # payload bytes
+    #: the file's digest block: its payload ends with DIGEST; the bytes before it, if any,
+    #: are the whole file (a small one)
     digest: bool = False
 
 
@@ -49,7 +53,7 @@ class Layout:
             self.first.append(block)
             self.files.append(index)
             self._first_of[index] = block
-            count = -(-size // block_size)
+            count = 0 if size + DIGEST.size <= block_size else -(-size // block_size)
             self.data_blocks[index] = count
             block += count + 1
         self.total_blocks = block
@@ -69,8 +73,10 @@ class Layout:
         index = self.files[i]
         relative = block - self.first[i]
         count = self.data_blocks[index]
-        if relative == count:
-            return Slot(index, 0, DIGEST.size, digest=True)
+        if relative == count:  # (with the file's bytes before it when it has no others)
+            size = self.sizes[index]
+            assert size is not None
+            return Slot(index, 0, (0 if count else size) + DIGEST.size, digest=True)
         offset = relative * self.block_size
         size = self.sizes[index]
         assert size is not None

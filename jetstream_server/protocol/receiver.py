@@ -309,11 +309,13 @@ class ReceiverCore:
         if block > highest_end:
             self._ack_now = True  # a new gap opened: tell the sender soon
         if slot.digest:
-            digest, size = DIGEST.unpack(payload)
+            digest, size = DIGEST.unpack(payload[-DIGEST.size:])
             if size != layout.sizes[slot.file]:
                 self.fail(f"File {slot.file} changed size during the transfer.")
                 return
             self._digests[slot.file] = (digest, size)
+            if len(payload) > DIGEST.size:  # a small file's bytes, before its digest
+                self.writes.append((slot.file, 0, bytes(payload[:-DIGEST.size])))
         else:
             self.writes.append((slot.file, slot.offset, bytes(payload)))
         count = self._file_blocks.get(slot.file, 0) + 1
