@@ -72,12 +72,9 @@ class Layout:
         i = bisect_right(self.first, block) - 1
         index = self.files[i]
         relative = block - self.first[i]
-        count = self.data_blocks[index]
+        count, size = self.data_blocks[index], self.sizes[index]
+        assert size is not None
         if relative == count:  # (with the file's bytes before it when it has no others)
-            size = self.sizes[index]
-            assert size is not None
             return Slot(index, 0, (0 if count else size) + DIGEST.size, digest=True)
         offset = relative * self.block_size
-        size = self.sizes[index]
-        assert size is not None
         return Slot(index, offset, min(self.block_size, size - offset))

@@ -311,9 +311,9 @@ class SenderCore:
                 break
             data.append(datagram)
             pacer.consume(len(datagram))
-        # equal sizes side by side go to the kernel in one system call (GSO): small files
-        # alternate a data block and a digest block; the order within a batch, all sent
-        # at one time, does not matter to the receiver
+        # equal sizes side by side go to the kernel in one system call (GSO): files of a
+        # few blocks alternate full blocks, a short last one and a digest block; the order
+        # within a batch, all sent at one time, does not matter to the receiver
         data.sort(key=len, reverse=True)
         return out + data
 
