@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -226,7 +226,7 @@ class Service:
 
     def save_destination(self, destination: Destination) -> None:
         if self.settings.persistent_destinations:
-            self.state.put("destination", destination.id, asdict(destination))
+            self.state.put("destination", destination.id, destination)
 
     def save_transfer(self, transfer: Transfer) -> None:
         if not self.settings.persistent_transfers or transfer.id not in self.transfers:
@@ -234,9 +234,9 @@ class Service:
         if transfer.manifest_id not in self._saved_manifests:
             manifest = self.manifests.get(transfer.manifest_id)
             if manifest is not None:
-                self.state.put("manifest", manifest.id, asdict(manifest))
+                self.state.put("manifest", manifest.id, manifest)
                 self._saved_manifests.add(manifest.id)
-        self.state.put("transfer", transfer.id, asdict(transfer))
+        self.state.put("transfer", transfer.id, transfer)
 
     def save_object(self, obj: Owned) -> None:
         if isinstance(obj, Destination):
@@ -244,7 +244,7 @@ class Service:
         elif isinstance(obj, Transfer):
             self.save_transfer(obj)
         elif obj.id in self._saved_manifests:
-            self.state.put("manifest", obj.id, asdict(obj))
+            self.state.put("manifest", obj.id, obj)
 
     def forget(self, kind: str, object_id: str) -> None:
         """Remove a deleted object from the stored state."""

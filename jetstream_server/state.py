@@ -83,7 +83,9 @@ class StateStore:
 
     # -- writes (in order, off the event loop) ------------------------------------------
 
-    def put(self, kind: str, object_id: str, body: dict[str, Any]) -> None:
+    def put(self, kind: str, object_id: str, body: Any) -> None:
+        """Store ``body``: a dict, or a dataclass instance (stored as the dict of its
+        attributes, by orjson: like ``dataclasses.asdict``, without copying each value)."""
         data = orjson.dumps(body).decode()
         self._submit("INSERT OR REPLACE INTO objects (kind, id, body) VALUES (?, ?, ?)",
                      (kind, object_id, data))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 from pathlib import Path
 
 import pytest
 from blake3 import blake3
 
-from jetstream_server.dataplane.sink import CREATE_AHEAD, FileSink, SinkError
+from jetstream_server.dataplane.sink import FileSink, SinkError
 from jetstream_server.protocol.metadata import FileEntry, Metadata
 
 pytestmark = pytest.mark.timeout(30)
@@ -104,28 +103,30 @@ def _parts(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
 
 
+def _descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
 @pytest.mark.parametrize("end", ["abort", "release", "close"])
-def test_temporary_files_made_ahead_are_used_or_removed(tmp_path: Path, end: str) -> None:
-    sink = _many(tmp_path, 40)
-    folder = tmp_path / "in"
-    for _ in range(500):  # the next files' temporary files appear before any data
-        if len(_parts(folder)) >= CREATE_AHEAD:
-            break
-        threading.Event().wait(0.01)
-    threading.Event().wait(0.05)
-    assert _parts(folder) == sorted(f".jetstream-{'ef' * 16}-{n}.part"
-                                    for n in range(CREATE_AHEAD))
-    # at the end of a transfer that resumed, files delivered earlier are never written
-    data = [bytes([n]) * 100 for n in range(3)]
-    for n in range(2 if end == "close" else 3):
+def test_every_descriptor_is_closed_and_only_release_keeps_temporary_files(
+        tmp_path: Path, end: str) -> None:
+    before = _descriptors()
+    meta = Metadata("ef" * 16, None, [  # files in two folders, in turn: a folder's
+        FileEntry(f"/{'ab'[n % 2]}/f{n}.bin", f"/f{n}.bin", 100,  # descriptor is shared
+                  1_700_000_000_000_000, False) for n in range(4)], {}, {}, None)
+    sink = FileSink(str(tmp_path), meta, "ef" * 16)
+    sink.prepare()
+    data = [bytes([n]) * 100 for n in range(4)]
+    for n in range(2 if end == "close" else 4):  # close: at the end of a transfer
         sink.write([(n, 0, data[n])])
     assert sink.commit_many([(n, blake3(data[n]).digest(), 100) for n in range(2)]) == [
-        str(folder / f"f{n}.bin") for n in range(2)]
+        str(tmp_path / "ab"[n % 2] / f"f{n}.bin") for n in range(2)]
     getattr(sink, end)()
-    # release keeps what holds data for a later session; nothing made ahead stays
-    assert _parts(folder) == ([f".jetstream-{'ef' * 16}-2.part"] if end == "release" else [])
-    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
-        "f0.bin", "f1.bin"]
+    # release keeps what holds data for a later session
+    kept = [f".jetstream-{'ef' * 16}-{n}.part" for n in (2, 3)] if end == "release" else []
+    assert _parts(tmp_path / "a") + _parts(tmp_path / "b") == kept
+    assert sorted(p.name for p in tmp_path.rglob("f*.bin")) == ["f0.bin", "f1.bin"]
+    assert _descriptors() == before
 
 
 def test_a_folder_replaced_by_a_symlink_before_the_rename_refuses_the_file(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..ids import now_us
@@ -69,7 +69,8 @@ class ReceiveRecord:
         }
 
     def to_state(self) -> dict[str, Any]:
-        state = asdict(self)
+        # not asdict(), which copies every path of the file lists one by one
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
         cp = self.checkpoint
         state["checkpoint"] = None if cp is None else {
             "ranges": cp.ranges,

@@ -1,12 +1,14 @@
-"""Writing a received transfer into the sandbox, safely (blocking code for one worker thread;
-the next files' temporary files are created ahead in a second one, see :mod:`.ahead`).
+"""Writing a received transfer into the sandbox, safely (blocking code for one worker thread).
 
 Every path is opened one component at a time from a descriptor of the sandbox folder, with
 ``O_NOFOLLOW``: a symlink anywhere under the sandbox, existing or swapped in while the
 transfer runs, is never followed, so nothing is written outside it. Each file is written
 to a hidden temporary name beside its target (``.jetstream-<transfer>-<n>.part``), then
 fsynced, checked against the sender's BLAKE3 digest, given its mode and modification time,
-renamed into place, and its folder fsynced.
+renamed into place, and its folder fsynced. Files are created in the folder descriptor
+they share (opened once for a run of files in one folder); before the rename the folder is
+looked up again from the sandbox, and a file whose folder was moved or replaced meanwhile
+is not delivered.
 
 The digest of a file is computed as its data is written: whenever the bytes written from
 the start of the file grow, the new bytes are hashed (from the buffers just written, or
@@ -19,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +29,6 @@ from ..protocol.checksums import FileHash, file_hash
 from ..protocol.metadata import Metadata
 from ..protocol.ranges import RangeSet
 from ..sandbox import written_parts
-from .ahead import Ahead
 
 __all__ = ["FileSink", "SinkError"]
 
@@ -76,8 +76,6 @@ GROUP_SYNC = 8
 _SYNC_FILE_RANGE_WRITE = 2
 #: Files from this size on get their blocks reserved when created.
 _ALLOCATE_FROM = 64 * 1024
-#: Temporary files created ahead of their first block, at most (two descriptors each).
-CREATE_AHEAD = 16
 #: Written bytes of a file after which its write-back is started.
 _WRITEBACK_BYTES = 32 * 1024 * 1024
 
@@ -86,9 +84,18 @@ class SinkError(Exception):
     """Why the transfer cannot be written; the message names the path."""
 
 
+@dataclass(eq=False)
+class _Folder:
+    """A folder files are created in: open while a file in it is, or while it is the
+    last folder opened (the next file most likely goes there too)."""
+    fd: int
+    ident: tuple[int, int]  # (st_dev, st_ino), to see whether its path still leads here
+    users: int = 0
+
+
 @dataclass
 class _Open:
-    parent: int
+    folder: _Folder
     fd: int
     temp: str
     name: str
@@ -110,10 +117,7 @@ class FileSink:
         self._root_fd = -1
         self.paths: list[str] = []  # absolute paths on disk, per manifest entry
         self._parts: list[list[str]] = []
-        #: the next files' temporary files, created in a thread of their own
-        self._ahead: Ahead[_Open] | None = None
-        self._last_folder: tuple[tuple[str, ...], int] | None = None  # see _folder
-        self._last_lock = threading.Lock()
+        self._last_folder: tuple[tuple[str, ...], _Folder] | None = None  # see _folder
 
     # -- preparing ----------------------------------------------------------------------
 
@@ -144,25 +148,33 @@ class FileSink:
                     os.utime(fd, ns=(entry.mtime_us * 1000, entry.mtime_us * 1000))
                 finally:
                     os.close(fd)
-        files = [i for i, entry in enumerate(self.meta.files) if entry.size is not None]
-        self._ahead = Ahead(files, self._create, CREATE_AHEAD)
-        self._ahead.start()
         return self.paths
 
-    def _folder(self, parts: list[str], path: str) -> int:
-        """A descriptor of the folder of a file to create (created if need be): a copy of
-        the last one opened when it is the same path (one system call, not one per
-        component; a folder moved or replaced since then is caught before the rename)."""
+    def _folder(self, parts: list[str], path: str) -> _Folder:
+        """The folder of a file to create (created if need be), one more user counted: the
+        last one opened when it is the same path (no path walk per file; a folder moved
+        or replaced since then is caught before the rename)."""
         key = tuple(parts)
-        with self._last_lock:
-            if self._last_folder is not None and self._last_folder[0] == key:
-                return os.dup(self._last_folder[1])
-        fd = self._dir(parts, create=True, path=path)
-        with self._last_lock:
-            if self._last_folder is not None:
-                os.close(self._last_folder[1])
-            self._last_folder = key, os.dup(fd)
-        return fd
+        last = self._last_folder
+        if last is None or last[0] != key:
+            fd = self._dir(parts, create=True, path=path)
+            st = os.fstat(fd)
+            folder = _Folder(fd, (st.st_dev, st.st_ino), users=1)  # the last folder's use
+            self._forget_last_folder()
+            last = self._last_folder = key, folder
+        last[1].users += 1
+        return last[1]
+
+    @staticmethod
+    def _leave(folder: _Folder) -> None:
+        folder.users -= 1
+        if folder.users == 0:
+            os.close(folder.fd)
+
+    def _forget_last_folder(self) -> None:
+        if self._last_folder is not None:
+            self._leave(self._last_folder[1])
+            self._last_folder = None
 
     def _dir(self, parts: list[str], create: bool, path: str) -> int:
         fd = os.dup(self._root_fd)
@@ -192,25 +204,22 @@ class FileSink:
     def _file(self, index: int) -> _Open:
         opened = self._open.get(index)
         if opened is None:
-            made = self._ahead.take(index) if self._ahead is not None else None
-            if isinstance(made, Exception):
-                raise made
-            opened = self._open[index] = made or self._create(index)
+            opened = self._open[index] = self._create(index)
         return opened
 
     def _create(self, index: int) -> _Open:
         """Open file ``index``'s temporary file (creating its folders), its size reserved."""
         parts, path = self._parts[index], self.paths[index]
-        parent = self._folder(parts[:-1], path)
+        folder = self._folder(parts[:-1], path)
         temp = f".jetstream-{self.transfer_id}-{index}.part"
         try:
             truncate = 0 if index in self.keep else os.O_TRUNC
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | truncate | os.O_NOFOLLOW |
-                         os.O_CLOEXEC, 0o600, dir_fd=parent)
+                         os.O_CLOEXEC, 0o600, dir_fd=folder.fd)
         except OSError as exc:
-            os.close(parent)
+            self._leave(folder)
             raise SinkError(f"Cannot write {path}: {exc.strerror}.") from None
-        opened = _Open(parent, fd, temp, parts[-1], RangeSet(), file_hash())
+        opened = _Open(folder, fd, temp, parts[-1], RangeSet(), file_hash())
         try:
             _allocate(fd, self.meta.files[index].size or 0)
         except OSError as exc:
@@ -218,25 +227,15 @@ class FileSink:
             raise SinkError(self._write_error(index, exc)) from None
         return opened
 
-    @staticmethod
-    def _shut(opened: _Open, remove: bool) -> None:
+    def _shut(self, opened: _Open, remove: bool) -> None:
         """Close a temporary file, and remove it if ``remove``."""
         if remove:
             try:
-                os.unlink(opened.temp, dir_fd=opened.parent)
+                os.unlink(opened.temp, dir_fd=opened.folder.fd)
             except OSError:
                 pass
         os.close(opened.fd)
-        os.close(opened.parent)
-
-    def _stop_ahead(self) -> None:
-        if self._ahead is not None:  # files made ahead and never written in this session
-            for index, opened in self._ahead.stop().items():
-                self._shut(opened, remove=index not in self.keep)  # (keep: earlier data)
-            self._ahead = None
-        if self._last_folder is not None:
-            os.close(self._last_folder[1])
-            self._last_folder = None
+        self._leave(opened.folder)
 
     # -- writing ------------------------------------------------------------------------
 
@@ -332,21 +331,20 @@ class FileSink:
         in_place: dict[tuple[int, int], bool] = {}
         renamed: list[int] = []
         for index, opened in ready:
+            folder = opened.folder.ident
+            if folder not in in_place:  # one look per folder, unless it moved
+                in_place[folder] = self._moved(index, folder) is None
+            moved = None if in_place[folder] else self._moved(index, folder)
+            if moved is not None:
+                results[index] = self._discard(index, opened, moved)
+                continue
             try:
-                st = os.fstat(opened.parent)
-                folder = st.st_dev, st.st_ino
-                if folder not in in_place:  # one look per folder, unless it moved
-                    in_place[folder] = self._moved(index, folder) is None
-                moved = None if in_place[folder] else self._moved(index, folder)
-                if moved is not None:
-                    results[index] = self._discard(index, opened, moved)
-                    continue
-                os.rename(opened.temp, opened.name, src_dir_fd=opened.parent,
-                          dst_dir_fd=opened.parent)
+                os.rename(opened.temp, opened.name, src_dir_fd=opened.folder.fd,
+                          dst_dir_fd=opened.folder.fd)
             except OSError as exc:
                 results[index] = self._discard(index, opened, exc)
                 continue
-            folders.setdefault(folder, opened.parent)
+            folders.setdefault(folder, opened.folder.fd)
             results[index] = self.paths[index]
             renamed.append(index)
         try:
@@ -391,7 +389,7 @@ class FileSink:
     def _discard(self, index: int, opened: _Open, exc: OSError | SinkError) -> SinkError:
         """Remove a file that will not be delivered; why, as a SinkError."""
         try:
-            os.unlink(opened.temp, dir_fd=opened.parent)
+            os.unlink(opened.temp, dir_fd=opened.folder.fd)
         except OSError:
             pass
         self._close(index, opened)
@@ -399,8 +397,7 @@ class FileSink:
 
     def _close(self, index: int, opened: _Open) -> None:
         if self._open.pop(index, None) is not None:
-            os.close(opened.fd)
-            os.close(opened.parent)
+            self._shut(opened, remove=False)
 
     def sync(self) -> None:
         """Make everything written so far durable (a checkpoint)."""
@@ -415,24 +412,21 @@ class FileSink:
 
     def release(self) -> None:
         """Close everything, keeping the temporary files for a later session."""
-        self._stop_ahead()
         self.sync()
         for opened in self._open.values():
-            os.close(opened.fd)
-            os.close(opened.parent)
+            self._shut(opened, remove=False)
         self._open.clear()
         self.close()
 
     def abort(self) -> None:
         """Remove the temporary files of unfinished files."""
-        self._stop_ahead()
         for opened in self._open.values():
             self._shut(opened, remove=True)
         self._open.clear()
         self.close()
 
     def close(self) -> None:
-        self._stop_ahead()
+        self._forget_last_folder()
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
