@@ -108,6 +108,8 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
             wanted.ip = await resolve_host(host, port)
     service.destinations[wanted.id] = wanted
     service.save_destination(wanted)
+    if service.scheduler.data_plane is not None:
+        service.scheduler.data_plane.prepare(wanted)
     log.info("destination %s (%s:%d) created by %s", wanted.id, wanted.ip, port, call.user)
     service.triggers.fire("send.destinationCreated", f"{wanted.ip}:{port}",
                           _peer(call))

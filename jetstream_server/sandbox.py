@@ -103,10 +103,10 @@ def open_in_sandbox(real_root: str, path: str) -> int:
 def written_parts(destination_path: str | None, target: str) -> list[str]:
     """The components under the sandbox where a received file goes:
     ``<destinationPath>/<file target path>``, both taken as relative to the sandbox."""
-    parts = virtual_parts(destination_path or "") + virtual_parts(target)
-    if not virtual_parts(target):
+    name = virtual_parts(target)
+    if not name:
         raise InvalidParameter(f"Path {target!r} names no file.")
-    return parts
+    return virtual_parts(destination_path or "") + name
 
 
 def written_path(sandbox: str, user: str, destination_path: str | None, target: str) -> str:

@@ -33,6 +33,9 @@ class DataPlane(Protocol):
     def start(self, transfer: Transfer, destination: Destination, manifest: Manifest) -> None:
         ...
 
+    def prepare(self, destination: Destination) -> None:
+        """A destination was created: get ready to send there (may contact it)."""
+
     def stop(self, transfer_id: str) -> None:
         """Stop moving data (suspend, cancel, fail or delete); progress is kept."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 import pytest
 from blake3 import blake3
@@ -183,7 +184,13 @@ def test_metadata_round_trip_and_refusal() -> None:
                                   FileEntry("/empty", "/src/empty", None, 2, False)],
                     {"job": 1}, {"server": "x"})
     assert decode_metadata(encode_metadata(meta)) == meta
-    for junk in (b"[]", b"{", b'{"v": 1, "files": [[1, 2, 3, 4, 5]]}'):
+    json = zlib.decompress(encode_metadata(meta))
+    assert decode_metadata(json) == meta  # as senders sent it before it was compressed
+    assert decode_metadata(encode_metadata(meta), max_json=len(json)) == meta
+    with pytest.raises(ValueError, match=f"over {len(json) - 1} bytes uncompressed"):
+        decode_metadata(encode_metadata(meta), max_json=len(json) - 1)  # a zip bomb
+    for junk in (b"[]", b"{", b'{"v": 1, "files": [[1, 2, 3, 4, 5]]}', b"x\x9c\x00",
+                 zlib.compress(b"[1]")):
         with pytest.raises(ValueError):
             decode_metadata(junk)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 from pathlib import Path
 
 import pytest
 from blake3 import blake3
 
+from jetstream_server.dataplane import sink as sink_module
 from jetstream_server.dataplane.sink import FileSink, SinkError
 from jetstream_server.protocol.metadata import FileEntry, Metadata
 
@@ -159,3 +161,26 @@ def test_a_folder_moved_before_the_rename_refuses_the_file(tmp_path: Path) -> No
     sink.close()
     assert list((tmp_path / "in" / "later").iterdir()) == []
     assert list((tmp_path / "in" / "was-later").iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_files_get_mode_644_or_755_whatever_the_umask(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int) -> None:
+    """Under umask 022 a new temporary file is created with its final mode; under a
+    umask that would take bits from it, the mode is set before the rename."""
+    monkeypatch.setattr(sink_module, "_UMASK", umask)  # read once, at import
+    meta = Metadata("ef" * 16, None, [
+        FileEntry(f"/f{n}", f"/f{n}", 3, 1_700_000_000_000_000, n == 1) for n in range(2)],
+        {}, {}, None)
+    old = os.umask(umask)
+    try:
+        sink = FileSink(str(tmp_path), meta, "ef" * 16)
+        sink.prepare()
+        sink.write([(0, 0, b"abc"), (1, 0, b"abc")])
+        assert sink.commit_many([(n, blake3(b"abc").digest(), 3) for n in range(2)]) == [
+            str(tmp_path / f"f{n}") for n in range(2)]
+        sink.close()
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE((tmp_path / f"f{n}").stat().st_mode) for n in range(2)] == [
+        0o644, 0o755]

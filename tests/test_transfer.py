@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from jetstream_server.client import AsyncClient
+from jetstream_server.dataplane.sending import SendingPlane
 from jetstream_server.errors import InvalidParameter
 from jetstream_server.protocol.sender import SendPhase
 from jetstream_server.protocol.wire import TCP_PREFACE, Kind, encode
@@ -393,3 +394,26 @@ async def test_outcomes_are_logged_once_and_abandoned_partial_files_are_collecte
     assert leftovers(b_box) == [] and not (b_box / "big.bin").exists()
     lines = [r.getMessage() for r in caplog.records]
     assert sum(f"transfer {small['transferId']} complete:" in line for line in lines) == 1
+
+
+async def test_a_new_destination_has_its_password_verifier_derived_ahead(
+        pair: tuple[Server, Server, AsyncClient, Path, Path]) -> None:
+    """createDestination asks the destination for its challenge and derives the scrypt
+    verifier in the background (the first transfer does not wait ~0.1 s for it); the
+    exchange leaves nothing behind on the receiving side."""
+    a, b, client, a_box, b_box = pair
+    assert a.service is not None and b.service is not None and b.endpoint is not None
+    plane = a.service.scheduler.data_plane
+    assert isinstance(plane, SendingPlane)
+    destination = await _destination(client, b)
+    async with asyncio.timeout(10):
+        while not plane.verifiers or b.endpoint.sessions:
+            await asyncio.sleep(0.02)
+    [(password, *_)] = plane.verifiers
+    assert password == PASSWORDS["bob"].encode()
+    assert b.service.receives == {}  # not a transfer: no record, no trigger
+    (a_box / "f.txt").write_text("data")
+    transfer = await send(client, destination, {"/f.txt": "/f.txt"})
+    assert (await wait_transfer(client, transfer["transferId"]))["status"] == "complete"
+    assert (b_box / "f.txt").read_text() == "data"
+    assert len(plane.verifiers) == 1  # the transfer found it there

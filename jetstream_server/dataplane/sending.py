@@ -25,13 +25,21 @@ from ..protocol.layout import Layout
 from ..protocol.metadata import FileEntry, Metadata, encode_metadata
 from ..protocol.sender import SenderCore, SendPhase
 from ..protocol.wire import (
+    CLOSE_FINAL,
     DATA_HEADER,
     FRAME,
     HEADER,
     MAX_DATAGRAM,
     TCP_PREFACE,
+    Challenge,
+    Garbage,
     Hello,
+    Kind,
+    decode_challenge,
+    encode_error,
     encode_frames,
+    encode_hello,
+    parse_header,
 )
 from ..states import TransferStatus
 from .source import FileSource
@@ -57,6 +65,8 @@ MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1200, 8960
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 TCP_BLOCK_SIZE = 64 * 1024
+#: The warm-up's HELLO is sent at most this many times, this long apart.
+WARM_UP_TRIES, WARM_UP_WAIT_S = 3, 1.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
 _IP_MTU, _IPV6_MTU = 14, 24  # from <linux/in.h>, <linux/in6.h>; Python does not name them
 
@@ -98,6 +108,59 @@ class SendingPlane:
         self.sessions: dict[str, SendSession] = {}
         #: failed attempts in a row, per transfer, for the retry back-off
         self.attempts: dict[str, int] = {}
+
+    def prepare(self, destination: Destination) -> None:
+        """A new destination: derive its password's verifier now, in the background."""
+        if destination.data_transport == "udp" and destination.remote_user:
+            self.service.spawn(self._warm_up(destination))
+
+    async def _warm_up(self, destination: Destination) -> None:
+        """Ask the destination for its password challenge (a HELLO on a session of its
+        own, closed once answered) and derive the verifier (scrypt, ~0.1 s of CPU) in a
+        worker thread, so that the first transfer there does not wait for it. Nothing
+        is reported when this fails: the first transfer then derives it itself."""
+        loop = asyncio.get_running_loop()
+        session = secrets.randbits(64)
+        hello = encode_hello(session, Hello(secrets.token_bytes(16), UDP_BLOCK_SIZE, 1, 1,
+                                            destination.remote_user or ""))
+        family = socket.AF_INET6 if ":" in destination.ip else socket.AF_INET
+        challenge: Challenge | None = None
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, (destination.ip, destination.port))
+                for _ in range(WARM_UP_TRIES):
+                    await loop.sock_sendall(sock, hello)
+                    try:
+                        data = await asyncio.wait_for(loop.sock_recv(sock, MAX_DATAGRAM),
+                                                      WARM_UP_WAIT_S)
+                    except TimeoutError:
+                        continue
+                    kind, answered = parse_header(data)
+                    if answered == session and kind is Kind.CHALLENGE:
+                        challenge = decode_challenge(memoryview(data)[HEADER.size:])
+                        await loop.sock_sendall(sock, encode_error(
+                            session, Kind.CLOSE, "verifier derived", CLOSE_FINAL))
+                    break
+            except (OSError, Garbage):
+                return
+        if challenge is not None:
+            await loop.run_in_executor(None, self.verifier, destination, challenge)
+
+    def verifier(self, destination: Destination, challenge: Challenge) -> bytes:
+        """scrypt of the destination's password under the receiver's salt (blocking: for
+        a worker thread); remembered, so later transfers to the account skip it."""
+        password = (destination.remote_password or "").encode("utf-8", "surrogatepass")
+        key = (password, challenge.salt, challenge.log2_n, challenge.r, challenge.p)
+        verifier = self.verifiers.get(key)
+        if verifier is None:
+            verifier = hashlib.scrypt(password, salt=challenge.salt, n=1 << challenge.log2_n,
+                                      r=challenge.r, p=challenge.p,
+                                      maxmem=256 * 1024 * 1024, dklen=32)
+            if len(self.verifiers) >= 256:
+                self.verifiers.clear()
+            self.verifiers[key] = verifier
+        return verifier
 
     def retry_later(self, transfer: Transfer, reason: str) -> None:
         """Network trouble: back to the queue, tried again after a back-off."""
@@ -246,7 +309,9 @@ class SendSession:
                 self._send([core.close_datagram(reason, pause=pause)])
                 return None
             if core.phase is SendPhase.NEED_PROOF and proof is None:
-                proof = loop.run_in_executor(None, self._verifier, core)
+                assert core.challenge is not None
+                proof = loop.run_in_executor(None, self.plane.verifier, self.destination,
+                                             core.challenge)
                 proof.add_done_callback(lambda _: self.wake())
             if proof is not None and proof.done() and core.phase is SendPhase.NEED_PROOF:
                 core.provide_proof(proof.result())
@@ -296,24 +361,6 @@ class SendSession:
             self._waiter = None
             if handle is not None:
                 handle.cancel()
-
-    def _verifier(self, core: SenderCore) -> bytes:
-        """scrypt of the password under the receiver's salt (runs in a worker thread);
-        remembered, so the next transfer to the same account skips the ~0.1 s."""
-        challenge = core.challenge
-        assert challenge is not None
-        password = (self.destination.remote_password or "").encode("utf-8", "surrogatepass")
-        key = (password, challenge.salt, challenge.log2_n, challenge.r, challenge.p)
-        cache = self.plane.verifiers
-        verifier = cache.get(key)
-        if verifier is None:
-            verifier = hashlib.scrypt(password, salt=challenge.salt, n=1 << challenge.log2_n,
-                                      r=challenge.r, p=challenge.p,
-                                      maxmem=256 * 1024 * 1024, dklen=32)
-            if len(cache) >= 256:
-                cache.clear()
-            cache[key] = verifier
-        return verifier
 
     def _metadata(self) -> bytes:
         transfer = self.transfer

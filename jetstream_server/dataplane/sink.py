@@ -80,6 +80,21 @@ _ALLOCATE_FROM = 64 * 1024
 _WRITEBACK_BYTES = 32 * 1024 * 1024
 
 
+def _process_umask() -> int | None:
+    """This process's umask, read without changing it (Linux 4.7+), if it can be."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+_UMASK = _process_umask()
+
+
 class SinkError(Exception):
     """Why the transfer cannot be written; the message names the path."""
 
@@ -101,6 +116,8 @@ class _Open:
     name: str
     written: RangeSet  # byte ranges written in this session
     hasher: FileHash  # of the bytes [0, hashed)
+    #: created empty in this session, with its final mode (the umask allowing it)
+    fresh: bool
     hashed: int = 0
     unflushed: int = 0  # bytes written since the disk was last asked to write back
 
@@ -212,14 +229,18 @@ class FileSink:
         parts, path = self._parts[index], self.paths[index]
         folder = self._folder(parts[:-1], path)
         temp = f".jetstream-{self.transfer_id}-{index}.part"
+        mode = self._mode(index)
+        # a new file gets its final mode at once (one system call less a file) unless the
+        # umask would take bits from it; one kept from an earlier session is as it was
+        fresh = index not in self.keep and _UMASK is not None and not mode & _UMASK
         try:
             truncate = 0 if index in self.keep else os.O_TRUNC
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | truncate | os.O_NOFOLLOW |
-                         os.O_CLOEXEC, 0o600, dir_fd=folder.fd)
+                         os.O_CLOEXEC, mode if fresh else 0o600, dir_fd=folder.fd)
         except OSError as exc:
             self._leave(folder)
             raise SinkError(f"Cannot write {path}: {exc.strerror}.") from None
-        opened = _Open(folder, fd, temp, parts[-1], RangeSet(), file_hash())
+        opened = _Open(folder, fd, temp, parts[-1], RangeSet(), file_hash(), fresh)
         try:
             _allocate(fd, self.meta.files[index].size or 0)
         except OSError as exc:
@@ -374,16 +395,21 @@ class FileSink:
                              "replaced while the transfer ran.")
         return None
 
+    def _mode(self, index: int) -> int:
+        return 0o755 if self.meta.files[index].executable else 0o644
+
     def _verify(self, index: int, opened: _Open, digest: bytes, size: int) -> None:
         entry, path = self.meta.files[index], self.paths[index]
-        actual = os.fstat(opened.fd).st_size
+        # a file created empty in this session holds what was written, no more
+        actual = opened.written.end if opened.fresh else os.fstat(opened.fd).st_size
         if actual != size:
             raise SinkError(f"{path}: received {actual} bytes, expected {size}.")
         self._hash_from_file(opened, size)  # what was not hashed on the way
         if opened.hasher.digest() != digest:
             raise SinkError(f"{path}: the checksum of the received data does not match "
                             "the sender's; the file was not delivered.")
-        os.fchmod(opened.fd, 0o755 if entry.executable else 0o644)
+        if not opened.fresh:
+            os.fchmod(opened.fd, self._mode(index))
         os.utime(opened.fd, ns=(entry.mtime_us * 1000, entry.mtime_us * 1000))
 
     def _discard(self, index: int, opened: _Open, exc: OSError | SinkError) -> SinkError:

@@ -1,13 +1,19 @@
-"""The transfer metadata the sender sends first (JSON in the metadata blocks)."""
+"""The transfer metadata the sender sends first: JSON, zlib-compressed, in the metadata
+blocks (a file list compresses about 7 times: 10,000 entries are 620 KB of JSON and 84 KB
+sent, which at the start of a transfer, before the rate has grown, saves tens of ms)."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 __all__ = ["FileEntry", "Metadata", "decode_metadata", "encode_metadata"]
+
+#: Most bytes of metadata JSON a receiver decompresses.
+MAX_METADATA_JSON = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class Metadata:
 
 
 def encode_metadata(meta: Metadata) -> bytes:
-    return orjson.dumps({
+    return zlib.compress(orjson.dumps({
         "v": 1,
         "transferId": meta.transfer_id,
         "destinationPath": meta.destination_path,
@@ -47,11 +53,20 @@ def encode_metadata(meta: Metadata) -> bytes:
         "sender": meta.sender,
         "files": [[f.path, f.src, f.size, f.mtime_us, f.executable] for f in meta.files],
         "checkpointSeconds": meta.checkpoint_s,
-    })
+    }), 1)
 
 
-def decode_metadata(data: bytes) -> Metadata:
-    """Parse and check the metadata; ValueError says what is wrong."""
+def decode_metadata(data: bytes, max_json: int = MAX_METADATA_JSON) -> Metadata:
+    """Parse and check the metadata; ValueError says what is wrong. (Uncompressed JSON,
+    as senders before 2026-12 sent it, is taken too: JSON starts with ``{``.)"""
+    if not data.startswith(b"{"):
+        inflate = zlib.decompressobj()
+        try:
+            data = inflate.decompress(data, max_json)
+        except zlib.error:
+            raise ValueError("transfer metadata is neither zlib data nor JSON") from None
+        if inflate.unconsumed_tail:
+            raise ValueError(f"transfer metadata is over {max_json} bytes uncompressed")
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
