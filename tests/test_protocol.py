@@ -137,6 +137,19 @@ def test_range_set_agrees_with_a_plain_set(values: list[int]) -> None:
     assert ranges.missing(0, 302) == RangeSet_missing(plain, 302)
 
 
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(1, 20)), max_size=100))
+def test_range_set_adds_ranges_as_a_plain_set_would(added: list[tuple[int, int]]) -> None:
+    ranges, plain = RangeSet(), set()
+    for start, length in added:
+        new = ranges.add_range(start, start + length)
+        assert [v for s, e in new for v in range(s, e)] == sorted(
+            set(range(start, start + length)) - plain)
+        plain.update(range(start, start + length))
+    assert ranges.count == len(plain)
+    assert ranges.missing(0, 322) == RangeSet_missing(plain, 322)
+    assert ranges.end == max(plain, default=-1) + 1
+
+
 def RangeSet_missing(plain: set[int], end: int) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for v in range(end):

@@ -281,7 +281,7 @@ class FileSink:
                     rest = b"".join(buffers)[written:]
                     written += os.pwrite(opened.fd, rest, offset + written)
                 opened.written.add_range(offset, end)
-                self._hash_ahead(opened, offset, buffers)
+                self._hash_ahead(opened, offset, end, buffers)
                 opened.unflushed += end - offset
                 if opened.unflushed >= _WRITEBACK_BYTES:
                     opened.unflushed = 0
@@ -290,12 +290,19 @@ class FileSink:
                 raise SinkError(self._write_error(file, exc)) from None
             i = j
 
-    def _hash_ahead(self, opened: _Open, offset: int, buffers: list[bytes]) -> None:
+    def _hash_ahead(self, opened: _Open, offset: int, end: int, buffers: list[bytes]
+                    ) -> None:
         """Hash what is now written contiguously from ``opened.hashed`` on: from
-        ``buffers`` (just written at ``offset``) where they cover it, else from the file."""
-        end = opened.written.first_missing(opened.hashed)
+        ``buffers`` (just written at [offset, end)) where they cover it, else from the
+        file."""
+        if offset == opened.hashed and opened.written.end == end:
+            for buffer in buffers:  # in order, nothing written beyond: the usual case
+                opened.hasher.update(buffer)
+            opened.hashed = end
+            return
+        contiguous = opened.written.first_missing(opened.hashed)
         if opened.hashed < offset:
-            self._hash_from_file(opened, min(offset, end))
+            self._hash_from_file(opened, min(offset, contiguous))
         start = offset
         for buffer in buffers:  # one pass: they are contiguous from offset
             stop = start + len(buffer)
@@ -303,7 +310,7 @@ class FileSink:
                 opened.hasher.update(memoryview(buffer)[opened.hashed - start:])
                 opened.hashed = stop
             start = stop
-        self._hash_from_file(opened, end)
+        self._hash_from_file(opened, contiguous)
 
     @staticmethod
     def _hash_from_file(opened: _Open, end: int) -> None:

@@ -41,6 +41,14 @@ class RangeSet:
         if start >= end:
             return []
         starts, ends = self._starts, self._ends
+        if not ends or start >= ends[-1]:  # at or after the end, as in-order data comes
+            if ends and start == ends[-1]:
+                ends[-1] = end
+            else:
+                starts.append(start)
+                ends.append(end)
+            self.count += end - start
+            return [(start, end)]
         i = bisect_right(starts, start) - 1
         if i >= 0 and ends[i] >= start:
             first = i  # merges with the range at i
