@@ -486,7 +486,8 @@ def run_iperf3(the_lab: Lab, work: Workdir, algorithm: str, limit_s: float) -> R
 
 
 def table(profile_name: str, profile: Profile, rtt: str, results: list[Result]) -> str:
-    jet = results[0]
+    # the ratio column is jetstream's, whichever order --tools gave
+    jet = next((r for r in results if r.tool.startswith("jetstream")), results[0])
     by_files = profile.files > 1
     unit = "files/s" if by_files else "Mbit/s"
 
