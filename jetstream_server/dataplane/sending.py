@@ -145,7 +145,10 @@ class SendingPlane:
             except (OSError, Garbage):
                 return
         if challenge is not None:
-            await loop.run_in_executor(None, self.verifier, destination, challenge)
+            try:
+                await loop.run_in_executor(None, self.verifier, destination, challenge)
+            except (ValueError, OverflowError, MemoryError):  # parameters scrypt refuses
+                pass  # (the transfer will say so)
 
     def verifier(self, destination: Destination, challenge: Challenge) -> bytes:
         """scrypt of the destination's password under the receiver's salt (blocking: for
