@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from jetstream_server.client import AsyncClient
-from jetstream_server.dataplane.sending import SendingPlane
+from jetstream_server import commands_send
+from jetstream_server.client import ApiError, AsyncClient
+from jetstream_server.dataplane.sending import LOOPBACK_BLOCK_SIZE, SendingPlane
 from jetstream_server.errors import InvalidParameter
 from jetstream_server.protocol.sender import SendPhase
 from jetstream_server.protocol.wire import TCP_PREFACE, Kind, encode
@@ -417,3 +418,24 @@ async def test_a_new_destination_has_its_password_verifier_derived_ahead(
     assert (await wait_transfer(client, transfer["transferId"]))["status"] == "complete"
     assert (b_box / "f.txt").read_text() == "data"
     assert len(plane.verifiers) == 1  # the transfer found it there
+
+
+async def test_a_transfer_of_too_many_blocks_is_refused_at_creation(
+        pair: tuple[Server, Server, AsyncClient, Path, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block numbers are 48-bit on the wire: createTransfer refuses a manifest that would
+    need 2^48 blocks or more, naming the count (the bound lowered here to 4 blocks; a
+    real one is 400 PB of files)."""
+    monkeypatch.setattr(commands_send, "MAX_BLOCKS", 4)
+    _, b, client, a_box, _ = pair
+    # 2 data blocks and a digest block: 3, the most; 3 and a digest: 4, one too many
+    (a_box / "small.bin").write_bytes(b"x" * (2 * LOOPBACK_BLOCK_SIZE))
+    (a_box / "big.bin").write_bytes(b"x" * (3 * LOOPBACK_BLOCK_SIZE))
+    destination = await _destination(client, b)
+    transfer = await send(client, destination, {"/small.bin": "/small.bin"})
+    assert (await wait_transfer(client, transfer["transferId"]))["status"] == "complete"
+    with pytest.raises(ApiError) as refused:
+        await send(client, destination, {"/big.bin": "/big.bin"})
+    assert refused.value.code == "invalid_parameter"
+    assert refused.value.message == (f"The manifest needs 4 blocks of {LOOPBACK_BLOCK_SIZE} "
+                                     "bytes; one transfer can carry 3.")
