@@ -150,6 +150,19 @@ def test_a_folder_replaced_by_a_symlink_before_the_rename_refuses_the_file(
     assert list((root / "in" / "was-later").iterdir()) == []  # not delivered elsewhere
 
 
+def test_a_folder_removed_before_the_rename_refuses_the_file(tmp_path: Path) -> None:
+    sink = _many(tmp_path, 1, "/in/later")
+    data = b"z" * 100
+    sink.write([(0, 0, data)])
+    os.rename(tmp_path / "in" / "later", tmp_path / "was-later")  # nothing at the path now
+    [result] = sink.commit_many([(0, blake3(data).digest(), 100)])
+    assert str(result) == (f"Cannot write {tmp_path}/in/later/f0.bin: a folder on its way "
+                           "was moved or removed while the transfer ran (No such file or "
+                           "directory).")
+    sink.close()
+    assert list((tmp_path / "was-later").iterdir()) == []
+
+
 def test_a_folder_moved_before_the_rename_refuses_the_file(tmp_path: Path) -> None:
     sink = _many(tmp_path, 1, "/in/later")
     data = b"y" * 100

@@ -215,6 +215,9 @@ class FileSink:
                 raise SinkError(f"Cannot write {path}: {part!r} on the way is a symlink or "
                                 "not a folder (symlinks are not followed in the sandbox)."
                                 ) from None
+            if not create:  # looking again before the rename: the folder went away
+                raise SinkError(f"Cannot write {path}: a folder on its way was moved or "
+                                f"removed while the transfer ran ({exc.strerror}).") from None
             raise SinkError(f"Cannot create the folders of {path}: {exc.strerror}.") from None
         return fd
 
