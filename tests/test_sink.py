@@ -197,3 +197,27 @@ def test_files_get_mode_644_or_755_whatever_the_umask(
         os.umask(old)
     assert [stat.S_IMODE((tmp_path / f"f{n}").stat().st_mode) for n in range(2)] == [
         0o644, 0o755]
+
+
+@pytest.mark.parametrize(("destination", "path", "message"), [
+    (None, "/" + "é" * 128, "has a name longer than 255 bytes"),  # 128 characters
+    ("/in\nbox", "/f", "contains a line break"),
+    (None, "/d/a\nb", "contains a line break"),
+])
+def test_names_a_sender_may_not_give_are_refused(tmp_path: Path, destination: str | None,
+                                                  path: str, message: str) -> None:
+    """What a forged sender could send and the manifest would never have made."""
+    meta = Metadata("ef" * 16, destination, [FileEntry(path, "/f", 1, 0, False)], {}, {},
+                    None)
+    sink = FileSink(str(tmp_path), meta, "ef" * 16)
+    with pytest.raises(SinkError, match=message):
+        sink.prepare()
+    sink.close()
+
+
+def test_a_name_of_255_bytes_is_taken(tmp_path: Path) -> None:
+    name = "é" * 127 + "a"  # 255 bytes
+    meta = Metadata("ef" * 16, None, [FileEntry(f"/{name}", "/f", 1, 0, False)], {}, {}, None)
+    sink = FileSink(str(tmp_path), meta, "ef" * 16)
+    assert sink.prepare() == [str(tmp_path / name)]
+    sink.close()

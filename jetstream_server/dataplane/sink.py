@@ -145,19 +145,20 @@ class FileSink:
         except OSError as exc:
             raise SinkError(f"Sandbox folder {self.root} does not exist on the receiving "
                             f"server ({exc.strerror}).") from None
+        line_break = "\n" in (self.meta.destination_path or "")
         for entry in self.meta.files:
             try:
                 parts = written_parts(self.meta.destination_path, entry.path)
             except ApiError as exc:
                 raise SinkError(f"Path refused: {exc.message}") from None
-            for part in parts:
-                if len(part.encode()) > 255:
+            for part in parts:  # (63 characters are at most 252 bytes of UTF-8)
+                if len(part) > 63 and len(part.encode()) > 255:
                     raise SinkError(f"Path {entry.path!r} has a name longer than 255 bytes.")
-                if "\n" in part:
-                    raise SinkError(f"Path {entry.path!r} contains a line break, which "
-                                    "trigger file lists cannot carry.")
+            if line_break or "\n" in entry.path:
+                raise SinkError(f"Path {entry.path!r} contains a line break, which "
+                                "trigger file lists cannot carry.")
             self._parts.append(parts)
-            self.paths.append(os.path.join(self.root, *parts))
+            self.paths.append(os.path.join(self.root, "/".join(parts)))
         for index, entry in enumerate(self.meta.files):
             if entry.size is None:
                 fd = self._dir(self._parts[index], create=True, path=self.paths[index])
