@@ -26,7 +26,7 @@ from ..protocol.metadata import FileEntry, Metadata, encode_metadata
 from ..protocol.sender import SenderCore, SendPhase
 from ..protocol.wire import (
     CLOSE_FINAL,
-    DATA_HEADER,
+    DATA_OVERHEAD,
     FRAME,
     HEADER,
     MAX_DATAGRAM,
@@ -71,9 +71,13 @@ _SOCKET_BUFFER = 4 * 1024 * 1024
 _IP_MTU, _IPV6_MTU = 14, 24  # from <linux/in.h>, <linux/in6.h>; Python does not name them
 
 
+def _family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def route_mtu(ip: str) -> int | None:
     """The MTU of this machine's route to ``ip`` (no packet is sent), if Linux says."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    family = _family(ip)
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.connect((ip, 9))
@@ -96,7 +100,7 @@ def block_size_for(transport: str, ip: str) -> int:
     mtu = route_mtu(ip)
     if mtu is None:
         return UDP_BLOCK_SIZE
-    overhead = (48 if ":" in ip else 28) + HEADER.size + DATA_HEADER.size
+    overhead = (48 if ":" in ip else 28) + DATA_OVERHEAD
     return max(MIN_BLOCK_SIZE, min(mtu - overhead, MAX_BLOCK_SIZE))
 
 
@@ -123,9 +127,8 @@ class SendingPlane:
         session = secrets.randbits(64)
         hello = encode_hello(session, Hello(secrets.token_bytes(16), UDP_BLOCK_SIZE, 1, 1,
                                             destination.remote_user or ""))
-        family = socket.AF_INET6 if ":" in destination.ip else socket.AF_INET
         challenge: Challenge | None = None
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        with socket.socket(_family(destination.ip), socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             try:
                 await loop.sock_connect(sock, (destination.ip, destination.port))
@@ -396,8 +399,7 @@ class SendSession:
     # -- sockets --------------------------------------------------------------------------
 
     def _connect_udp(self) -> None:
-        family = socket.AF_INET6 if ":" in self.destination.ip else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = socket.socket(_family(self.destination.ip), socket.SOCK_DGRAM)
         sock.setblocking(False)
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             with contextlib.suppress(OSError):

@@ -30,6 +30,7 @@ from .wire import (
     CLOSE_FINAL,
     CLOSE_PAUSE,
     DATA_HEADER,
+    DATA_OVERHEAD,
     ERROR_UNKNOWN_SESSION,
     HEADER,
     TS_MASK,
@@ -116,7 +117,7 @@ class SenderCore:
         self.rate_limit_bps = rate_limit_bps or None
         self.controller = RateController()
         #: bytes of a full data datagram
-        self.datagram_size = HEADER.size + DATA_HEADER.size + layout.block_size
+        self.datagram_size = DATA_OVERHEAD + layout.block_size
         #: recent DATA datagrams' mean size: the window is in bytes, and small files
         #: make small datagrams (a block each)
         self._mean_size = float(self.datagram_size)
@@ -350,11 +351,11 @@ class SenderCore:
         if len(payload) != slot.length:
             self.fail(f"internal: block {block} has {len(payload)} bytes, not {slot.length}")
             return None
-        datagram = bytearray(HEADER.size + DATA_HEADER.size + slot.length)
+        datagram = bytearray(DATA_OVERHEAD + slot.length)
         HEADER.pack_into(datagram, 0, VERSION, Kind.DATA, self.session, 0)
         DATA_HEADER.pack_into(datagram, HEADER.size, block >> 32, block & 0xFFFFFFFF,
                               int(now * 1e6) & TS_MASK)
-        datagram[HEADER.size + DATA_HEADER.size:] = payload
+        datagram[DATA_OVERHEAD:] = payload
         seal(datagram, len(datagram))
         self._mean_size += (len(datagram) - self._mean_size) / 64
         retransmit = bool(self.lost) and self.lost[0] == block

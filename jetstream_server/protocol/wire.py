@@ -26,6 +26,7 @@ __all__ = [
     "CLOSE_FINAL",
     "CLOSE_PAUSE",
     "DATA_HEADER",
+    "DATA_OVERHEAD",
     "ERROR_REFUSED",
     "ERROR_UNKNOWN_SESSION",
     "FRAME",
@@ -66,6 +67,8 @@ HEADER = struct.Struct("!BBQI")  # version, type, session, crc
 _CRC_AT = 10
 #: block index (u48: high u16, low u32), sender timestamp (us, low 32 bits)
 DATA_HEADER = struct.Struct("!HII")
+#: Bytes of a DATA datagram before its payload.
+DATA_OVERHEAD = HEADER.size + DATA_HEADER.size
 TS_MASK = 0xFFFFFFFF
 _HELLO = struct.Struct("!16sIQQB")  # transfer id, block size, meta size, meta blocks, flags
 _CHALLENGE = struct.Struct("!16sBBBB")  # nonce, log2 n, r, p, salt length
