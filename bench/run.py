@@ -161,8 +161,8 @@ def folder_bytes(path: Path) -> tuple[int, int]:
 def ensure_tools() -> None:
     packages = {"iperf3": "iperf3", "rsync": "rsync", "ssh": "openssh-client",
                 "gcc": "gcc", "openssh-server": "openssh-server", "mkfs.ext4": "e2fsprogs"}
-    missing = [tool for tool in ("iperf3", "rsync", "ssh", "gcc", "mkfs.ext4")
-               if shutil.which(tool) is None]
+    missing = [tool for tool in packages  # commands; sshd is looked for below
+               if tool != "openssh-server" and shutil.which(tool) is None]
     if not Path("/usr/sbin/sshd").exists():
         missing.append("openssh-server")
     if missing and shutil.which("apt-get"):
