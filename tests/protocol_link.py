@@ -112,7 +112,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
                for i, d in enumerate(files)]
     meta = encode_metadata(Metadata("ab" * 16, None, entries))
     layout = Layout(block_size, len(meta), [e.size for e in entries])
-    session = rng.getrandbits(64)
+    session = rng.getrandbits(32)
     hello = Hello(bytes(16), block_size, len(meta), layout.meta_blocks, user)
     now = start_s
     sender = SenderCore(session, hello, meta, layout, MemorySource(files), now,

@@ -25,7 +25,7 @@ async def raw_send(port: int, files: list[tuple[str, bytes | None]], *,
                for path, data in files]
     meta = encode_metadata(Metadata(transfer_id.hex(), destination_path, entries))
     layout = Layout(block_size, len(meta), [e.size for e in entries])
-    core = SenderCore(secrets.randbits(64), Hello(transfer_id, block_size, len(meta),
+    core = SenderCore(secrets.randbits(32), Hello(transfer_id, block_size, len(meta),
                                                   layout.meta_blocks, user),
                       meta, layout, MemorySource([d for _, d in files]), time.monotonic(),
                       rate_bps)

@@ -423,9 +423,9 @@ async def test_a_new_destination_has_its_password_verifier_derived_ahead(
 async def test_a_transfer_of_too_many_blocks_is_refused_at_creation(
         pair: tuple[Server, Server, AsyncClient, Path, Path],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Block numbers are 48-bit on the wire: createTransfer refuses a manifest that would
-    need 2^48 blocks or more, naming the count (the bound lowered here to 4 blocks; a
-    real one is 400 PB of files)."""
+    """Block numbers are 40-bit on the wire: createTransfer refuses a manifest that would
+    need 2^40 blocks or more, naming the count (the bound lowered here to 4 blocks; a
+    real one is 1.6 PB of files)."""
     monkeypatch.setattr(commands_send, "MAX_BLOCKS", 4)
     _, b, client, a_box, _ = pair
     # 2 data blocks and a digest block: 3, the most; 3 and a digest: 4, one too many

@@ -39,6 +39,7 @@ from ..protocol.wire import (
     encode_error,
     encode_frames,
     encode_hello,
+    new_session_id,
     parse_header,
 )
 from ..states import TransferStatus
@@ -124,7 +125,7 @@ class SendingPlane:
         worker thread, so that the first transfer there does not wait for it. Nothing
         is reported when this fails: the first transfer then derives it itself."""
         loop = asyncio.get_running_loop()
-        session = secrets.randbits(64)
+        session = new_session_id()
         hello = encode_hello(session, Hello(secrets.token_bytes(16), UDP_BLOCK_SIZE, 1, 1,
                                             destination.remote_user or ""))
         challenge: Challenge | None = None
@@ -262,7 +263,7 @@ class SendSession:
                 loop.call_soon_threadsafe(self.wake)
 
             source = FileSource(root, self.manifest.files, block_size, wake_from_thread)
-            session_id = secrets.randbits(64)
+            session_id = new_session_id()
             hello = Hello(bytes.fromhex(transfer.id), block_size, len(metadata),
                           layout.meta_blocks, self.destination.remote_user or "")
             rate = self.plane.service.scheduler.effective_rate_kbps(transfer)

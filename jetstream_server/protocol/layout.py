@@ -5,7 +5,7 @@ manifest order gets ``ceil(size / block_size)`` data blocks followed by one dige
 (the file's BLAKE3 digest and size), except a file small enough to share a block with its
 digest (``size + 40 <= block_size``, a zero-byte file too): its one block carries the
 file's bytes, then the digest and size. An empty directory has no block at all. Offsets
-are 64-bit; a DATA datagram carries its block number in 48 bits, so a transfer has fewer
+are 64-bit; a DATA datagram carries its block number in 40 bits, so a transfer has fewer
 than ``MAX_BLOCKS`` blocks.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 __all__ = ["DIGEST", "MAX_BLOCKS", "Layout", "Slot"]
 
 DIGEST = struct.Struct("!32sQ")  # BLAKE3 digest, size
-MAX_BLOCKS = 1 << 48  # 407 PB in 1448-byte blocks
+MAX_BLOCKS = 1 << 40  # 1.6 PB in 1454-byte blocks (72 PB in TCP mode's 64 KiB)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from .wire import (
     ERROR_UNKNOWN_SESSION,
     HEADER,
     TS_MASK,
-    VERSION,
     Ack,
     Challenge,
     Garbage,
@@ -46,11 +45,14 @@ from .wire import (
     encode,
     encode_error,
     encode_hello,
+    first_byte,
     parse_header,
     seal,
 )
 
 __all__ = ["BlockSource", "SendPhase", "SenderCore", "SourceError", "auth_proof"]
+
+_DATA_FIRST_BYTE = first_byte(Kind.DATA)
 
 #: The least time a later datagram must have been sent after a block, and seen by the
 #: receiver, before the block counts as lost (reordering tolerance).
@@ -95,7 +97,7 @@ _SENDING = (SendPhase.AUTH_SENT, SendPhase.METADATA, SendPhase.DATA)
 
 def auth_proof(verifier: bytes, nonce: bytes, session: int, transfer_id: bytes) -> bytes:
     """What proves the sender knows the password: HMAC-SHA256 keyed with the scrypt hash."""
-    message = nonce + struct.pack("!Q", session) + transfer_id
+    message = nonce + struct.pack("!I", session) + transfer_id
     return hmac.new(verifier, message, hashlib.sha256).digest()
 
 
@@ -352,7 +354,7 @@ class SenderCore:
             self.fail(f"internal: block {block} has {len(payload)} bytes, not {slot.length}")
             return None
         datagram = bytearray(DATA_OVERHEAD + slot.length)
-        HEADER.pack_into(datagram, 0, VERSION, Kind.DATA, self.session, 0)
+        HEADER.pack_into(datagram, 0, _DATA_FIRST_BYTE, self.session, 0)
         DATA_HEADER.pack_into(datagram, HEADER.size, block >> 32, block & 0xFFFFFFFF,
                               int(now * 1e6) & TS_MASK)
         datagram[DATA_OVERHEAD:] = payload

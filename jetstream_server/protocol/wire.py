@@ -1,14 +1,14 @@
 """Datagram formats of the data protocol (see docs/protocol.md), sans-I/O.
 
-Every datagram starts with a 14-byte header, all integers big-endian::
+Every datagram starts with a 9-byte header, all integers big-endian::
 
-    0  u8   version (3)
-    1  u8   type
-    2  u64  session id (chosen at random by the sender)
-    10 u32  CRC-32C of the whole datagram, computed with this field zero
+    0  u8   version (4) in the high 4 bits, type in the low 4
+    1  u32  session id (chosen at random by the sender)
+    5  u32  CRC-32C of the whole datagram, computed with this field zero
 
-A DATA datagram adds 10 bytes (block number u48, the low 32 bits of the sender's clock in
-us), so that header and payload fill a 1500-byte packet as TCP's do: 1448 bytes of file.
+A DATA datagram adds 9 bytes (block number u40, the low 32 bits of the sender's clock in
+us): 18 bytes before the payload, so that a 1500-byte packet carries 1454 bytes of file
+(a TCP segment with timestamps carries 1448).
 A datagram whose version, length or CRC is wrong is garbage: it is dropped and counted,
 never acted on. Over the TCP data mode the same datagrams travel as frames, each
 preceded by its length (u32), after a 4-byte preface ``JSTD``.
@@ -16,6 +16,7 @@ preceded by its length (u32), after a 4-byte preface ``JSTD``.
 
 from __future__ import annotations
 
+import secrets
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -50,12 +51,15 @@ __all__ = [
     "encode_error",
     "encode_frames",
     "encode_hello",
+    "first_byte",
+    "new_session_id",
     "parse_header",
     "seal",
 ]
 
-#: 3: 24-byte DATA header; 2: CRC-32C per datagram, BLAKE3 per file (1: CRC-32, SHA-256)
-VERSION = 3
+#: 4: 18-byte DATA header; 3: 24; 2: CRC-32C per datagram, BLAKE3 per file (1: CRC-32,
+#: SHA-256)
+VERSION = 4
 _NO_CRC = bytes(4)
 TCP_PREFACE = b"JSTD"
 #: Largest datagram or TCP frame accepted (TCP frames carry bigger blocks).
@@ -63,10 +67,10 @@ MAX_DATAGRAM = 1024 * 1024 + 64
 
 #: Length prefix of a datagram carried as a TCP frame.
 FRAME = struct.Struct("!I")
-HEADER = struct.Struct("!BBQI")  # version, type, session, crc
-_CRC_AT = 10
-#: block index (u48: high u16, low u32), sender timestamp (us, low 32 bits)
-DATA_HEADER = struct.Struct("!HII")
+HEADER = struct.Struct("!BII")  # version << 4 | type, session, crc
+_CRC_AT = 5
+#: block index (u40: high u8, low u32), sender timestamp (us, low 32 bits)
+DATA_HEADER = struct.Struct("!BII")
 #: Bytes of a DATA datagram before its payload.
 DATA_OVERHEAD = HEADER.size + DATA_HEADER.size
 TS_MASK = 0xFFFFFFFF
@@ -105,9 +109,19 @@ def seal(buffer: bytearray | memoryview, length: int) -> None:
     struct.pack_into("!I", buffer, _CRC_AT, crc)
 
 
+def new_session_id() -> int:
+    """A random session id, as the sender picks one for each attempt."""
+    return secrets.randbits(32)
+
+
+def first_byte(kind: Kind) -> int:
+    """The header's first byte: the version and the message type."""
+    return VERSION << 4 | kind
+
+
 def encode(kind: Kind, session: int, body: bytes = b"") -> bytes:
     buffer = bytearray(HEADER.size + len(body))
-    HEADER.pack_into(buffer, 0, VERSION, kind, session, 0)
+    HEADER.pack_into(buffer, 0, first_byte(kind), session, 0)
     buffer[HEADER.size:] = body
     seal(buffer, len(buffer))
     return bytes(buffer)
@@ -117,15 +131,15 @@ def parse_header(data: bytes | memoryview) -> tuple[Kind, int]:
     """(kind, session) of a datagram, after checking version and CRC."""
     if len(data) < HEADER.size:
         raise Garbage("short datagram")
-    version, kind, session, crc = HEADER.unpack_from(data, 0)
-    if version != VERSION:
+    first, session, crc = HEADER.unpack_from(data, 0)
+    if first >> 4 != VERSION:
         raise Garbage("bad version")
     view = memoryview(data)
     check = crc32c(view[HEADER.size:], crc32c(_NO_CRC, crc32c(view[:_CRC_AT])))
     if check != crc:
         raise Garbage("bad checksum")
     try:
-        return Kind(kind), session
+        return Kind(first & 0x0F), session
     except ValueError:
         raise Garbage("unknown type") from None
 
