@@ -306,9 +306,9 @@ def test_the_metadata_is_sent_at_a_rising_rate() -> None:
 def test_start_up_ends_when_a_queue_builds() -> None:
     """On a short path (0.3 ms round trip) with a small bottleneck buffer (64 KiB), the
     start-up ends one round after the estimate stops growing when the round trip shows a
-    queue building, and paces at its estimate for the rest of a round that shows one
-    before: waiting for three such rounds dropped 605 datagrams here, ending at the
-    first 274, holding too 64."""
+    queue building, and paces at its estimate for the rest of a round that shows one,
+    and losses, before: waiting for three such rounds dropped 605 datagrams here, ending
+    at the first 274, holding too 95."""
     data = bytes(range(256)) * 40_000  # 10 MB
     rate = 100e6
     outcome = run([data], LinkConfig(delay_s=0.00015, rate_bps=rate, seed=3,
@@ -316,6 +316,25 @@ def test_start_up_ends_when_a_queue_builds() -> None:
     assert outcome.complete and outcome.files == [data]
     assert outcome.queue_drops <= 120
     assert len(data) * 8 / outcome.seconds >= 0.9 * rate
+
+
+def test_start_up_holds_for_a_round_only_when_a_queue_comes_with_losses() -> None:
+    """Before the estimate has stopped growing, a round trip showing a queue does not
+    hold start-up back by itself (a busy receiver shows one too); with losses in the
+    same round it paces at the estimate until the round ends, then doubles again."""
+    from jetstream_server.protocol.rate import STARTUP_GAIN, RateController
+
+    controller = RateController()
+    controller.on_rtt(0.001, 0.0)
+    controller.on_delivery(0.0, 0, 0.0, sent=0, lost=0)  # the first round begins
+    for step in range(1, 6):  # a queue builds: the round trip 8 ms above its minimum
+        controller.on_rtt(0.009, step * 0.0005)
+    controller.on_delivery(0.003, 30_000, 0.003, sent=30, lost=0)
+    assert controller.startup and controller.gain == STARTUP_GAIN
+    controller.on_delivery(0.004, 40_000, 0.004, sent=40, lost=2)
+    assert controller.startup and controller.gain == 1.0
+    controller.on_delivery(0.011, 110_000, 0.011, sent=110, lost=2)  # the next round
+    assert controller.startup and controller.gain == STARTUP_GAIN
 
 
 def test_a_probe_that_builds_a_queue_ends_early() -> None:

@@ -26,9 +26,11 @@ At start the gain is 2/ln 2 (the rate doubles every round, as in BBR, from 20 Mb
 until the estimate stops growing by 25% for three rounds, or for one round if the round
 trip has grown by a quarter plus 2 ms meanwhile (a queue is building: the bottleneck is
 full; on a short path with a small buffer, two more rounds would overflow it). A round
-of start-up that shows that queue before the estimate has stopped growing is paced at
-the estimate for the rest of the round (the estimate lags the path by a sample's span;
-pushing on at 2.885 x it filled a 64 KiB buffer every round on a 0 ms path). Losses in
+of start-up that shows that queue before the estimate has stopped growing, and losses,
+is paced at the estimate for the rest of the round (the estimate lags the path by a
+sample's span; pushing on at 2.885 x it overflowed a 64 KiB buffer for the whole round
+on a 0 ms path). The queue alone is not enough: a busy receiver raises the round trip
+too, and holding back then slowed many small files on loopback. Losses in
 the first cycle after start-up are start-up's own overshoot, never taken for another
 flow's congestion.
 """
@@ -124,7 +126,9 @@ class RateController:
         # the sender's datagram counts (sent, lost) when the loss was last measured
         self._counted = (0, 0)
         self._round_clean = self._last_round_clean = True  # no queue in the round
-        self._holding = False  # start-up paces at the estimate until the round ends
+        #: start-up saw a queue this round (before the estimate stopped growing) / and
+        #: losses too: it paces at the estimate until the round ends
+        self._queue_seen = self._holding = False
 
     @property
     def round_s(self) -> float:
@@ -146,8 +150,8 @@ class RateController:
                 # a queue is building at the bottleneck: stop pushing
                 if self.startup and self._full_rounds:  # (and the estimate stopped growing)
                     self._end_startup()
-                elif self.startup:  # the estimate may still lag: hold it for the round
-                    self._holding = True
+                elif self.startup:
+                    self._queue_seen = True
                 elif not self.startup and self.gain > 1:  # the probe found no room
                     self._cycle = 1  # drain now
                     self._round_end = now + self.round_s
@@ -190,6 +194,8 @@ class RateController:
             estimate = max(self._samples[0][1], self.min_bps)
             # in startup the estimate only grows: early samples are small by nature
             self.btl_bps = max(estimate, self.btl_bps) if self.startup else estimate
+        if self._queue_seen and lost > self._counted[1]:
+            self._holding = True  # the queue overflowed: the estimate lags the path
         if now >= self._round_end:
             self._next_round(now, sent, lost, app_limited)
 
@@ -206,7 +212,7 @@ class RateController:
                 self._samples.clear()
             self._counted = (sent, lost)
         self._last_round_clean, self._round_clean = self._round_clean, self.queue_free
-        self._holding = False
+        self._queue_seen = self._holding = False
         if self.startup:
             if app_limited:
                 return  # a round without enough to send says nothing about the path
