@@ -12,7 +12,7 @@ import time
 from jetstream_server.protocol.layout import Layout
 from jetstream_server.protocol.metadata import FileEntry, Metadata, encode_metadata
 from jetstream_server.protocol.sender import SenderCore, SendPhase
-from jetstream_server.protocol.wire import Hello
+from jetstream_server.protocol.wire import Hello, new_session_id
 from tests.protocol_link import MemorySource
 
 
@@ -25,7 +25,7 @@ async def raw_send(port: int, files: list[tuple[str, bytes | None]], *,
                for path, data in files]
     meta = encode_metadata(Metadata(transfer_id.hex(), destination_path, entries))
     layout = Layout(block_size, len(meta), [e.size for e in entries])
-    core = SenderCore(secrets.randbits(32), Hello(transfer_id, block_size, len(meta),
+    core = SenderCore(new_session_id(), Hello(transfer_id, block_size, len(meta),
                                                   layout.meta_blocks, user),
                       meta, layout, MemorySource([d for _, d in files]), time.monotonic(),
                       rate_bps)

@@ -126,8 +126,8 @@ class RateController:
         # the sender's datagram counts (sent, lost) when the loss was last measured
         self._counted = (0, 0)
         self._round_clean = self._last_round_clean = True  # no queue in the round
-        #: start-up saw a queue this round (before the estimate stopped growing) / and
-        #: losses too: it paces at the estimate until the round ends
+        # start-up saw a queue this round before its estimate stopped growing; and
+        # losses with it: it then paces at the estimate until the round ends
         self._queue_seen = self._holding = False
 
     @property
