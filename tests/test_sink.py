@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import stat
@@ -129,6 +130,28 @@ def test_every_descriptor_is_closed_and_only_release_keeps_temporary_files(
     assert _parts(tmp_path / "a") + _parts(tmp_path / "b") == kept
     assert sorted(p.name for p in tmp_path.rglob("f*.bin")) == ["f0.bin", "f1.bin"]
     assert _descriptors() == before
+
+
+def test_a_folder_that_cannot_be_examined_is_closed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An I/O error from fstat of a folder just opened (faked: it cannot be provoked
+    here) reaches the caller, and the folder's descriptor is closed, not leaked."""
+    real_fstat = os.fstat
+
+    def failing(fd: int) -> os.stat_result:
+        result = real_fstat(fd)
+        if stat.S_ISDIR(result.st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        return result
+
+    sink = _many(tmp_path, 1, "/in")
+    before = _descriptors()
+    monkeypatch.setattr(os, "fstat", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        sink.write([(0, 0, b"z" * 100)])
+    monkeypatch.undo()
+    assert _descriptors() == before
+    sink.close()
 
 
 def test_a_folder_replaced_by_a_symlink_before_the_rename_refuses_the_file(

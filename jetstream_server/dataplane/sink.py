@@ -176,7 +176,11 @@ class FileSink:
         last = self._last_folder
         if last is None or last[0] != key:
             fd = self._dir(parts, create=True, path=path)
-            st = os.fstat(fd)
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                os.close(fd)
+                raise
             folder = _Folder(fd, (st.st_dev, st.st_ino), users=1)  # the last folder's use
             self._forget_last_folder()
             last = self._last_folder = key, folder
