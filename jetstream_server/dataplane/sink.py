@@ -368,9 +368,9 @@ class FileSink:
         renamed: list[int] = []
         for index, opened in ready:
             folder = opened.folder.ident
-            if folder not in in_place:  # one look per folder, unless it moved
-                in_place[folder] = self._moved(index, folder) is None
-            moved = None if in_place[folder] else self._moved(index, folder)
+            # one look per folder while it is in place; each file's own once it moved
+            moved = None if in_place.get(folder) else self._moved(index, folder)
+            in_place[folder] = moved is None
             if moved is not None:
                 results[index] = self._discard(index, opened, moved)
                 continue
