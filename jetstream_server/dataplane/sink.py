@@ -429,16 +429,12 @@ class FileSink:
 
     def _discard(self, index: int, opened: _Open, exc: OSError | SinkError) -> SinkError:
         """Remove a file that will not be delivered; why, as a SinkError."""
-        try:
-            os.unlink(opened.temp, dir_fd=opened.folder.fd)
-        except OSError:
-            pass
-        self._close(index, opened)
+        self._close(index, opened, remove=True)
         return exc if isinstance(exc, SinkError) else SinkError(self._write_error(index, exc))
 
-    def _close(self, index: int, opened: _Open) -> None:
+    def _close(self, index: int, opened: _Open, remove: bool = False) -> None:
         if self._open.pop(index, None) is not None:
-            self._shut(opened, remove=False)
+            self._shut(opened, remove)
 
     def sync(self) -> None:
         """Make everything written so far durable (a checkpoint)."""
