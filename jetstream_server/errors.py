@@ -18,6 +18,7 @@ carries the stable machine-readable ``code`` that error responses include::
     │   ├── NotFound                  not_found
     │   ├── InvalidState              invalid_state
     │   ├── Busy                      busy
+    │   ├── ConnectionDropped         connection_closed  (idle before login, or evicted)
     │   └── InternalError             internal_error
     └── ConfigError                   (bad server settings: one line, exit status 2)
 """
@@ -31,6 +32,7 @@ __all__ = [
     "AuthRequired",
     "Busy",
     "ConfigError",
+    "ConnectionDropped",
     "InternalError",
     "InvalidParameter",
     "InvalidState",
@@ -118,6 +120,13 @@ class Busy(ApiError):
     code = "busy"
 
 
+class ConnectionDropped(ApiError):
+    """The server closed a connection that had not logged in (silent, idle, or closed to
+    make room for a new one); the last line it gets says which."""
+
+    code = "connection_closed"
+
+
 class InternalError(ApiError):
     code = "internal_error"
 
@@ -139,6 +148,7 @@ ERROR_CODES: dict[str, type[ApiError]] = {
         NotFound,
         InvalidState,
         Busy,
+        ConnectionDropped,
         InternalError,
     )
 }

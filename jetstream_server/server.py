@@ -18,15 +18,19 @@ import errno
 import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
-from .codec import LineDecoder, decode_request, encode_message, error_response
+from .codec import MAX_LINE_BYTES, LineDecoder, decode_request, encode_message, error_response
 from .config import Settings
-from .dataplane.receiving import DataEndpoint, DataStream
+from .connections import ConnectionGuard, Tracked
+from .dataplane.receiving import DataEndpoint, DataStream, StreamWatch
 from .dataplane.sending import SendingPlane
-from .errors import ApiError, ConfigError, RemoteControlRefused
+from .errors import ApiError, Busy, ConfigError, ConnectionDropped, RemoteControlRefused
 from .netaddr import is_loopback, plain_host
 from .protocol.wire import TCP_PREFACE
+from .ratelog import LimitedLog
 from .service import Service, Session
 from .transfers import DataPlane
 from .users import UserStore, write_users_file
@@ -34,9 +38,22 @@ from .users import UserStore, write_users_file
 __all__ = ["Server", "is_loopback", "prepare_settings"]
 
 log = logging.getLogger("jetstream.server")
+limited_log = LimitedLog(log)
 
 #: Lines queued on one connection before the server stops reading from it.
 MAX_QUEUED_LINES = 32
+#: Before it logs in, a connection's lines may be this long, and this many may wait:
+#: what an unauthenticated peer can make the server hold is small and fixed.
+UNAUTHENTICATED_LINE_BYTES = 16 * 1024
+UNAUTHENTICATED_QUEUED_LINES = 8
+#: TCP keepalive: a silent peer is probed after 60 s, every 15 s, and dropped after 4
+#: unanswered probes (about two minutes), so a vanished machine frees its connection.
+KEEPALIVE = ((socket.TCP_KEEPIDLE, 60), (socket.TCP_KEEPINTVL, 15), (socket.TCP_KEEPCNT, 4))
+#: How often connections past their time are looked for.
+SWEEP_S = 1.0
+#: How long a connection closed after an error line may still send (what it sends is
+#: dropped) before it is closed.
+LINGER_S = 2.0
 
 
 def prepare_settings(settings: Settings) -> UserStore:
@@ -129,6 +146,9 @@ class Server:
         self._data_server: asyncio.AbstractServer | None = None
         self.endpoint: DataEndpoint | None = None
         self._connections: set[ControlConnection] = set()
+        #: every TCP connection, API or data, from accept to close
+        self.guard = ConnectionGuard()
+        self._sweeper: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
 
     @property
@@ -156,24 +176,66 @@ class Server:
             raise
         loop = asyncio.get_running_loop()
         self._api_server = await loop.create_server(
-            lambda: ControlConnection(self), sock=api_sock, backlog=1024)
+            lambda: ControlConnection(self, serves_data=tcp_data is None), sock=api_sock,
+            backlog=1024)
         self._udp = udp
         service.endpoint = self.endpoint = DataEndpoint(service, udp)
         self.endpoint.start()
         if tcp_data is not None:
             endpoint = self.endpoint
-            self._data_server = await loop.create_server(lambda: DataStream(endpoint),
-                                                         sock=tcp_data, backlog=1024)
+            self._data_server = await loop.create_server(
+                lambda: DataStream(endpoint, admit=self._admit_stream), sock=tcp_data,
+                backlog=1024)
         service.api_port = api_port
         service.recv_port = udp.getsockname()[1]
         self.service = service
         log.info("control API listening on TCP %s:%d; data port UDP and TCP %d; sandbox %s; "
                  "users file %s", settings.api_host or "*", service.api_port,
                  service.recv_port, settings.sandbox_dir, settings.users_file)
+        self._sweeper = loop.create_task(self._sweep())
         service.triggers.api_port = api_port
         service.triggers.fire("launch", str(api_port))
         service.scheduler.poke_all()
         service.spawn(service.collect_garbage_forever())
+
+    # -- connections --------------------------------------------------------------------
+
+    def admit(self, tracked: Tracked) -> bool:
+        """Track a new TCP connection; False when it must be refused (the caller tells
+        the peer and closes it). Connections closed to make room are closed here."""
+        evicted = self.guard.admit(tracked, time.monotonic())
+        if evicted is None:
+            limited_log.warning("refused", "refused a TCP connection from %s: too many "
+                                "connections (%d open)", tracked.address, len(self.guard))
+            return False
+        for victim in evicted:
+            limited_log.warning("evicted", "closed a connection from %s that had not logged "
+                                "in, to make room for a new one", victim.address)
+            victim.close("Closed to make room for a new connection: too many connections "
+                         "that have not logged in.")
+        return True
+
+    def _admit_stream(self, stream: DataStream, peer: tuple[str, int]) -> StreamWatch | None:
+        """A connection to the data listener (the data port apart from the API port)."""
+        tracked = self._track(peer[0], stream.abort)
+        if not self.admit(tracked):
+            return None
+        if stream.transport is not None:
+            _keepalive(stream.transport)
+        return tracked
+
+    def _track(self, address: str, close: Callable[[str], None]) -> Tracked:
+        tracked = Tracked(plain_host(address), 0.0, close)
+        tracked.on_lost = lambda: self.guard.release(tracked)
+        return tracked
+
+    async def _sweep(self) -> None:
+        """Close connections past their time (see ConnectionGuard.expired)."""
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            for tracked, reason in self.guard.expired(time.monotonic()):
+                self.guard.release(tracked)
+                tracked.close(reason)
 
     async def serve_forever(self) -> None:
         if self.service is None:
@@ -198,6 +260,8 @@ class Server:
             self._api_server.close()
         if self._data_server is not None:
             self._data_server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.service is not None:
             self.service.scheduler.draining = True
         for connection in list(self._connections):
@@ -228,76 +292,159 @@ class Server:
         await self.wait_closed()
 
 
-class ControlConnection(asyncio.Protocol):
-    """One control connection: lines in, one response line out per request, in order."""
+def _keepalive(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in KEEPALIVE:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
-    def __init__(self, server: Server) -> None:
+
+class ControlConnection(asyncio.Protocol):
+    """One control connection: lines in, one response line out per request, in order.
+
+    ``serves_data``: the API listener also serves the data port (the same port number),
+    so a connection whose first byte is the data preface is handed to a
+    :class:`DataStream`; remote peers may connect for that, and are refused API use at
+    their first byte. Otherwise remote peers are refused at accept (unless
+    ``--api-allow-remote-control``)."""
+
+    def __init__(self, server: Server, serves_data: bool = True) -> None:
         self.server = server
-        self.decoder = LineDecoder()
+        self.serves_data = serves_data
+        self.decoder = LineDecoder(UNAUTHENTICATED_LINE_BYTES)
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
+        self.tracked: Tracked | None = None
         self._lines: asyncio.Queue[bytes | ApiError | None] = asyncio.Queue()
         self._writable = asyncio.Event()
         self._writable.set()
         self._paused = False
+        self._reading = True
+        self._lingering = False
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        peer = transport.get_extra_info("peername")
+        if not peer:  # reset before it was accepted
+            transport.abort()
+            return
+        host = peer[0]
+        self.peer: tuple[str, int] = (plain_host(host), peer[1])
+        if not self.serves_data and not self._remote_allowed(host):
+            self._refuse(_remote_refused(), "remote")
+            return
+        tracked = self.tracked = self.server._track(host, self._close_with)
+        if not self.server.admit(tracked):
+            self.tracked = None
+            self._refuse(Busy("Too many connections to this server; try again later."),
+                          "busy")
+            return
+        _keepalive(transport)
         self.server._connections.add(self)
+
+    def _remote_allowed(self, host: str) -> bool:
+        return self.server.settings.api_allow_remote_control or is_loopback(host)
+
+    def _refuse(self, error: ApiError, kind: str) -> None:
+        assert self.transport is not None
+        if kind == "remote":
+            limited_log.warning("remote", "refused API connection from %s: remote control "
+                                "is off", self.peer[0])
+        self.transport.write(encode_message(error_response(None, error.code, error.message)))
+        self.transport.close()
+
+    def _close_with(self, reason: str) -> None:
+        """Close, telling the peer why (an evicted or timed-out connection)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_message(
+                error_response(None, ConnectionDropped.code, reason)))
+            self._linger()
+        if self._task is not None:
+            self._task.cancel()
+
+    def _linger(self) -> None:
+        """Close after an error line, without losing it: a socket closed with unread
+        data sends a reset, which can destroy the line before the peer reads it. So stop
+        writing, drop what still arrives, and close when the peer does (or after
+        LINGER_S)."""
+        transport = self.transport
+        assert transport is not None
+        if self._lingering:
+            return
+        self._reading, self._lingering = False, True
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     def _first_data(self, data: bytes) -> bool:
         """Tell a data stream from an API client by its first byte; False if handed off."""
-        assert self.transport is not None
+        assert self.transport is not None and self.tracked is not None
         transport = self.transport
         endpoint = self.server.endpoint
-        if data[:1] == TCP_PREFACE[:1] and endpoint is not None:
+        if self.serves_data and data[:1] == TCP_PREFACE[:1] and endpoint is not None:
             self.server._connections.discard(self)
-            stream = DataStream(endpoint, data)
+            stream = DataStream(endpoint, data, watch=self.tracked)
+            self.tracked.close = stream.abort
             transport.set_protocol(stream)
             stream.connection_made(transport)
             return False
-        host, port = transport.get_extra_info("peername")[:2]
-        if not self.server.settings.api_allow_remote_control and not is_loopback(host):
-            log.warning("refused API connection from %s: remote control is off", host)
-            error = RemoteControlRefused(
-                "API connections are accepted only from this machine; the operator can "
-                "allow others with --api-allow-remote-control.")
-            transport.write(encode_message(error_response(None, error.code, error.message)))
-            transport.close()
+        if not self._remote_allowed(self.peer[0]):
+            self._forget()
+            self._refuse(_remote_refused(), "remote")
             return False
-        self.session = Session((plain_host(host), port))
+        self.session = Session(self.peer)
         self._task = asyncio.get_running_loop().create_task(self._serve())
         return True
 
     def data_received(self, data: bytes) -> None:
+        tracked, transport = self.tracked, self.transport
+        if tracked is None or transport is None or not self._reading:
+            return  # refused, or answering its last requests before closing
         if self.session is None and not self._first_data(data):
             return
         try:
             lines: list[bytes | ApiError | None] = list(self.decoder.feed(data))
         except ApiError as exc:  # the line is too long
             lines = [exc]
-            assert self.transport is not None
-            self.transport.pause_reading()
+            self._reading = False
+            transport.pause_reading()
+        if lines:
+            tracked.spoke(time.monotonic(), False)
+        room = UNAUTHENTICATED_QUEUED_LINES - self._lines.qsize()
+        if self._reading and self.session is not None and self.session.user is None and \
+                len(lines) > room:
+            self._reading = False  # answer what came first, then close
+            transport.pause_reading()
+            lines[max(room, 0):] = [Busy(
+                f"More than {UNAUTHENTICATED_QUEUED_LINES} requests sent ahead before "
+                "logging in; the connection is closed.")]
         for line in lines:
             self._lines.put_nowait(line)
         if self._lines.qsize() >= MAX_QUEUED_LINES and not self._paused:
-            assert self.transport is not None
-            self.transport.pause_reading()
+            transport.pause_reading()
             self._paused = True
 
     def eof_received(self) -> bool:
+        if self._task is None or not self._reading:  # nothing (more) to answer
+            return False
         self._lines.put_nowait(None)
         return True  # keep the transport open to answer what was already sent
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._writable.set()
         self._lines.put_nowait(None)
+        self._forget()
+
+    def _forget(self) -> None:
         self.server._connections.discard(self)
+        tracked, self.tracked = self.tracked, None
+        if tracked is not None:
+            tracked.lost()
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -307,8 +454,10 @@ class ControlConnection(asyncio.Protocol):
 
     async def _serve(self) -> None:
         assert self.transport is not None and self.session is not None
+        assert self.tracked is not None
         service = self.server.service
         assert service is not None
+        tracked, session = self.tracked, self.session
         try:
             while True:
                 item = await self._lines.get()
@@ -327,10 +476,21 @@ class ControlConnection(asyncio.Protocol):
                 except ApiError as exc:
                     self._send(error_response(exc.request_id, exc.code, exc.message))
                     continue
-                self._send(await service.handle(self.session, request))
+                tracked.busy += 1
+                try:
+                    response = await service.handle(session, request)
+                finally:
+                    tracked.busy -= 1
+                if session.user is not None and not tracked.authenticated:
+                    self.decoder.max_line_bytes = MAX_LINE_BYTES
+                tracked.spoke(time.monotonic(), session.user is not None)
+                self._send(response)
                 await self._writable.wait()
         finally:
-            self.transport.close()
+            if self._reading or self.transport.is_closing():
+                self.transport.close()
+            else:  # stopped reading on an error: the rest of the stream was not read
+                self._linger()
 
     def _send(self, response: dict[str, Any]) -> None:
         assert self.transport is not None
@@ -348,3 +508,8 @@ class ControlConnection(asyncio.Protocol):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+
+def _remote_refused() -> RemoteControlRefused:
+    return RemoteControlRefused(
+        "API connections are accepted only from this machine; the operator can allow "
+        "others with --api-allow-remote-control.")

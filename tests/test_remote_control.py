@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -80,14 +81,17 @@ def namespace() -> Iterator[tuple[str, str, str]]:
 _CLIENT = """
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-s.sendall(b'{"request": "getServerInfo", "id": 1}\\n')
+if sys.argv[3:] != ["silent"]:
+    s.sendall(b'{"request": "getServerInfo", "id": 1}\\n')
 print(s.makefile("rb").readline().decode(), end="")
 """
 
 
-async def _remote_answer(namespace: str, host: str, port: int) -> dict[str, object]:
+async def _remote_answer(namespace: str, host: str, port: int, *how: str
+                         ) -> dict[str, object]:
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", namespace, sys.executable, "-c", _CLIENT, host, str(port),
+        *how,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err
@@ -108,3 +112,16 @@ async def test_remote_clients_are_refused_unless_allowed(
         accepted = await _remote_answer(name, host_ip, open_.api_port)
         assert accepted["status"] == "success"
         assert accepted["result"]["allowRemoteControl"] is True  # type: ignore[index]
+
+
+async def test_with_the_data_port_apart_remote_clients_are_refused_at_accept(
+        home: Path, namespace: tuple[str, str, str]) -> None:
+    name, host_ip, _ = namespace
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        data_port = probe.getsockname()[1]
+    async with Server(make_settings(home, api_host=host_ip, recv_port=data_port)) as srv:
+        assert srv.recv_port != srv.api_port
+        refused = await _remote_answer(name, host_ip, srv.api_port, "silent")
+        assert refused["code"] == "remote_control_refused"  # before sending a byte
+        assert len(srv.guard) == 0

@@ -20,7 +20,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..protocol.receiver import ReceiverCore, RecvPhase
 from ..protocol.sender import auth_proof
@@ -44,7 +44,7 @@ from .udpio import enable_gro, receive_batches
 if TYPE_CHECKING:
     from ..service import Service
 
-__all__ = ["DataEndpoint", "DataStream", "UserAuthorizer"]
+__all__ = ["DataEndpoint", "DataStream", "StreamWatch", "UserAuthorizer"]
 
 log = logging.getLogger("jetstream.recv")
 
@@ -210,24 +210,68 @@ class DataEndpoint:
         return {"activeSessions": len(self.sessions), "datagramsDropped": dict(self.dropped)}
 
 
-class DataStream(asyncio.Protocol):
-    """One TCP data connection: the preface, then length-prefixed datagrams both ways."""
+class StreamWatch(Protocol):
+    """What the server keeps of a TCP data connection (its connection limits)."""
 
-    def __init__(self, endpoint: DataEndpoint, initial: bytes = b"") -> None:
+    def spoke(self, now: float, authenticated: bool) -> None:
+        """A frame arrived; whether the stream's transfer login has been accepted."""
+
+    def lost(self) -> None:
+        """The connection is gone."""
+
+
+#: Largest frame taken before the stream's session has logged in (a HELLO or an AUTH is
+#: a few hundred bytes): what an unauthenticated peer can make the server buffer.
+MAX_UNAUTHENTICATED_FRAME = 4096
+
+
+class DataStream(asyncio.Protocol):
+    """One TCP data connection: the preface, then length-prefixed datagrams both ways.
+
+    ``watch`` is told of its frames; or ``admit`` is asked for a watch when the connection
+    is made, and a None answer refuses it."""
+
+    def __init__(self, endpoint: DataEndpoint, initial: bytes = b"",
+                 watch: StreamWatch | None = None,
+                 admit: Callable[[DataStream, tuple[str, int]], StreamWatch | None] | None
+                 = None) -> None:
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
+        self.watch = watch
+        self._admit = admit
         self._buffer = bytearray(initial)
         self._preface_checked = False
         self._session: ReceiveSession | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if not peer:  # reset before it was accepted
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._peer: tuple[str, int] = (peer[0], peer[1])
+        if self._admit is not None:
+            self.watch = self._admit(self, self._peer)
+            if self.watch is None:
+                transport.close()
+                return
         if self._buffer:
             self._process()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
         self._buffer += data
         self._process()
+
+    def abort(self, reason: str) -> None:
+        """Close the connection (it is past its time, or makes room for another)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def authenticated(self) -> bool:
+        return self._session is not None and self._session.core.user is not None
 
     def _send_for(self, address: tuple[str, int]) -> SendFunc:
         def send(datagrams: list[bytes]) -> None:
@@ -248,13 +292,12 @@ class DataStream(asyncio.Protocol):
                 return
             del buffer[:len(TCP_PREFACE)]
             self._preface_checked = True
-        host, port = self.transport.get_extra_info("peername")[:2]
         now = time.monotonic()
         offset = 0
         touched: dict[int, ReceiveSession] = {}
         while len(buffer) - offset >= FRAME.size:
             size = FRAME.unpack_from(buffer, offset)[0]
-            if size > MAX_DATAGRAM:
+            if size > (MAX_DATAGRAM if self.authenticated else MAX_UNAUTHENTICATED_FRAME):
                 self.endpoint.dropped["garbage"] += 1
                 self.transport.close()
                 return
@@ -263,11 +306,14 @@ class DataStream(asyncio.Protocol):
             start = offset + FRAME.size
             frame = memoryview(bytes(buffer[start:start + size]))
             offset = start + size
-            session = self.endpoint.datagram(frame, (host, port), self._send_for, "tcp", now)
+            session = self.endpoint.datagram(frame, self._peer, self._send_for, "tcp", now)
             if session is not None:
                 if self._session is None:
                     self._session = session
+                    session.on_closed = self._session_closed
                 touched[id(session)] = session
+            if self.watch is not None:
+                self.watch.spoke(now, self.authenticated)
         del buffer[:offset]
         for session in touched.values():  # once per chunk, as for a UDP batch
             session.step(now)
@@ -275,6 +321,12 @@ class DataStream(asyncio.Protocol):
                 MAX_QUEUED_WRITE_BYTES:
             self.transport.pause_reading()
             self._session.on_drained = self._resume
+
+    def _session_closed(self) -> None:
+        """The stream's session ended (complete, failed, or its sender silent): the
+        connection has nothing more to carry."""
+        if self.transport is not None:
+            self.transport.close()
 
     def _resume(self) -> None:
         if self._session is not None:
@@ -290,4 +342,5 @@ class DataStream(asyncio.Protocol):
         elif session is not None:
             session.close()
         self.transport = None
-
+        if self.watch is not None:
+            self.watch.lost()

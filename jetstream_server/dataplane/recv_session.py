@@ -75,6 +75,8 @@ class ReceiveSession:
         self.paused: asyncio.Future[None] | None = None
         #: called when the bytes waiting for the disk fall below half the bound
         self.on_drained: Callable[[], None] | None = None
+        #: called once the session is closed (its TCP data connection then closes)
+        self.on_closed: Callable[[], None] | None = None
 
     @property
     def queued_bytes(self) -> int:
@@ -388,6 +390,8 @@ class ReceiveSession:
             self._finish("error", self.core.error or "The transfer was closed.")
         self._executor.shutdown(wait=False)
         self.endpoint.sessions.pop(self.core.session, None)
+        if self.on_closed is not None:
+            self.on_closed()
 
 
 def _quote(name: str) -> str:
