@@ -32,6 +32,7 @@ from .errors import (
 )
 from .ids import new_id, now_us
 from .objects import Destination, FileMapping, Manifest, Owned, Transfer
+from .ratelog import LimitedLog
 from .registry import SECRET_PARAMETERS, Registry
 from .requests import RequestBook, RequestRecord
 from .sandbox import expand_sandbox
@@ -45,6 +46,7 @@ from .users import UserStore
 __all__ = ["API_VERSION", "Call", "Service", "Session"]
 
 log = logging.getLogger("jetstream.api")
+limited_log = LimitedLog(log)
 T = TypeVar("T", bound=Owned)
 
 #: Compatibility number of the control API, reported as ``apiVersion``.
@@ -171,17 +173,31 @@ class Service:
     # -- authentication ---------------------------------------------------------------
 
     async def authenticate(self, session: Session, user: str, password: str) -> None:
-        address = session.peer[0]
-        delay = self.throttle.delay_s(address, user, time.monotonic())
-        if delay:
-            await asyncio.sleep(delay)
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, self.users.verify, user, password)
+        """Check a password, in turn with every other login (see throttle.py)."""
+        address, throttle = session.peer[0], self.throttle
+        if not throttle.join(address, user, time.monotonic()):
+            limited_log.warning("busy", "refused a login from %s: too many attempts waiting",
+                                session.peer_text)
+            raise AuthFailed("Too many login attempts for this user or from this address "
+                             "at once; try again later.")
+        try:
+            # (the throttle says how long; an attempt being checked says 20 ms at a time)
+            while (wait := throttle.wait_s(address, user, time.monotonic())) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+            throttle.begin(address, user, time.monotonic())
+            ok = False
+            try:
+                loop = asyncio.get_running_loop()
+                ok = await loop.run_in_executor(None, self.users.verify, user, password)
+            finally:
+                throttle.end(address, user, ok, time.monotonic())
+        finally:
+            throttle.leave(address, user)
         if not ok:
-            self.throttle.failed(address, user, time.monotonic())
-            log.warning("failed login from %s", session.peer_text)
+            known = self.users.stored_hash(user) is not None
+            limited_log.warning("login", "failed login from %s for %s", session.peer_text,
+                                user if known else "an unknown user")
             raise AuthFailed("Authentication failed: wrong user name or password.")
-        self.throttle.succeeded(address, user)
         session.user, session.raised = user, False
         log.info("%s logged in from %s", user, session.peer_text)
 

@@ -22,6 +22,7 @@ from jetstream_server.protocol.receiver import (
 )
 from jetstream_server.protocol.sender import SenderCore, auth_proof
 from jetstream_server.protocol.wire import HEADER, Garbage, Hello, Kind, decode_hello, parse_header
+from jetstream_server.throttle import LoginThrottle
 from jetstream_server.users import StoredHash, hash_password, parse_hash
 
 
@@ -42,6 +43,7 @@ class MemoryAuthorizer:
     def __init__(self, users: dict[str, str], allow_anonymous: bool = False) -> None:
         self.allow_anonymous = allow_anonymous
         self.users = {name: hash_password(pw) for name, pw in users.items()}
+        self.throttle = LoginThrottle()
 
     def _parts(self, user: str) -> StoredHash:
         parts = parse_hash(self.users.get(user, self.users.get("alice", "")))
@@ -52,12 +54,16 @@ class MemoryAuthorizer:
         parts = self._parts(user)
         return parts.salt, parts.log2_n, parts.r, parts.p
 
-    def verify(self, user: str, proof: bytes, nonce: bytes, session: int,
-               transfer_id: bytes) -> bool:
-        if user not in self.users:
-            return False
+    def wait_s(self, user: str, peer: str, now: float) -> float:
+        return self.throttle.wait_s(peer, user, now)
+
+    def verify(self, user: str, peer: str, proof: bytes, nonce: bytes, session: int,
+               transfer_id: bytes, now: float) -> bool:
+        self.throttle.begin(peer, user, now)
         expected = auth_proof(self._parts(user).digest, nonce, session, transfer_id)
-        return secrets.compare_digest(expected, proof)
+        ok = user in self.users and secrets.compare_digest(expected, proof)
+        self.throttle.end(peer, user, ok, now)
+        return ok
 
 
 def verifier_for(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:

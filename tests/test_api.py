@@ -15,6 +15,7 @@ import pytest
 from jetstream_server.client import ApiError, AsyncClient
 from jetstream_server.codec import MAX_LINE_BYTES
 from jetstream_server.server import Server
+from tests.conftest import PASSWORDS
 
 Connect = Callable[..., Any]
 
@@ -343,6 +344,9 @@ async def test_many_idle_connections_do_not_stop_the_server_answering(
 
 async def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
     reader, writer = await _raw(server)
+    login = orjson.dumps({"request": "auth", "parameters": {
+        "user": "alice", "password": PASSWORDS["alice"]}}) + b"\n"
+    assert (await _exchange(reader, writer, login))["status"] == "success"
     writer.write(b"".join(orjson.dumps({"request": "getServerInfo", "id": i}) + b"\n"
                           for i in range(200)))
     await writer.drain()

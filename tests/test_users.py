@@ -1,4 +1,4 @@
-"""The users file, password hashing and the login throttle."""
+"""The users file and password hashing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from jetstream_server.errors import ConfigError
-from jetstream_server.throttle import LoginThrottle
 from jetstream_server.users import (
     UserStore,
     check_user_name,
@@ -60,28 +59,3 @@ def test_the_store_sees_users_added_while_it_runs(tmp_path: Path) -> None:
     assert store.verify("bob", "pw")
     assert not store.verify("bob", "wrong")
     assert not store.verify("nobody", "pw")
-
-
-def test_throttle_grows_per_address_and_per_name_then_forgets() -> None:
-    throttle = LoginThrottle(base_delay_s=0.25, max_delay_s=8.0, forget_after_s=900)
-    assert throttle.delay_s("1.2.3.4", "alice", now=0) == 0
-    throttle.failed("1.2.3.4", "alice", now=0)
-    assert throttle.delay_s("1.2.3.4", "alice", now=1) == 0.25
-    throttle.failed("1.2.3.4", "alice", now=1)
-    throttle.failed("1.2.3.4", "alice", now=2)
-    assert throttle.delay_s("1.2.3.4", "zed", now=3) == 1.0  # same address
-    assert throttle.delay_s("5.6.7.8", "alice", now=3) == 1.0  # same name
-    for i in range(10):
-        throttle.failed("1.2.3.4", "alice", now=3 + i)
-    assert throttle.delay_s("1.2.3.4", "alice", now=20) == 8.0
-    assert throttle.delay_s("1.2.3.4", "alice", now=20 + 901) == 0
-    throttle.failed("9.9.9.9", "carol", now=0)
-    throttle.succeeded("9.9.9.9", "carol")
-    assert throttle.delay_s("9.9.9.9", "carol", now=1) == 0
-
-
-def test_throttle_keeps_a_bounded_number_of_counters() -> None:
-    throttle = LoginThrottle(max_keys=10)
-    for i in range(100):
-        throttle.failed(f"10.0.0.{i}", f"user{i}", now=0)
-    assert len(throttle._failures) <= 10

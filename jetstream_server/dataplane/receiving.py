@@ -18,10 +18,11 @@ import logging
 import secrets
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..netaddr import plain_host
 from ..protocol.receiver import ReceiverCore, RecvPhase
 from ..protocol.sender import auth_proof
 from ..protocol.wire import (
@@ -37,6 +38,7 @@ from ..protocol.wire import (
     encode_frames,
     parse_header,
 )
+from ..ratelog import LimitedLog
 from ..users import StoredHash, parse_hash
 from .recv_session import MAX_QUEUED_WRITE_BYTES, ReceiveSession, SendFunc
 from .udpio import enable_gro, receive_batches
@@ -47,12 +49,20 @@ if TYPE_CHECKING:
 __all__ = ["DataEndpoint", "DataStream", "StreamWatch", "UserAuthorizer"]
 
 log = logging.getLogger("jetstream.recv")
+limited_log = LimitedLog(log)
 
+#: Sessions logged in at once (transfers being received).
 MAX_SESSIONS = 256
+#: Sessions not logged in yet, in all and per source address: beyond, the oldest of
+#: them (of that address, or in all) is forgotten to make room, so that bogus HELLOs
+#: cannot keep a real sender out.
+MAX_UNAUTHENTICATED = 1024
+MAX_UNAUTHENTICATED_PER_ADDRESS = 64
 
 
 class UserAuthorizer:
-    """Checks a sender's proof against the users file (see docs/protocol.md)."""
+    """Checks a sender's proof against the users file (see docs/protocol.md), in turn
+    with every other login (the service's one login throttle)."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -69,12 +79,23 @@ class UserAuthorizer:
             return fake, 14, 8, 1
         return parts.salt, parts.log2_n, parts.r, parts.p
 
-    def verify(self, user: str, proof: bytes, nonce: bytes, session: int,
-               transfer_id: bytes) -> bool:
+    def wait_s(self, user: str, peer: str, now: float) -> float:
+        return self.service.throttle.wait_s(plain_host(peer), user, now)
+
+    def verify(self, user: str, peer: str, proof: bytes, nonce: bytes, session: int,
+               transfer_id: bytes, now: float) -> bool:
+        address = plain_host(peer)
+        throttle = self.service.throttle
+        throttle.begin(address, user, now)
         parts = self._parts(user)
         expected = auth_proof(parts.digest if parts else self._secret, nonce, session,
                               transfer_id)
-        return hmac.compare_digest(expected, proof) and parts is not None
+        ok = hmac.compare_digest(expected, proof) and parts is not None
+        throttle.end(address, user, ok, now)
+        if not ok:
+            limited_log.warning("login", "failed transfer login from %s for %s (data port)",
+                                address, user if parts is not None else "an unknown user")
+        return ok
 
 
 class DataEndpoint:
@@ -83,6 +104,10 @@ class DataEndpoint:
         self.udp = udp
         self.authorizer = UserAuthorizer(service)
         self.sessions: dict[int, ReceiveSession] = {}
+        #: the sessions not logged in yet, oldest first, and how many per address
+        self._unauthenticated: OrderedDict[int, ReceiveSession] = OrderedDict()
+        self._unauthenticated_from: Counter[str] = Counter()
+        self.evicted = 0
         self.dropped: Counter[str] = Counter()
         self._buffer = bytearray(MAX_DATAGRAM)
         self._paused = False
@@ -161,16 +186,21 @@ class DataEndpoint:
                 if kind in (Kind.DATA, Kind.PING, Kind.AUTH):
                     self._tell_unknown(session_id, address, send_for, now)
                 return None
-            if len(self.sessions) >= MAX_SESSIONS:
+            if len(self.sessions) - len(self._unauthenticated) >= MAX_SESSIONS:
                 self.dropped["tooManySessions"] += 1
                 return None
             try:
-                core = ReceiverCore(session_id, decode_hello(body), self.authorizer, now)
+                core = ReceiverCore(session_id, decode_hello(body), self.authorizer, now,
+                                    address[0])
             except Garbage:
                 self.dropped["garbage"] += 1
                 return None
             session = ReceiveSession(self, core, address, send_for(address), transport)
             self.sessions[session_id] = session
+            if core.user is None:
+                self._make_room(address[0])
+                self._unauthenticated[session_id] = session
+                self._unauthenticated_from[address[0]] += 1
             return session
         if session.address != address:
             self.dropped["wrongSource"] += 1
@@ -181,6 +211,43 @@ class DataEndpoint:
             self.dropped["garbage"] += 1
             return None
         return session
+
+    def _make_room(self, host: str) -> None:
+        """Forget the oldest sessions not logged in while a new one from ``host`` would
+        exceed a limit (see MAX_UNAUTHENTICATED)."""
+        while self._unauthenticated_from[host] >= MAX_UNAUTHENTICATED_PER_ADDRESS:
+            self._evict(next(s for s in self._unauthenticated.values()
+                             if s.address[0] == host))
+        while len(self._unauthenticated) >= MAX_UNAUTHENTICATED:
+            self._evict(next(iter(self._unauthenticated.values())))
+
+    def _evict(self, session: ReceiveSession) -> None:
+        self.evicted += 1
+        session.close()
+
+    def logged_in(self, session: ReceiveSession) -> bool:
+        """``session`` has logged in: False if it must be refused for now (MAX_SESSIONS
+        transfers are being received)."""
+        others = len(self.sessions) - len(self._unauthenticated) - (
+            session.core.session not in self._unauthenticated)  # logged in, but this one
+        if others >= MAX_SESSIONS:
+            return False
+        self._forget_unauthenticated(session)
+        return True
+
+    def forget(self, session: ReceiveSession) -> None:
+        """``session`` is closed."""
+        if self.sessions.get(session.core.session) is session:
+            del self.sessions[session.core.session]
+        self._forget_unauthenticated(session)
+
+    def _forget_unauthenticated(self, session: ReceiveSession) -> None:
+        if self._unauthenticated.get(session.core.session) is session:
+            del self._unauthenticated[session.core.session]
+            host = session.address[0]
+            self._unauthenticated_from[host] -= 1
+            if not self._unauthenticated_from[host]:
+                del self._unauthenticated_from[host]
 
     def _tell_unknown(self, session_id: int, address: tuple[str, int],
                       send_for: Callable[[tuple[str, int]], SendFunc], now: float) -> None:
@@ -207,7 +274,10 @@ class DataEndpoint:
             self.start()
 
     def stats(self) -> dict[str, Any]:
-        return {"activeSessions": len(self.sessions), "datagramsDropped": dict(self.dropped)}
+        return {"activeSessions": len(self.sessions) - len(self._unauthenticated),
+                "unauthenticatedSessions": len(self._unauthenticated),
+                "unauthenticatedSessionsEvicted": self.evicted,
+                "datagramsDropped": dict(self.dropped)}
 
 
 class StreamWatch(Protocol):
@@ -296,6 +366,9 @@ class DataStream(asyncio.Protocol):
         offset = 0
         touched: dict[int, ReceiveSession] = {}
         while len(buffer) - offset >= FRAME.size:
+            if self._session is not None and self._session.core.auth_waiting:
+                self._hold(self._session)  # TCP data is never sent again: keep it
+                break
             size = FRAME.unpack_from(buffer, offset)[0]
             if size > (MAX_DATAGRAM if self.authenticated else MAX_UNAUTHENTICATED_FRAME):
                 self.endpoint.dropped["garbage"] += 1
@@ -321,6 +394,20 @@ class DataStream(asyncio.Protocol):
                 MAX_QUEUED_WRITE_BYTES:
             self.transport.pause_reading()
             self._session.on_drained = self._resume
+
+    def _hold(self, session: ReceiveSession) -> None:
+        """Read no more until the session's login, waiting its turn, is decided."""
+        assert self.transport is not None
+        self.transport.pause_reading()
+        session.on_auth_decided = self._unhold_soon
+
+    def _unhold_soon(self) -> None:
+        asyncio.get_running_loop().call_soon(self._unhold)  # (not inside the session's step)
+
+    def _unhold(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._process()
 
     def _session_closed(self) -> None:
         """The stream's session ended (complete, failed, or its sender silent): the

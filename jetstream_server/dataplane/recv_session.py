@@ -25,7 +25,7 @@ from ..protocol.receiver import (
     ReceiverCore,
     RecvPhase,
 )
-from ..protocol.wire import VERSION
+from ..protocol.wire import ERROR_BUSY, VERSION
 from ..sandbox import expand_sandbox
 from .records import ReceiveRecord
 from .sink import FileSink, SinkError
@@ -64,7 +64,9 @@ class ReceiveSession:
         self.meta: Metadata | None = None
         self.checkpoint_s = DEFAULT_CHECKPOINT_S
         self._next_checkpoint: float | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "jetstream-sink")
+        #: the disk writer's thread, made when the first disk operation is queued (a
+        #: session that never logs in costs no thread)
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._queued_bytes = 0
         self._writes_in_flight = 0
         self._commit_queue: list[FileReady] = []
@@ -77,6 +79,13 @@ class ReceiveSession:
         self.on_drained: Callable[[], None] | None = None
         #: called once the session is closed (its TCP data connection then closes)
         self.on_closed: Callable[[], None] | None = None
+        #: called once a login waiting its turn is decided
+        self.on_auth_decided: Callable[[], None] | None = None
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, "jetstream-sink")
+        return self._writer
 
     @property
     def queued_bytes(self) -> int:
@@ -89,8 +98,13 @@ class ReceiveSession:
         if self._closed:
             return
         core = self.core
-        if self.record is None and core.user is not None:
-            self._start_record()
+        if self.record is None and core.user is not None and core.phase is not \
+                RecvPhase.FAILED:
+            if self.endpoint.logged_in(self):
+                self._start_record()
+            else:
+                core.fail("The receiving server is busy (too many transfers at once); "
+                          "trying again later.", ERROR_BUSY)
         self._flush_writes(force=bool(core.events))
         while core.events:
             event = core.events.popleft()
@@ -112,6 +126,9 @@ class ReceiveSession:
                 now >= self._next_checkpoint:
             self._next_checkpoint = now + self.checkpoint_s
             self.service.spawn(self.make_checkpoint())
+        if self.on_auth_decided is not None and not core.auth_waiting:
+            decided, self.on_auth_decided = self.on_auth_decided, None
+            decided()
         if core.phase is RecvPhase.CLOSED and self.paused is None:
             self.close()
             return
@@ -135,7 +152,7 @@ class ReceiveSession:
         self._queued_bytes += size
         self._writes_in_flight += 1
         loop = asyncio.get_running_loop()
-        future = self._executor.submit(self.sink.write, writes)
+        future = self._executor().submit(self.sink.write, writes)
         future.add_done_callback(
             lambda f: loop.call_soon_threadsafe(self._written, f, size))
 
@@ -163,13 +180,13 @@ class ReceiveSession:
         self._flush_writes()
         self._flush_commits()
         loop = asyncio.get_running_loop()
-        future = self._executor.submit(func, *args)
+        future = self._executor().submit(func, *args)
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
 
     async def _run(self, func: Callable[..., Any], *args: Any) -> Any:
         self._flush_writes()
         self._flush_commits()
-        return await asyncio.wrap_future(self._executor.submit(func, *args))
+        return await asyncio.wrap_future(self._executor().submit(func, *args))
 
     def _written(self, future: concurrent.futures.Future[Any], size: int) -> None:
         self._queued_bytes -= size
@@ -388,8 +405,9 @@ class ReceiveSession:
                 timer.cancel()
         if self.core.phase is not RecvPhase.COMPLETE and self.paused is None:
             self._finish("error", self.core.error or "The transfer was closed.")
-        self._executor.shutdown(wait=False)
-        self.endpoint.sessions.pop(self.core.session, None)
+        if self._writer is not None:
+            self._writer.shutdown(wait=False)
+        self.endpoint.forget(self)
         if self.on_closed is not None:
             self.on_closed()
 

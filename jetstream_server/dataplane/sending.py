@@ -18,6 +18,8 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+import orjson
+
 from ..ids import now_us
 from ..netaddr import is_loopback
 from ..objects import Destination, Manifest, Transfer
@@ -89,6 +91,16 @@ def route_mtu(ip: str) -> int | None:
             return mtu
     except OSError:
         return None
+
+
+def _error_line(line: bytes) -> str:
+    """The message of the JSON error line a server writes on a connection it refuses
+    (too many connections, or closed while silent), or the line itself."""
+    try:
+        message = orjson.loads(line).get("message")
+    except (orjson.JSONDecodeError, AttributeError):
+        message = None
+    return str(message) if message else line.decode(errors="replace").strip()
 
 
 def block_size_for(transport: str, ip: str) -> int:
@@ -471,7 +483,12 @@ class SendSession:
         assert core is not None
         try:
             while True:
-                size = FRAME.unpack(await reader.readexactly(FRAME.size))[0]
+                header = await reader.readexactly(FRAME.size)
+                if header[:1] == b"{":  # (no frame is that long) an API error line
+                    core.lose_session("The receiver closed the TCP data connection: "
+                                      f"{_error_line(header + await reader.readline())}")
+                    break
+                size = FRAME.unpack(header)[0]
                 if size > MAX_DATAGRAM:
                     core.fail("The receiver sent an oversized frame.")
                     break

@@ -6,6 +6,12 @@ file data out as :attr:`ReceiverCore.writes` (file, offset, bytes) for the adapt
 raises events (:class:`MetadataReady`, :class:`FileReady`, :class:`Closed`) for the adapter
 to act on, and acknowledges. The adapter reports back with :meth:`metadata_accepted`,
 :meth:`file_committed` and :meth:`fail`.
+
+Before the sender has logged in, a session holds only its HELLO, its challenge and a
+pending proof: metadata blocks are kept only once it has, as they arrive. A session that
+has not logged in within ``UNAUTHENTICATED_TIMEOUT_S`` of its HELLO is forgotten (a HELLO
+repeated does not extend it). A proof is checked when the :class:`Authorizer` (the login
+throttle) lets it; until then the session waits, with a timer.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from .wire import (
     ACK_READY,
     CLOSE_PAUSE,
     DATA_HEADER,
+    ERROR_REFUSED,
     MAX_ACK_RANGES,
     TS_MASK,
     Ack,
@@ -45,6 +52,9 @@ __all__ = ["Authorizer", "Checkpoint", "Closed", "FileReady", "MetadataReady", "
 ACK_EVERY = 16
 ACK_DELAY_S = 0.005
 IDLE_TIMEOUT_S = 120.0
+#: A session not logged in this long after its HELLO is forgotten; a failed one, this long
+#: after its last datagram.
+UNAUTHENTICATED_TIMEOUT_S = 10.0
 MAX_METADATA_BYTES = 256 * 1024 * 1024
 MIN_BLOCK, MAX_BLOCK = 256, 1024 * 1024
 #: ACK datagrams sent at once when many ranges are missing.
@@ -53,14 +63,22 @@ _U32 = 2**32
 
 
 class Authorizer(Protocol):
+    """Who may send: the receiver's users, and its login throttle."""
+
     allow_anonymous: bool
 
     def challenge(self, user: str) -> tuple[bytes, int, int, int]:
         """(salt, log2 n, r, p) of the user's password hash; made up for unknown users."""
         ...
 
-    def verify(self, user: str, proof: bytes, nonce: bytes, session: int,
-               transfer_id: bytes) -> bool:
+    def wait_s(self, user: str, peer: str, now: float) -> float:
+        """How long a login of ``user`` from address ``peer`` must still wait before its
+        proof is checked (failed logins slow the next ones); 0: check it now."""
+        ...
+
+    def verify(self, user: str, peer: str, proof: bytes, nonce: bytes, session: int,
+               transfer_id: bytes, now: float) -> bool:
+        """Check the proof (when :meth:`wait_s` says 0) and count the outcome."""
         ...
 
 
@@ -105,8 +123,10 @@ class Checkpoint:
 
 
 class ReceiverCore:
+    """One incoming session: ``peer`` is the sender's address (for the login throttle)."""
+
     def __init__(self, session: int, hello: Hello, authorizer: Authorizer,
-                 now: float) -> None:
+                 now: float, peer: str = "") -> None:
         if not MIN_BLOCK <= hello.block_size <= MAX_BLOCK:
             raise Garbage("block size out of range")
         if not 0 < hello.meta_size <= MAX_METADATA_BYTES or \
@@ -115,11 +135,13 @@ class ReceiverCore:
         self.session = session
         self.hello = hello
         self.authorizer = authorizer
+        self.peer = peer
         self.user: str | None = None
         self.error: str | None = None
         self.layout: Layout | None = None
         self.received = RangeSet()
-        self.metadata = bytearray(hello.meta_size)
+        #: metadata blocks received (only once logged in), joined when all are here
+        self._metadata: dict[int, bytes] = {}
         self.writes: list[tuple[int, int, bytes]] = []
         self.events: deque[Event] = deque()
         self.committed_files: set[int] = set()
@@ -127,6 +149,10 @@ class ReceiverCore:
         self._digests: dict[int, tuple[bytes, int]] = {}
         self._control: list[bytes] = []
         self._nonce = secrets.token_bytes(16)
+        self._started_s = now
+        #: a proof waiting for its turn (see Authorizer.wait_s), checked at _proof_at
+        self._proof: bytes | None = None
+        self._proof_at: float | None = None
         self._unacked = 0
         self._ack_now = False
         self._ack_due: float | None = None
@@ -137,6 +163,7 @@ class ReceiverCore:
         self.bytes = 0
         self.duplicates = 0
         self.phase = RecvPhase.CHALLENGED
+        self._error_code = ERROR_REFUSED
         if hello.user:
             salt, log2_n, r, p = authorizer.challenge(hello.user)
             self._challenge = encode_challenge(
@@ -151,12 +178,14 @@ class ReceiverCore:
 
     # -- from the adapter -------------------------------------------------------------
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, code: int = ERROR_REFUSED) -> None:
+        """Refuse the transfer (``ERROR_BUSY``: for now; the sender tries again later)."""
         if self.phase in (RecvPhase.FAILED, RecvPhase.CLOSED, RecvPhase.COMPLETE):
             return
         self.phase = RecvPhase.FAILED
         self.error = message
-        self._control.append(encode_error(self.session, Kind.ERROR, message))
+        self._error_code = code
+        self._control.append(encode_error(self.session, Kind.ERROR, message, code))
 
     def metadata_accepted(self, layout: Layout, resume: Checkpoint | None = None) -> None:
         """The metadata is accepted; ``resume``: what an earlier session left on disk."""
@@ -221,7 +250,7 @@ class ReceiverCore:
         if phase in (RecvPhase.FAILED, RecvPhase.CLOSED):
             if phase is RecvPhase.FAILED and kind is not Kind.CLOSE:
                 self._control.append(encode_error(self.session, Kind.ERROR,
-                                                  self.error or "failed"))
+                                                  self.error or "failed", self._error_code))
             if kind is Kind.CLOSE:
                 self.phase = RecvPhase.CLOSED
             return
@@ -233,7 +262,7 @@ class ReceiverCore:
             else:
                 self._control.append(encode(Kind.ACCEPT, self.session))
         elif kind is Kind.AUTH:
-            self._auth(bytes(body))
+            self._auth(bytes(body), now)
         elif kind is Kind.PING:
             self._ack_now = True
         elif kind is Kind.CLOSE:
@@ -245,14 +274,30 @@ class ReceiverCore:
         else:
             raise Garbage(f"unexpected {kind.name}")
 
-    def _auth(self, proof: bytes) -> None:
+    @property
+    def auth_waiting(self) -> bool:
+        """A proof has arrived and waits for its turn to be checked."""
+        return self._proof_at is not None
+
+    def _auth(self, proof: bytes, now: float) -> None:
         if self.phase is not RecvPhase.CHALLENGED:
             if self.phase is not RecvPhase.FAILED:
                 self._control.append(encode(Kind.ACCEPT, self.session))
             return
+        if self._proof is None:  # (an AUTH repeated while one waits is dropped)
+            self._proof = proof
+            self._check_proof(now)
+
+    def _check_proof(self, now: float) -> None:
+        assert self._proof is not None
         user = self.hello.user
-        if self.authorizer.verify(user, proof, self._nonce, self.session,
-                                  self.hello.transfer_id):
+        wait = self.authorizer.wait_s(user, self.peer, now)
+        if wait > 0:
+            self._proof_at = now + wait
+            return
+        proof, self._proof, self._proof_at = self._proof, None, None
+        if self.authorizer.verify(user, self.peer, proof, self._nonce, self.session,
+                                  self.hello.transfer_id, now):
             self._accept(user)
         else:
             self.fail(f"The receiving server refused user {user!r}: wrong user name or "
@@ -290,11 +335,12 @@ class ReceiverCore:
         if not self.received.add(block):
             self.duplicates += 1
             return
-        self.metadata[offset:offset + expected] = payload
-        if self.phase is RecvPhase.METADATA and \
-                self.received.first_missing(0) >= self.hello.meta_blocks:
+        self._metadata[block] = bytes(payload)
+        count = self.hello.meta_blocks
+        if self.phase is RecvPhase.METADATA and self.received.first_missing(0) >= count:
             self.phase = RecvPhase.PREPARING
-            self.events.append(MetadataReady(bytes(self.metadata)))
+            parts, self._metadata = self._metadata, {}
+            self.events.append(MetadataReady(b"".join(parts[i] for i in range(count))))
 
     def _file_block(self, block: int, payload: memoryview, layout: Layout) -> None:
         if block >= layout.total_blocks:
@@ -355,22 +401,36 @@ class ReceiverCore:
                 self.committed, flags, chunk)))
         return out
 
+    def _expires_at(self) -> float:
+        """When the session is forgotten if nothing more arrives."""
+        if self.phase is RecvPhase.CHALLENGED:
+            return self._started_s + UNAUTHENTICATED_TIMEOUT_S
+        if self.phase is RecvPhase.FAILED:
+            return self.last_recv_s + UNAUTHENTICATED_TIMEOUT_S
+        return self.last_recv_s + IDLE_TIMEOUT_S
+
     def get_timer(self) -> float | None:
         if self.phase is RecvPhase.CLOSED:
             return None
-        deadline = self.last_recv_s + IDLE_TIMEOUT_S
+        deadlines = [self._expires_at()]
         if self._ack_due is not None:
-            deadline = min(deadline, self._ack_due)
-        return deadline
+            deadlines.append(self._ack_due)
+        if self._proof_at is not None:
+            deadlines.append(self._proof_at)
+        return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
         if self.phase is RecvPhase.CLOSED:
             return
-        if now - self.last_recv_s >= IDLE_TIMEOUT_S:
-            if self.phase is not RecvPhase.COMPLETE:
+        if now >= self._expires_at():
+            if self.phase in (RecvPhase.METADATA, RecvPhase.PREPARING, RecvPhase.DATA):
                 self.events.append(Closed(
                     f"The sender was silent for {IDLE_TIMEOUT_S:.0f} s.", pause=True))
             self.phase = RecvPhase.CLOSED
+            return
+        if self._proof_at is not None and now >= self._proof_at and \
+                self.phase is RecvPhase.CHALLENGED:
+            self._check_proof(now)
 
 
 def _fit_u32(cum: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

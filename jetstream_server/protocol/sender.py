@@ -31,6 +31,7 @@ from .wire import (
     CLOSE_PAUSE,
     DATA_HEADER,
     DATA_OVERHEAD,
+    ERROR_BUSY,
     ERROR_UNKNOWN_SESSION,
     HEADER,
     TS_MASK,
@@ -222,6 +223,8 @@ class SenderCore:
             code, message = decode_error(body)
             if code == ERROR_UNKNOWN_SESSION:
                 self.lose_session("The receiver no longer knows this session (it restarted).")
+            elif code == ERROR_BUSY:
+                self.lose_session(message or "The receiver is busy.")
             else:
                 self.fail(message or "The receiver refused the transfer.")
         elif kind is Kind.ACK and self.phase in (SendPhase.METADATA, SendPhase.DATA):

@@ -28,6 +28,7 @@ __all__ = [
     "CLOSE_PAUSE",
     "DATA_HEADER",
     "DATA_OVERHEAD",
+    "ERROR_BUSY",
     "ERROR_REFUSED",
     "ERROR_UNKNOWN_SESSION",
     "FRAME",
@@ -244,9 +245,10 @@ def decode_ack(body: bytes | memoryview) -> Ack:
     return Ack(cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, ranges)
 
 
-#: ERROR codes: the transfer is refused for good; or this session is unknown (the
-#: receiver restarted or forgot it): start a new session, which resumes.
-ERROR_REFUSED, ERROR_UNKNOWN_SESSION = 0, 1
+#: ERROR codes: the transfer is refused for good; this session is unknown (the receiver
+#: restarted or forgot it): start a new session, which resumes; or the receiver is busy
+#: (too many transfers, or logins waiting): try again later.
+ERROR_REFUSED, ERROR_UNKNOWN_SESSION, ERROR_BUSY = 0, 1, 2
 #: CLOSE codes: the session is over for good (complete, cancelled, failed); or paused
 #: (suspended, server stopping): the receiver keeps what it has for a later session.
 CLOSE_FINAL, CLOSE_PAUSE = 0, 1
