@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .atrest import private_file
 from .config import SETTINGS, Setting, load_settings
 from .errors import ConfigError
 from .sdnotify import notify, watchdog
@@ -96,6 +97,7 @@ def _setup_logging(log_file: Path | None, log_format: str = "text") -> None:
     root.addHandler(stderr)
     if log_file is not None:
         try:
+            private_file(log_file)  # created 0600: logs name users, addresses and paths
             handler = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
             _fail(f"Cannot open --log file {log_file}: {exc.strerror}.")

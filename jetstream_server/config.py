@@ -54,6 +54,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sandbox-dir", str,
             "Root of every user's files; %u, %d, %f, %% expand (default: HOME/sandbox)."),
     Setting("persistent-state-dir", Path, "Folder of the server's state (default: HOME/state)."),
+    Setting("secret-key-file", Path,
+            "Key that seals stored destination passwords, kept apart from the state "
+            "(default: HOME/secret.key; made at first start, mode 0600)."),
     Setting("persistent-destinations", bool,
             "Keep destinations across restarts: true (default) or false.", flag=False),
     Setting("persistent-transfers", bool,
@@ -89,6 +92,7 @@ class Settings:
     superuser: tuple[str, ...] = ()
     sandbox_dir: str = field(default_factory=lambda: str(default_home() / "sandbox"))
     persistent_state_dir: Path = field(default_factory=lambda: default_home() / "state")
+    secret_key_file: Path = field(default_factory=lambda: default_home() / "secret.key")
     persistent_destinations: bool = True
     persistent_transfers: bool = True
     trigger_dir: Path | None = None
@@ -122,7 +126,7 @@ def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
     for key, value in given.items():
         if value is not None and value != ():
             values[_BY_KEY[key].attr] = value
-    for key in ("users_file", "persistent_state_dir", "trigger_dir", "log"):
+    for key in ("users_file", "persistent_state_dir", "secret_key_file", "trigger_dir", "log"):
         if values.get(key) is not None:
             values[key] = Path(values[key]).expanduser()
     if "superuser" in values:

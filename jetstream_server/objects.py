@@ -40,6 +40,9 @@ class Destination(Owned):
     last_error_message: str | None = None
     last_recv_time_us: int | None = None
     last_send_time_us: int | None = None
+    #: why the stored password could not be read back at start (the secret key changed);
+    #: its transfers fail with this message. Not stored.
+    credentials_error: str | None = field(default=None, repr=False)
 
     def same_parameters(self, other: Destination) -> bool:
         """True when ``other`` was created with the same parameters (idempotent create)."""

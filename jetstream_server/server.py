@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from .atrest import private_dir
 from .codec import MAX_LINE_BYTES, LineDecoder, decode_request, encode_message, error_response
-from .config import Settings
+from .config import Settings, default_home
 from .connections import ConnectionGuard, Tracked
 from .dataplane.receiving import DataEndpoint, DataStream, StreamWatch
 from .dataplane.sending import SendingPlane
@@ -62,6 +63,8 @@ def prepare_settings(settings: Settings) -> UserStore:
     Raises :class:`ConfigError` with one line that says what to fix.
     """
     defaulted = settings.defaulted
+    if defaulted & {"users_file", "sandbox_dir", "persistent_state_dir", "secret_key_file"}:
+        private_dir(default_home())
     if "users_file" in defaulted and not settings.users_file.exists():
         write_users_file(settings.users_file, {})
         log.warning("created an empty users file %s: add a user with "
@@ -77,7 +80,7 @@ def prepare_settings(settings: Settings) -> UserStore:
         raise ConfigError(f"Sandbox folder {fixed} does not exist: create it or change "
                           "--sandbox-dir.")
     try:
-        settings.persistent_state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.persistent_state_dir)
     except OSError as exc:
         raise ConfigError(f"Cannot create --persistent-state-dir "
                           f"{settings.persistent_state_dir}: {exc.strerror}.") from None

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import orjson
 
 from . import __version__
+from .atrest import SecretBox, UnreadableSecret
 from .codec import Request, error_response, success_response
 from .config import Settings
 from .dataplane.receiving import DataEndpoint
@@ -55,6 +56,8 @@ API_VERSION = 1
 DEFAULT_GC = {"intervalSeconds": 3600, "timeLimitSeconds": 48 * 3600}
 #: Largest ``userData`` object accepted, serialised, in bytes.
 MAX_USER_DATA_BYTES = 64 * 1024
+#: Destination fields not stored as they are: the password is stored sealed.
+_UNSTORED_DESTINATION_FIELDS = frozenset({"remote_password", "credentials_error"})
 
 
 @dataclass
@@ -111,6 +114,8 @@ class Service:
             data_plane = SendingPlane(self)
         self.scheduler = Scheduler(self.transfers, self.destinations, self.manifests,
                                    data_plane, on_change=self.save_transfer)
+        #: seals the destination passwords the state database holds
+        self.secrets = SecretBox.from_key_file(settings.secret_key_file)
         self.state = StateStore(settings.persistent_state_dir)
         self._saved_manifests: set[str] = set()
         self.requests = RequestBook(
@@ -241,8 +246,32 @@ class Service:
     # -- persistence ------------------------------------------------------------------
 
     def save_destination(self, destination: Destination) -> None:
-        if self.settings.persistent_destinations:
-            self.state.put("destination", destination.id, destination)
+        if not self.settings.persistent_destinations:
+            return
+        state = {f.name: getattr(destination, f.name) for f in fields(destination)
+                 if f.name not in _UNSTORED_DESTINATION_FIELDS}
+        password = destination.remote_password
+        state["sealed_password"] = None if password is None else \
+            self.secrets.seal(password, destination.id)
+        self.state.put("destination", destination.id, state)
+
+    def _restore_destination(self, row: dict[str, Any]) -> None:
+        sealed = row.pop("sealed_password", None)
+        plain = row.pop("remote_password", None)  # (stored so before passwords were sealed)
+        destination = Destination(**row)
+        self.destinations[destination.id] = destination
+        if sealed is not None:
+            try:
+                destination.remote_password = self.secrets.open(sealed, destination.id)
+            except UnreadableSecret:
+                destination.credentials_error = (
+                    f"The stored password of destination {destination.id} cannot be read "
+                    f"with this server's secret key ({self.settings.secret_key_file} was "
+                    "replaced): delete the destination and create it again.")
+                log.warning("%s", destination.credentials_error)
+        elif plain is not None:
+            destination.remote_password = plain
+            self.save_destination(destination)  # sealed from now on
 
     def save_transfer(self, transfer: Transfer) -> None:
         if not self.settings.persistent_transfers or transfer.id not in self.transfers:
@@ -280,8 +309,7 @@ class Service:
                 for row in self.state.load(kind):
                     self.state.delete(kind, row.get("id") or row["transfer_id"])
         for row in self.state.load("destination") if kinds["destination"] else []:
-            destination = Destination(**row)
-            self.destinations[destination.id] = destination
+            self._restore_destination(row)
         for row in self.state.load("manifest") if kinds["manifest"] else []:
             manifest = Manifest(**{
                 **row, "status": ManifestStatus(row["status"]),

@@ -4,7 +4,8 @@ WAL journal, ``synchronous=FULL`` (a committed write survives a power cut), a sc
 with numbered migrations. Rows hold JSON bodies, keyed by kind and id. All access goes
 through one worker thread, in submission order: :meth:`StateStore.put` and
 :meth:`StateStore.delete` return at once, :meth:`StateStore.flush` waits for every write
-submitted so far. The file is created with mode 0600: it holds destination credentials.
+submitted so far. The file is created with mode 0600 (destination passwords in it are
+sealed, see :mod:`jetstream_server.atrest`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from .atrest import private_file
 from .errors import ConfigError
 
 log = logging.getLogger("jetstream.state")
@@ -46,9 +47,7 @@ class StateStore:
             raise ConfigError(f"Cannot open the state database {self.path}: {exc}.") from None
 
     def _open(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
+        private_file(self.path)  # (SQLite gives its -wal and -shm files the same mode)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")

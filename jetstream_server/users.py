@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atrest import private_dir
 from .errors import ConfigError
 
 __all__ = [
@@ -120,7 +121,7 @@ def read_users_file(path: Path) -> dict[str, str]:
 
 def write_users_file(path: Path, users: dict[str, str]) -> None:
     """Replace ``path`` atomically with ``users``, readable only by its owner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     lines = ["# jetstream-server users: managed by 'jetstream-server user'\n"]
     lines += [f"{name}:{stored}\n" for name, stored in sorted(users.items())]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -48,6 +48,7 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
         "api_host": "127.0.0.1", "api_port": 0, "recv_port": 0,
         "users_file": home / "users", "sandbox_dir": str(home / "sandbox"),
         "persistent_state_dir": home / "state", "superuser": ("root",),
+        "secret_key_file": home / "secret.key",
     }
     given.update(overrides)
     return load_settings(given, None)
@@ -98,16 +99,19 @@ def command(name: str) -> str:
 class ServerProcess:
     """``jetstream-server`` run as a separate process, the way an operator would."""
 
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None,
+                 paths: bool = True, umask: int = -1) -> None:
+        """``paths`` False: the server's files at their defaults (``$JETSTREAM_HOME``)."""
         self.log_path = home / "server.log"
         self.stream = self.log_path.open("wb")
         full_env = {**os.environ, **(env or {})}
+        where = ["--users-file", str(home / "users"), "--sandbox-dir", str(home / "sandbox"),
+                 "--persistent-state-dir", str(home / "state"),
+                 "--secret-key-file", str(home / "secret.key")] if paths else []
         self.proc = subprocess.Popen(
             [command("jetstream-server"), "--api-host", "127.0.0.1", "--api-port", "0",
-             "--recv-port", "0", "--users-file", str(home / "users"),
-             "--sandbox-dir", str(home / "sandbox"),
-             "--persistent-state-dir", str(home / "state"), *args],
-            stdout=self.stream, stderr=subprocess.STDOUT, env=full_env)
+             "--recv-port", "0", *where, *args],
+            stdout=self.stream, stderr=subprocess.STDOUT, env=full_env, umask=umask)
         self.api_port = self._wait_port()
 
     def _wait_port(self, timeout_s: float = 20.0) -> int:

@@ -201,6 +201,10 @@ class SendingPlane:
                              return_exceptions=True)
 
     def start(self, transfer: Transfer, destination: Destination, manifest: Manifest) -> None:
+        if destination.credentials_error is not None:  # (reported once start returned)
+            asyncio.get_running_loop().call_soon(self.service.scheduler.finished, transfer,
+                                                 destination.credentials_error)
+            return
         session = SendSession(self, transfer, destination, manifest)
         self.sessions[transfer.id] = session
         session.task = self.service.spawn(session.run())

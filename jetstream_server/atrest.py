@@ -1,0 +1,116 @@
+"""What the server keeps on disk that others must not read: private files and folders,
+and the destination passwords it stores, sealed with a key kept outside the database.
+
+- :func:`private_file` and :func:`private_dir` create files 0600 and folders 0700 whatever
+  the process umask (an existing one is left as it is).
+- :class:`SecretBox` seals a stored secret with AES-256-GCM (``cryptography``, that is
+  OpenSSL), under a 256-bit key read from the secret key file (``--secret-key-file``,
+  made at first start). A copy of the state database alone gives no password; the key
+  file must not be readable by others, or the server refuses to start.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import ConfigError
+
+__all__ = ["SecretBox", "UnreadableSecret", "private_dir", "private_file"]
+
+_SEALED_PREFIX = "aes256gcm:"
+_NONCE_BYTES = 12
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents as folders only their owner can enter."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(0o700)
+        except FileExistsError:
+            continue
+        os.chmod(folder, 0o700)  # (the umask may have taken bits away)
+
+
+def private_file(path: Path) -> bool:
+    """Create ``path`` empty, readable and writable by its owner only, unless it exists;
+    True when it was created."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return True
+
+
+class UnreadableSecret(Exception):
+    """A sealed secret that this key cannot open (the key file was replaced)."""
+
+
+class SecretBox:
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_key_file(cls, path: Path) -> SecretBox:
+        """The box of the key in ``path``, made (64 hex digits, mode 0600) if it does not
+        exist. Raises :class:`ConfigError` when it cannot be read, is malformed, or is
+        readable by anyone but its owner."""
+        try:
+            if not path.exists():
+                private_dir(path.parent)
+                if private_file(path):
+                    with open(path, "w", encoding="ascii") as stream:
+                        stream.write(secrets.token_hex(32) + "\n")
+                        stream.flush()
+                        os.fsync(stream.fileno())
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            text = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Cannot read the secret key file {path}: "
+                              f"{getattr(exc, 'strerror', None) or exc}.") from None
+        if mode & 0o077:
+            raise ConfigError(f"The secret key file {path} is readable by others (mode "
+                              f"{mode:04o}): chmod 600 {path}.")
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(f"The secret key file {path} must hold 64 hexadecimal digits "
+                              "(remove it to have a new one made; stored destination "
+                              "passwords must then be given again).")
+        return cls(key)
+
+    def seal(self, secret: str, context: str) -> str:
+        """``secret`` encrypted and authenticated, bound to ``context`` (the id of what
+        holds it, so a sealed value moved to another row does not open)."""
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, secret.encode("utf-8", "surrogatepass"),
+                                    context.encode())
+        return _SEALED_PREFIX + base64.b64encode(nonce + sealed).decode()
+
+    def open(self, sealed: str, context: str) -> str:
+        """The secret :meth:`seal` made; raises :class:`UnreadableSecret`."""
+        if not sealed.startswith(_SEALED_PREFIX):
+            raise UnreadableSecret("not a sealed value")
+        try:
+            raw = base64.b64decode(sealed[len(_SEALED_PREFIX):], validate=True)
+            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:],
+                                       context.encode())
+        except (ValueError, InvalidTag):
+            raise UnreadableSecret("the secret key does not open it") from None
+        return plain.decode("utf-8", "surrogatepass")
