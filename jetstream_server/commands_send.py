@@ -9,13 +9,14 @@ import socket
 from typing import Any
 
 from .dataplane.sending import block_size_for
-from .errors import InvalidParameter, InvalidState
+from .errors import InvalidParameter, InvalidState, quoted
 from .ids import new_id, now_us
 from .manifests import ManifestError, build_file_list, parse_console_mapping
+from .netaddr import host_name_problem
 from .objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer
 from .protocol.layout import MAX_BLOCKS, Layout
 from .registry import Command, Param, Registry
-from .sandbox import virtual_parts
+from .sandbox import MAX_NAME_BYTES, long_name, virtual_parts
 from .service import Call, check_user_data
 from .states import ManifestStatus
 
@@ -37,19 +38,32 @@ def parse_address(address: str) -> tuple[str, int]:
     text = address.strip()
     host, port_text = text, ""
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise InvalidParameter(f"destinationAddress {quoted(address)}: an IPv6 address "
+                                   "in brackets needs its closing ']'.")
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise InvalidParameter(f"destinationAddress {quoted(address)}: {quoted(host)} in "
+                                   "brackets is not an IPv6 address.") from None
         if rest:
             if not rest.startswith(":"):
-                raise InvalidParameter(f"Cannot read destinationAddress {address!r}.")
+                raise InvalidParameter(f"Cannot read destinationAddress {quoted(address)}.")
             port_text = rest[1:]
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
     if not host:
         raise InvalidParameter("destinationAddress names no host.")
+    problem = host_name_problem(host)
+    if problem is not None:
+        raise InvalidParameter(f"destinationAddress {quoted(address)} is not a host name or "
+                               f"address: {problem}.")
     if not port_text:
         return host, DEFAULT_DATA_PORT
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise InvalidParameter(f"Port in destinationAddress {address!r} must be 1-65535.")
+        raise InvalidParameter(f"Port in destinationAddress {quoted(address)} must be "
+                               "1-65535.")
     return host, int(port_text)
 
 
@@ -61,8 +75,9 @@ async def resolve_host(host: str, port: int) -> str:
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except OSError as exc:
-        raise InvalidParameter(f"Cannot resolve destination host {host!r}: {exc}.") from None
+    except (OSError, UnicodeError) as exc:
+        raise InvalidParameter(f"Cannot resolve destination host {quoted(host)}: "
+                               f"{exc}.") from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)  # IPv4 first
     return str(infos[0][4][0])
 
@@ -259,7 +274,10 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         raise InvalidState(f"Manifest {manifest.id} failed: {manifest.error_message}")
     destination_path = p["destinationPath"]
     if destination_path is not None:
-        virtual_parts(destination_path)
+        long = long_name(virtual_parts(destination_path))
+        if long is not None:
+            raise InvalidParameter(f"destinationPath has a name longer than {MAX_NAME_BYTES} "
+                                   f"bytes: {quoted(long)}.")
     checkpoint = p["checkpointFrequencySeconds"]
     if checkpoint is not None and not 1 <= checkpoint <= 86_400:
         raise InvalidParameter("checkpointFrequencySeconds must be 1 to 86400.")

@@ -44,7 +44,15 @@ __all__ = [
     "PermissionDenied",
     "RemoteControlRefused",
     "UnknownCommand",
+    "quoted",
 ]
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """``text`` (a user's input) quoted for an error message, cut short if long."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class JetStreamError(Exception):

@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 import stat
 
-from .errors import ApiError
+from .errors import ApiError, quoted
 from .objects import FileMapping
-from .sandbox import resolve_in_sandbox, virtual_parts
+from .protocol.metadata import MAX_FILES
+from .sandbox import MAX_NAME_BYTES, long_name, resolve_in_sandbox, virtual_parts
 
 __all__ = ["ManifestError", "build_file_list", "parse_console_mapping"]
 
-#: A manifest may hold at most this many entries (a bound on memory and on API answers).
-MAX_MANIFEST_ENTRIES = 1_000_000
+#: A manifest may hold at most this many entries (a bound on memory and on API answers;
+#: the most one transfer carries).
+MAX_MANIFEST_ENTRIES = MAX_FILES
 
 
 class ManifestError(Exception):
@@ -41,10 +43,13 @@ def build_file_list(root: str, requested: list[tuple[str, str]]) -> list[FileMap
     files: list[FileMapping] = []
     for src, dst in requested:
         try:
-            virtual_parts(dst)
+            long = long_name(virtual_parts(dst))
             real = resolve_in_sandbox(root, src)
         except ApiError as exc:
             raise ManifestError(exc.message) from None
+        if long is not None:
+            raise ManifestError(f"Destination path {quoted(dst)} has a name longer than "
+                                f"{MAX_NAME_BYTES} bytes: {quoted(long)}.")
         if not dst.strip("/"):
             raise ManifestError(f"Destination path {dst!r} names no file.")
         if "\n" in dst or "\r" in dst:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["is_loopback", "plain_host"]
+__all__ = ["host_name_problem", "is_loopback", "plain_host"]
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -28,3 +28,19 @@ def plain_host(host: str) -> str:
     address = _address(host)
     return host if address is None or ":" not in host or address.version == 6 else \
         str(address)
+
+
+def host_name_problem(host: str) -> str | None:
+    """Why ``host`` cannot be a host name or IP address to connect to, or None if it can:
+    a name is at most 253 characters (as IDNA ASCII), of dot-separated labels of 1 to 63."""
+    if _address(host) is not None:
+        return None
+    if not host or any(c.isspace() or not c.isprintable() for c in host):
+        return "a host name has no spaces or control characters"
+    try:
+        ascii_name = host.rstrip(".").encode("idna")
+    except UnicodeError:
+        return "each dot-separated part of a host name is 1 to 63 characters"
+    if len(ascii_name) > 253:
+        return "a host name is at most 253 characters"
+    return None

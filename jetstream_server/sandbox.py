@@ -13,8 +13,12 @@ from pathlib import Path
 
 from .errors import InvalidParameter, PermissionDenied
 
-__all__ = ["expand_sandbox", "open_in_sandbox", "real_sandbox", "resolve_in_sandbox",
-           "split_user", "virtual_parts", "written_parts", "written_path"]
+__all__ = ["MAX_NAME_BYTES", "expand_sandbox", "long_name", "open_in_sandbox", "real_sandbox",
+           "resolve_in_sandbox", "split_user", "virtual_parts", "written_parts",
+           "written_path"]
+
+#: The longest name of a file or folder (bytes of UTF-8) that Linux file systems take.
+MAX_NAME_BYTES = 255
 
 
 def split_user(full_name: str) -> tuple[str, str]:
@@ -55,6 +59,14 @@ def virtual_parts(path: str) -> list[str]:
     if ".." in parts:
         raise InvalidParameter(f"Path {path!r} contains '..', which is not allowed.")
     return parts
+
+
+def long_name(parts: list[str]) -> str | None:
+    """The first of ``parts`` longer than MAX_NAME_BYTES, if one is."""
+    for part in parts:  # (63 characters are at most 252 bytes of UTF-8)
+        if len(part) > 63 and len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            return part
+    return None
 
 
 def real_sandbox(root: str) -> str:

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .ids import new_id, now_us
 from .objects import Destination, FileMapping, Manifest, Owned, Transfer
+from .protocol.metadata import MAX_USER_DATA_BYTES
 from .ratelog import LimitedLog
 from .registry import SECRET_PARAMETERS, Registry
 from .requests import RequestBook, RequestRecord
@@ -54,8 +55,6 @@ T = TypeVar("T", bound=Owned)
 API_VERSION = 1
 #: JetStream's defaults: collect hourly what ended 48 hours ago.
 DEFAULT_GC = {"intervalSeconds": 3600, "timeLimitSeconds": 48 * 3600}
-#: Largest ``userData`` object accepted, serialised, in bytes.
-MAX_USER_DATA_BYTES = 64 * 1024
 #: Destination fields not stored as they are: the password is stored sealed.
 _UNSTORED_DESTINATION_FIELDS = frozenset({"remote_password", "credentials_error"})
 
@@ -379,6 +378,8 @@ class Service:
                 record.error_message = "Abandoned: the sender did not come back."
                 record.checkpoint = None
             if record.status != "receiving" and (record.end_time_us or 0) <= limit_us:
+                if record.checkpoint is not None:  # kept for a resume that did not come
+                    remove_partial_files(record)
                 del self.receives[record.transfer_id]
                 self.forget("receive", record.transfer_id)
                 removed["receives"] += 1

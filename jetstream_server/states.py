@@ -43,7 +43,9 @@ TRANSFER_MOVES: dict[str, tuple[frozenset[TransferStatus], TransferStatus]] = {
     # the data plane lost its peer and will retry: back into the queue, progress kept
     "requeue": (frozenset({S}), P),
     "suspend": (frozenset({P, S}), U),
-    "resume": (frozenset({U}), P),
+    # a suspended transfer goes on; a failed one is tried again (the receiver kept what
+    # it had when the failure was one its operator can cure: a full disk, a permission)
+    "resume": (frozenset({U, TransferStatus.ERROR}), P),
     "cancel": (frozenset({P, S, U}), TransferStatus.CANCELLED),
     "fail": (frozenset({P, S, U}), TransferStatus.ERROR),
     "complete": (frozenset({S}), TransferStatus.COMPLETE),

@@ -128,6 +128,8 @@ class Scheduler:
 
     def resume(self, transfer: Transfer) -> None:
         self._move(transfer, "resume")
+        transfer.error_message = transfer.end_time_us = None  # (it may have failed)
+        self._changed(transfer)
         self.poke(transfer.destination_id)
 
     def cancel(self, transfer: Transfer) -> None:

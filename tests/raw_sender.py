@@ -8,6 +8,7 @@ import hashlib
 import secrets
 import socket
 import time
+from collections.abc import Callable
 
 from jetstream_server.protocol.layout import Layout
 from jetstream_server.protocol.metadata import FileEntry, Metadata, encode_metadata
@@ -19,11 +20,15 @@ from tests.protocol_link import MemorySource
 async def raw_send(port: int, files: list[tuple[str, bytes | None]], *,
                    destination_path: str | None = None, user: str = "bob",
                    password: str = "bob-pw", rate_bps: float | None = None,
-                   timeout_s: float = 30.0, block_size: int = 1400) -> SenderCore:
+                   timeout_s: float = 30.0, block_size: int = 1400,
+                   forge: Callable[[str], bytes] | None = None) -> SenderCore:
+    """``forge``: makes the metadata sent instead of the files' (a forged sender's), given
+    the transfer id."""
     transfer_id = secrets.token_bytes(16)
     entries = [FileEntry(path, path, None if data is None else len(data), 1_000_000, False)
                for path, data in files]
-    meta = encode_metadata(Metadata(transfer_id.hex(), destination_path, entries))
+    meta = forge(transfer_id.hex()) if forge is not None else encode_metadata(
+        Metadata(transfer_id.hex(), destination_path, entries))
     layout = Layout(block_size, len(meta), [e.size for e in entries])
     core = SenderCore(new_session_id(), Hello(transfer_id, block_size, len(meta),
                                                   layout.meta_blocks, user),

@@ -269,9 +269,13 @@ async def test_transfers_queue_per_destination_and_move_as_the_table_says(
     failed = await alice.call("failTransfer", transferId=tid, errorMessage="operator said so")
     assert failed["status"] == "error" and failed["errorMessage"] == "operator said so"
     assert failed["endTime"] is not None and failed["processing"] is False
-    for action in ("resumeTransfer", "cancelTransfer", "suspendTransfer", "failTransfer"):
+    for action in ("cancelTransfer", "suspendTransfer", "failTransfer"):
         with pytest.raises(ApiError, match="invalid_state"):
             await alice.call(action, transferId=tid)
+    again = await alice.call("resumeTransfer", transferId=tid)  # a failed one is retried
+    assert again["status"] == "pending" and again["errorMessage"] is None
+    assert again["endTime"] is None and again["processing"] is True
+    await alice.call("failTransfer", transferId=tid, errorMessage="operator said so")
     with pytest.raises(ApiError, match="can no longer change"):
         await alice.call("setSendRate", transferId=tid, sendRateMax=1)
     with pytest.raises(ApiError, match="unfinished"):

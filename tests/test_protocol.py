@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 from jetstream_server.protocol.layout import DIGEST, Layout, Slot
 from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
 from jetstream_server.protocol.ranges import RangeSet
-from jetstream_server.protocol.receiver import Checkpoint
+from jetstream_server.protocol.receiver import Checkpoint, ReceiverCore
 from jetstream_server.protocol.wire import (
     DATA_OVERHEAD,
     HEADER,
     Ack,
     Garbage,
+    Hello,
     Kind,
     decode_ack,
     encode,
@@ -26,7 +27,7 @@ from jetstream_server.protocol.wire import (
     parse_header,
     seal,
 )
-from tests.protocol_link import LinkConfig, run
+from tests.protocol_link import LinkConfig, MemoryAuthorizer, run
 
 files_strategy = st.lists(
     st.one_of(st.none(), st.binary(max_size=20_000)), min_size=1, max_size=5)
@@ -357,3 +358,19 @@ def test_a_probe_that_builds_a_queue_ends_early() -> None:
         now += 0.0005
         controller.on_rtt(0.009, now)
     assert controller.gain == 0.75
+
+
+def test_a_checkpoint_without_some_files_and_what_is_durable_after_a_failure() -> None:
+    layout = Layout(256, 256, [600, None, 100, 2560])  # meta 0; f0 1-4; f2 5; f3 6-16
+    assert [layout.file_range(f) for f in (0, 2, 3)] == [(1, 5), (5, 6), (6, 17)]
+    checkpoint = Checkpoint([(0, 8), (10, 12)], {0: (b"d", 600), 2: (b"e", 100)}, {2})
+    cut = checkpoint.without(layout, {0, 3})
+    assert cut.ranges == [(0, 1), (5, 6)]
+    assert cut.digests == {2: (b"e", 100)} and cut.committed == {2}
+    core = ReceiverCore(1, Hello(bytes(16), 256, 256, 1, ""),
+                        MemoryAuthorizer({}, allow_anonymous=True), 0.0)
+    core.layout = layout
+    core.file_committed(3)  # in place after the checkpoint was made
+    durable = core.durable(Checkpoint([(0, 3)], {0: (b"d", 600)}, set()))
+    assert durable.ranges == [(0, 3), (6, 17)]
+    assert durable.committed == {3} and durable.digests == {0: (b"d", 600)}

@@ -85,7 +85,9 @@ def test_transfer_moves_follow_the_table_and_nothing_else() -> None:
                     transfer_move("t", status, action)
 
 
-def test_ended_transfers_cannot_move_at_all() -> None:
+def test_complete_and_cancelled_transfers_cannot_move_and_failed_ones_only_resume() -> None:
     for status in (TransferStatus.COMPLETE, TransferStatus.CANCELLED, TransferStatus.ERROR):
         assert status.ended
-        assert all(status not in sources for sources, _ in TRANSFER_MOVES.values())
+    for action, (sources, _) in TRANSFER_MOVES.items():
+        assert TransferStatus.COMPLETE not in sources and TransferStatus.CANCELLED not in sources
+        assert (TransferStatus.ERROR in sources) == (action == "resume"), action

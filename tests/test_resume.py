@@ -291,7 +291,9 @@ def test_garbage_collection_removes_what_ended(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_a_full_disk_fails_the_transfer_cleanly(pair: Pair, tmp_path: Path) -> None:
+@pytest.mark.timeout(180)
+def test_a_full_disk_fails_the_transfer_and_once_freed_it_resumes_sending_only_the_rest(
+        pair: Pair, tmp_path: Path) -> None:
     sandbox = pair.b_home / "sandbox"
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs",
                               str(sandbox)], capture_output=True, timeout=30)
@@ -299,16 +301,36 @@ def test_a_full_disk_fails_the_transfer_cleanly(pair: Pair, tmp_path: Path) -> N
         pytest.skip(f"cannot mount tmpfs: {mounted.stderr!r}")
     try:
         (sandbox / "before.txt").write_text("was here")
-        _big_file(pair.a_home / "sandbox" / "big.bin", 20 * 2**20)
-        tid = pair.start_transfer("/big.bin:/big.bin")
-        done = pair.wait_done(tid, timeout_s=60)
-        assert done["status"] == "error"
-        assert "No space left" in done["errorMessage"]
+        source = pair.a_home / "sandbox" / "six"
+        source.mkdir()
+        files = {f"f{i}.bin": _big_file(source / f"f{i}.bin", 2 * 2**20) for i in range(6)}
+        tid = pair.start_transfer("/six:/six")
+        failed = pair.wait_done(tid, timeout_s=60)
+        assert failed["status"] == "error"
+        assert "No space left on the receiving server's disk" in failed["errorMessage"]
         received = pair.api(pair.b, "recv.getTransfers", user="bob")
         assert received[0]["status"] == "error"
         assert "No space left" in received[0]["errorMessage"]
         assert (sandbox / "before.txt").read_text() == "was here"
-        assert sorted(p.name for p in sandbox.iterdir()) == ["before.txt"]
+        delivered = sorted(p.name for p in (sandbox / "six").iterdir()
+                           if not p.name.startswith("."))
+        assert 1 <= len(delivered) < 6
+        for name in delivered:
+            assert (sandbox / "six" / name).read_bytes() == files[name]
+        # the operator frees space; the user resumes the failed transfer
+        subprocess.run(["mount", "-o", "remount,size=64m", str(sandbox)], check=True,
+                       capture_output=True, timeout=30)
+        pair.api(pair.a, "resumeTransfer", f"--transferId={tid}")
+        done = pair.wait_done(tid, timeout_s=60)
+        assert done["status"] == "complete", done["errorMessage"]
+        assert done["errorMessage"] is None
+        for name, data in files.items():
+            assert (sandbox / "six" / name).read_bytes() == data
+        assert leftovers(sandbox) == []
+        per_file = -(-2 * 2**20 // int(done["blockSize"])) + 1
+        sent_again = int(done["blocksSent"]) - int(failed["blocksSent"])
+        missing = 6 - len(delivered)
+        assert sent_again <= missing * per_file + 16, (sent_again, missing, per_file)
         # and the server goes on serving
         (pair.a_home / "sandbox" / "small.txt").write_text("fits")
         tid = pair.start_transfer("/small.txt:/small.txt")

@@ -244,3 +244,39 @@ def test_a_name_of_255_bytes_is_taken(tmp_path: Path) -> None:
     sink = FileSink(str(tmp_path), meta, "ef" * 16)
     assert sink.prepare() == [str(tmp_path / name)]
     sink.close()
+
+
+def test_a_kept_file_whose_temporary_file_is_gone_is_received_again(tmp_path: Path) -> None:
+    """A file put in place after the last checkpoint, then a crash: the checkpoint still
+    counts its temporary file's blocks, but the file is not there to be reopened."""
+    entries = [FileEntry(f"/f{i}.bin", f"/f{i}.bin", 100_000, 1_700_000_000_000_000, False)
+               for i in range(2)]
+    meta = Metadata("cd" * 16, None, entries, {}, {}, None)
+    first = FileSink(str(tmp_path), meta, "cd" * 16)
+    first.prepare()
+    first.write([(0, 0, b"a" * 1000), (1, 0, b"b" * 1000)])
+    first.release()
+    (tmp_path / f".jetstream-{'cd' * 16}-1.part").rename(tmp_path / "f1.bin")
+    again = FileSink(str(tmp_path), meta, "cd" * 16, keep={0, 1})
+    again.prepare()
+    assert again.lost == {1} and again.keep == {0}
+    again.abort()
+
+
+@pytest.mark.parametrize(("code", "curable"), [(errno.ENOSPC, True), (errno.EDQUOT, True),
+                                               (errno.EACCES, True), (errno.EIO, False)])
+def test_write_errors_the_operator_can_cure_say_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, curable: bool) -> None:
+    sink = _sink(tmp_path, 10_000)
+
+    def failing(*args: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(sink_module.os, "pwritev", failing)  # (a full disk, faked)
+    with pytest.raises(SinkError) as failed:
+        sink.write([(0, 0, b"x" * 10_000)])
+    assert failed.value.curable is curable
+    if code == errno.ENOSPC:
+        assert "No space left on the receiving server's disk writing" in str(failed.value)
+    monkeypatch.undo()
+    sink.abort()

@@ -14,7 +14,7 @@ import orjson
 
 from ..ids import now_us
 from ..netaddr import plain_host
-from ..protocol.layout import Layout
+from ..protocol.layout import MAX_BLOCKS, Layout
 from ..protocol.metadata import Metadata, decode_metadata
 from ..protocol.ranges import RangeSet
 from ..protocol.receiver import (
@@ -74,6 +74,8 @@ class ReceiveSession:
         self._write_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        #: failed on a condition the operator can cure: keep the data for a resume
+        self._curable = False
         self.paused: asyncio.Future[None] | None = None
         #: called when the bytes waiting for the disk fall below half the bound
         self.on_drained: Callable[[], None] | None = None
@@ -203,6 +205,8 @@ class ReceiveSession:
         message = str(exc) if isinstance(exc, SinkError) else f"Internal error: {exc!r}"
         if not isinstance(exc, SinkError):
             log.error("receive %s: %r", self.transfer_id, exc)
+        elif exc.curable and self.core.phase is not RecvPhase.FAILED:
+            self._curable = True  # keep what is on disk: the transfer can be resumed
         self.core.fail(message)
         self.step(time.monotonic())
 
@@ -257,12 +261,26 @@ class ReceiveSession:
     # -- metadata, commits, checkpoints ---------------------------------------------------
 
     async def _prepare(self, raw: bytes) -> None:
+        """Take the metadata (a task of its own: nothing it raises may leave the sender
+        without an answer)."""
+        try:
+            await self._take_metadata(raw)
+        except Exception:
+            log.exception("receive %s: the metadata could not be taken", self.transfer_id)
+            self.core.fail("The receiving server could not take the transfer's metadata "
+                           "(an internal error: its log has the details).")
+            self.step(time.monotonic())
+
+    async def _take_metadata(self, raw: bytes) -> None:
         core, record = self.core, self.record
         assert core.user is not None and record is not None
         try:
             meta = decode_metadata(raw)
             if meta.transfer_id != self.transfer_id:
                 raise ValueError("transfer metadata does not match the handshake")
+            layout = Layout(core.hello.block_size, len(raw), meta.sizes)
+            if layout.total_blocks >= MAX_BLOCKS:
+                raise ValueError(f"it needs {MAX_BLOCKS} blocks or more")
         except ValueError as exc:
             core.fail(f"The sender's transfer metadata was refused: {exc}.")
             self.step(time.monotonic())
@@ -284,7 +302,6 @@ class ReceiveSession:
         record.input_files = [f.path for f in meta.files if f.size is not None]
         record.user_data = meta.user_data
         root = expand_sandbox(self.service.settings.sandbox_dir, core.user)
-        layout = Layout(core.hello.block_size, len(raw), meta.sizes)
         keep: set[int] = set()  # files with data on disk from an earlier session
         if resume is not None:
             kept = RangeSet()
@@ -300,6 +317,8 @@ class ReceiveSession:
             return
         record.output_files = [p for p, f in zip(paths, meta.files, strict=True)
                                if f.size is not None]
+        if resume is not None and sink.lost:  # (put in place after the last checkpoint)
+            resume = resume.without(layout, sink.lost)
         if resume is not None:
             log.info("transfer %s resumes: %d blocks and %d files kept", self.transfer_id,
                      sum(e - s for s, e in resume.ranges), len(resume.committed))
@@ -330,11 +349,18 @@ class ReceiveSession:
             self._committing = False
             exc = future.exception()
             results = [exc] * len(events) if exc is not None else future.result()
+            failures = [r for r in results if isinstance(r, BaseException)]
             for event, result in zip(events, results, strict=True):
-                if isinstance(result, BaseException):
-                    self._sink_failed(result)
-                    return
-                self.core.file_committed(event.file)
+                if not isinstance(result, BaseException):
+                    self.core.file_committed(event.file)
+            record = self.record
+            if record is not None and record.status == "error" and \
+                    record.checkpoint is not None:
+                record.checkpoint = self.core.durable(record.checkpoint)  # (failed since)
+                self._save_record()
+            if failures:
+                self._sink_failed(failures[0])
+                return
             self._flush_commits()
             self.step(time.monotonic())
 
@@ -385,16 +411,18 @@ class ReceiveSession:
 
     def _finish(self, status: str, message: str | None) -> None:
         record = self.record
+        keep = self._curable and record is not None
         if record is not None and record.status == "receiving":
             record.status = status
             record.error_message = message
             record.end_time_us = record.last_error_time_us = now_us()
-            record.checkpoint = None
+            record.checkpoint = self.core.durable(record.checkpoint) if keep else None
             self._save_record()
-            log.warning("transfer %s not received: %s", record.transfer_id, message)
+            log.warning("transfer %s not received: %s%s", record.transfer_id, message,
+                        " (what it has is kept: it can be resumed)" if keep else "")
         if self.sink is not None:
             sink, self.sink = self.sink, None
-            self._submit(sink.abort, done=lambda _: None)
+            self._submit(sink.close_keeping if keep else sink.abort, done=lambda _: None)
 
     def close(self) -> None:
         if self._closed:

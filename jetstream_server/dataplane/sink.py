@@ -21,14 +21,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ApiError
+from ..errors import ApiError, quoted
 from ..protocol.checksums import FileHash, file_hash
 from ..protocol.metadata import Metadata
 from ..protocol.ranges import RangeSet
-from ..sandbox import written_parts
+from ..sandbox import MAX_NAME_BYTES, long_name, virtual_parts, written_parts
 
 __all__ = ["FileSink", "SinkError"]
 
@@ -95,8 +96,19 @@ def _process_umask() -> int | None:
 _UMASK = _process_umask()
 
 
+#: Write errors the operator can cure (free space, fix permissions): the transfer keeps
+#: what it has on disk and can be resumed.
+_CURABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
 class SinkError(Exception):
-    """Why the transfer cannot be written; the message names the path."""
+    """Why the transfer cannot be written; the message names the path. ``curable``: a
+    condition of this machine (a full disk, a permission) that the operator can fix, after
+    which the transfer can be resumed."""
+
+    def __init__(self, message: str, curable: bool = False) -> None:
+        super().__init__(message)
+        self.curable = curable
 
 
 @dataclass(eq=False)
@@ -130,6 +142,9 @@ class FileSink:
         self.meta = meta
         self.transfer_id = transfer_id
         self.keep = keep or set()
+        #: files of ``keep`` whose temporary file is gone (found by :meth:`prepare`):
+        #: their data must be received again
+        self.lost: set[int] = set()
         self._open: dict[int, _Open] = {}
         self._root_fd = -1
         self.paths: list[str] = []  # absolute paths on disk, per manifest entry
@@ -145,15 +160,24 @@ class FileSink:
         except OSError as exc:
             raise SinkError(f"Sandbox folder {self.root} does not exist on the receiving "
                             f"server ({exc.strerror}).") from None
-        line_break = "\n" in (self.meta.destination_path or "")
+        destination_path = self.meta.destination_path or ""
+        try:
+            long = long_name(virtual_parts(destination_path))
+        except ApiError as exc:
+            raise SinkError(f"destinationPath refused: {exc.message}") from None
+        if long is not None:
+            raise SinkError(f"destinationPath has a name longer than {MAX_NAME_BYTES} bytes: "
+                            f"{quoted(long)}.")
+        line_break = "\n" in destination_path
         for entry in self.meta.files:
             try:
                 parts = written_parts(self.meta.destination_path, entry.path)
             except ApiError as exc:
                 raise SinkError(f"Path refused: {exc.message}") from None
-            for part in parts:  # (63 characters are at most 252 bytes of UTF-8)
-                if len(part) > 63 and len(part.encode()) > 255:
-                    raise SinkError(f"Path {entry.path!r} has a name longer than 255 bytes.")
+            long = long_name(parts)
+            if long is not None:
+                raise SinkError(f"Path {quoted(entry.path)} has a name longer than "
+                                f"{MAX_NAME_BYTES} bytes: {quoted(long)}.")
             if line_break or "\n" in entry.path:
                 raise SinkError(f"Path {entry.path!r} contains a line break, which "
                                 "trigger file lists cannot carry.")
@@ -166,7 +190,27 @@ class FileSink:
                     os.utime(fd, ns=(entry.mtime_us * 1000, entry.mtime_us * 1000))
                 finally:
                     os.close(fd)
+        self.lost = {index for index in self.keep if not self._kept(index)}
+        self.keep -= self.lost
         return self.paths
+
+    def _kept(self, index: int) -> bool:
+        """Whether the temporary file an earlier session wrote for file ``index`` is still
+        there (one renamed into place after the last checkpoint is not)."""
+        try:
+            fd = self._dir(self._parts[index][:-1], create=False, path=self.paths[index])
+        except SinkError:
+            return False
+        try:
+            st = os.stat(self._temp_name(index), dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return stat.S_ISREG(st.st_mode)
+
+    def _temp_name(self, index: int) -> str:
+        return f".jetstream-{self.transfer_id}-{index}.part"
 
     def _folder(self, parts: list[str], path: str) -> _Folder:
         """The folder of a file to create (created if need be), one more user counted: the
@@ -223,7 +267,8 @@ class FileSink:
             if not create:  # looking again before the rename: the folder went away
                 raise SinkError(f"Cannot write {path}: a folder on its way was moved or "
                                 f"removed while the transfer ran ({exc.strerror}).") from None
-            raise SinkError(f"Cannot create the folders of {path}: {exc.strerror}.") from None
+            raise SinkError(f"Cannot create the folders of {path}: {exc.strerror}.",
+                            exc.errno in _CURABLE) from None
         return fd
 
     def _file(self, index: int) -> _Open:
@@ -236,7 +281,7 @@ class FileSink:
         """Open file ``index``'s temporary file (creating its folders), its size reserved."""
         parts, path = self._parts[index], self.paths[index]
         folder = self._folder(parts[:-1], path)
-        temp = f".jetstream-{self.transfer_id}-{index}.part"
+        temp = self._temp_name(index)
         mode = self._mode(index)
         # a new file gets its final mode at once (one system call less a file) unless the
         # umask would take bits from it; one kept from an earlier session is as it was
@@ -247,13 +292,14 @@ class FileSink:
                          os.O_CLOEXEC, mode if fresh else 0o600, dir_fd=folder.fd)
         except OSError as exc:
             self._leave(folder)
-            raise SinkError(f"Cannot write {path}: {exc.strerror}.") from None
+            raise SinkError(f"Cannot write {path}: {exc.strerror}.",
+                            exc.errno in _CURABLE) from None
         opened = _Open(folder, fd, temp, parts[-1], RangeSet(), file_hash(), fresh)
         try:
             _allocate(fd, self.meta.files[index].size or 0)
         except OSError as exc:
             self._shut(opened, remove=True)
-            raise SinkError(self._write_error(index, exc)) from None
+            raise self._write_error(index, exc) from None
         return opened
 
     def _shut(self, opened: _Open, remove: bool) -> None:
@@ -295,7 +341,7 @@ class FileSink:
                     opened.unflushed = 0
                     _start_writeback(opened.fd)
             except OSError as exc:
-                raise SinkError(self._write_error(file, exc)) from None
+                raise self._write_error(file, exc) from None
             i = j
 
     def _hash_ahead(self, opened: _Open, offset: int, end: int, buffers: list[bytes]
@@ -329,10 +375,12 @@ class FileSink:
             opened.hasher.update(chunk)
             opened.hashed += len(chunk)
 
-    def _write_error(self, file: int, exc: OSError) -> str:
+    def _write_error(self, file: int, exc: OSError) -> SinkError:
+        curable = exc.errno in _CURABLE
         if exc.errno == errno.ENOSPC:
-            return f"No space left on the receiving server's disk writing {self.paths[file]}."
-        return f"Cannot write {self.paths[file]}: {exc.strerror}."
+            return SinkError(f"No space left on the receiving server's disk writing "
+                             f"{self.paths[file]}.", curable)
+        return SinkError(f"Cannot write {self.paths[file]}: {exc.strerror}.", curable)
 
     def commit_many(self, items: list[tuple[int, bytes, int]]) -> list[str | SinkError]:
         """Verify files and put them under their final names, durably; per file, its
@@ -387,7 +435,7 @@ class FileSink:
             for fd in folders.values():
                 os.fsync(fd)
         except OSError as exc:  # in place, but not known to be durable: say so
-            results.update({i: SinkError(self._write_error(i, exc)) for i in renamed})
+            results.update({i: self._write_error(i, exc) for i in renamed})
         for index, opened in ready:
             self._close(index, opened)
         return [results[index] for index, _, _ in items]
@@ -430,7 +478,7 @@ class FileSink:
     def _discard(self, index: int, opened: _Open, exc: OSError | SinkError) -> SinkError:
         """Remove a file that will not be delivered; why, as a SinkError."""
         self._close(index, opened, remove=True)
-        return exc if isinstance(exc, SinkError) else SinkError(self._write_error(index, exc))
+        return exc if isinstance(exc, SinkError) else self._write_error(index, exc)
 
     def _close(self, index: int, opened: _Open, remove: bool = False) -> None:
         if self._open.pop(index, None) is not None:
@@ -442,14 +490,20 @@ class FileSink:
             try:
                 os.fsync(opened.fd)
             except OSError as exc:
-                raise SinkError(self._write_error(self._index(opened), exc)) from None
+                raise self._write_error(self._index(opened), exc) from None
 
     def _index(self, opened: _Open) -> int:
         return next(i for i, o in self._open.items() if o is opened)
 
     def release(self) -> None:
-        """Close everything, keeping the temporary files for a later session."""
+        """Make what is written durable and close everything, keeping the temporary
+        files for a later session."""
         self.sync()
+        self.close_keeping()
+
+    def close_keeping(self) -> None:
+        """Close everything, keeping the temporary files (what the last checkpoint
+        recorded in them is durable)."""
         for opened in self._open.values():
             self._shut(opened, remove=False)
         self._open.clear()

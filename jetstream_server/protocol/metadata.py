@@ -10,10 +10,17 @@ from typing import Any
 
 import orjson
 
-__all__ = ["FileEntry", "Metadata", "decode_metadata", "encode_metadata"]
+__all__ = ["MAX_FILES", "MAX_USER_DATA_BYTES", "FileEntry", "Metadata", "decode_metadata",
+           "encode_metadata"]
 
 #: Most bytes of metadata JSON a receiver decompresses.
 MAX_METADATA_JSON = 256 * 1024 * 1024
+#: Most files (and empty folders) one transfer carries: a manifest's limit.
+MAX_FILES = 1_000_000
+#: Largest ``userData`` object, serialised, in bytes (an API limit too).
+MAX_USER_DATA_BYTES = 64 * 1024
+#: Modification times are microseconds that fit, as nanoseconds, in 64 bits.
+_MAX_TIME_US = (2**63 - 1) // 1000
 
 
 @dataclass(frozen=True)
@@ -73,23 +80,34 @@ def decode_metadata(data: bytes, max_json: int = MAX_METADATA_JSON) -> Metadata:
         raise ValueError("transfer metadata is not valid JSON") from None
     if not isinstance(obj, dict) or obj.get("v") != 1:
         raise ValueError("unknown transfer metadata version")
+    items = obj.get("files", [])
+    if not isinstance(items, list):
+        raise ValueError("malformed file list in transfer metadata")
+    if len(items) > MAX_FILES:
+        raise ValueError(f"transfer metadata lists {len(items)} files; at most {MAX_FILES}")
     files: list[FileEntry] = []
-    for item in obj.get("files", []):
+    for item in items:
         if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)
                 and isinstance(item[1], str) and (item[2] is None or (
                     isinstance(item[2], int) and item[2] >= 0))
-                and isinstance(item[3], int) and isinstance(item[4], bool)):
+                and isinstance(item[3], int) and abs(item[3]) <= _MAX_TIME_US
+                and isinstance(item[4], bool)):
             raise ValueError("malformed file entry in transfer metadata")
         files.append(FileEntry(item[0], item[1], item[2], item[3], item[4]))
+    transfer_id = obj.get("transferId", "")
     destination_path = obj.get("destinationPath")
     user_data = obj.get("userData") or {}
+    sender = obj.get("sender") or {}
+    if not isinstance(transfer_id, str):
+        raise ValueError("malformed transferId in transfer metadata")
     if destination_path is not None and not isinstance(destination_path, str):
         raise ValueError("malformed destinationPath in transfer metadata")
-    if not isinstance(user_data, dict):
-        raise ValueError("malformed userData in transfer metadata")
+    if not isinstance(user_data, dict) or not isinstance(sender, dict):
+        raise ValueError("malformed userData or sender in transfer metadata")
+    if len(orjson.dumps(user_data)) > MAX_USER_DATA_BYTES:
+        raise ValueError(f"userData in transfer metadata is over {MAX_USER_DATA_BYTES} bytes")
     checkpoint_s = obj.get("checkpointSeconds")
     if checkpoint_s is not None and (not isinstance(checkpoint_s, int) or
                                      not 1 <= checkpoint_s <= 86_400):
         raise ValueError("malformed checkpointSeconds in transfer metadata")
-    return Metadata(str(obj.get("transferId", "")), destination_path, files, user_data,
-                    obj.get("sender") or {}, checkpoint_s)
+    return Metadata(transfer_id, destination_path, files, user_data, sender, checkpoint_s)

@@ -26,6 +26,7 @@ from .layout import DIGEST, Layout
 from .ranges import RangeSet
 from .wire import (
     ACK_COMPLETE,
+    ACK_DELAY_S,
     ACK_ECHO,
     ACK_READY,
     CLOSE_PAUSE,
@@ -50,7 +51,6 @@ __all__ = ["Authorizer", "Checkpoint", "Closed", "FileReady", "MetadataReady", "
 
 #: Data datagrams between two acknowledgements (more often when blocks go missing).
 ACK_EVERY = 16
-ACK_DELAY_S = 0.005
 IDLE_TIMEOUT_S = 120.0
 #: A session not logged in this long after its HELLO is forgotten; a failed one, this long
 #: after its last datagram.
@@ -120,6 +120,22 @@ class Checkpoint:
     ranges: list[tuple[int, int]]
     digests: dict[int, tuple[bytes, int]]
     committed: set[int]
+
+    def without(self, layout: Layout, files: set[int]) -> Checkpoint:
+        """This checkpoint with nothing of ``files`` kept (their data is gone)."""
+        cuts = sorted(layout.file_range(f) for f in files)
+        ranges: list[tuple[int, int]] = []
+        for start, end in self.ranges:
+            for cut_start, cut_end in cuts:
+                if cut_end <= start or cut_start >= end:
+                    continue
+                if cut_start > start:
+                    ranges.append((start, cut_start))
+                start = max(start, cut_end)
+            if start < end:
+                ranges.append((start, end))
+        return Checkpoint(ranges, {f: d for f, d in self.digests.items() if f not in files},
+                          self.committed - files)
 
 
 class ReceiverCore:
@@ -219,15 +235,31 @@ class ReceiverCore:
         return Checkpoint(self.received.ranges(), dict(self._digests),
                           set(self.committed_files))
 
+    def durable(self, base: Checkpoint | None) -> Checkpoint:
+        """What is safely on disk when the writes since ``base`` (the last checkpoint
+        made durable) cannot be trusted (they failed): ``base``, and every file put in
+        place since (each was made durable before it was counted)."""
+        kept = RangeSet()
+        for start, end in base.ranges if base is not None else ():
+            kept.add_range(start, end)
+        if self.layout is not None:
+            for file in self.committed_files:
+                kept.add_range(*self.layout.file_range(file))
+        return Checkpoint(kept.ranges(), dict(base.digests) if base is not None else {},
+                          set(self.committed_files))
+
     @property
     def committed(self) -> int:
         return len(self.committed_files)
 
     def file_committed(self, file: int) -> None:
-        if self.phase is not RecvPhase.DATA or self.layout is None:
+        """File ``file`` is verified, durable and in place (counted after a failure too:
+        a resume keeps it)."""
+        if self.layout is None:
             return
         self.committed_files.add(file)
-        if len(self.committed_files) == len(self.layout.files):
+        if self.phase is RecvPhase.DATA and len(self.committed_files) == len(
+                self.layout.files):
             self._complete()
 
     def _complete(self) -> None:

@@ -25,6 +25,7 @@ from .ranges import RangeSet
 from .rate import Pacer, RateController
 from .wire import (
     ACK_COMPLETE,
+    ACK_DELAY_S,
     ACK_ECHO,
     ACK_READY,
     CLOSE_FINAL,
@@ -392,7 +393,10 @@ class SenderCore:
         return min(deadlines)
 
     def _tail_wait(self) -> float:
-        return (self.srtt_s or 0.25) + max(2 * self.rttvar_s, 0.005)
+        """How long after its last transmission an unacknowledged block at the end is
+        taken for lost: a round trip, its variation, and the receiver's ACK delay (the
+        ACK of the last blocks may wait that long)."""
+        return (self.srtt_s or 0.25) + max(2 * self.rttvar_s, 0.005) + ACK_DELAY_S
 
     def _tail_deadline(self) -> float | None:
         """When the oldest unacknowledged block is taken for lost at the end of the data.

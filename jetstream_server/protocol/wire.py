@@ -216,6 +216,9 @@ ACK_COMPLETE = 2  # every file is verified, fsynced and under its final name
 ACK_ECHO = 4  # the echo fields are set (a DATA datagram has arrived)
 #: Ranges in one ACK datagram (keeps it under 1400 bytes).
 MAX_ACK_RANGES = 160
+#: The receiver acknowledges data within this long (sooner after ACK_EVERY datagrams,
+#: or when a block goes missing); a sender waiting for an ACK allows for it.
+ACK_DELAY_S = 0.005
 
 
 def encode_ack(session: int, ack: Ack) -> bytes:
