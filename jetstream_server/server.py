@@ -272,6 +272,9 @@ class Server:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+        if self._sweeper is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._api_server is not None:
             await self._api_server.wait_closed()
         for connection in list(self._connections):

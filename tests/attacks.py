@@ -85,6 +85,171 @@ def hello_flood(port: int, rate: float, seconds: float, addresses: int = 32,
     return sent
 
 
+def close_wait(port: int) -> int:
+    """TCP connections to local ``port`` left half-closed by the server (CLOSE-WAIT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as stream:
+                next(stream)
+                for line in stream:
+                    fields = line.split()
+                    if fields[3] == "08" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        count += 1
+        except FileNotFoundError:
+            continue
+    return count
+
+
+def _wait_fds(pid: int, baseline: int, timeout_s: float = 20.0) -> int:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (count := fd_count(pid)) > baseline and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return count
+
+
+def run_all(guesses: int) -> list[tuple[str, str]]:
+    """Every attack of docs/security.md against two servers of this checkout, started in
+    a temporary folder; (attack, what it now gives) lines."""
+    import asyncio
+    import json
+    import secrets
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from jetstream_server.protocol.wire import Hello, encode_hello
+    from tests.conftest import PASSWORDS, ServerProcess, write_users
+    from tests.raw_sender import raw_send
+
+    out: list[tuple[str, str]] = []
+
+    def api(server: ServerProcess, *args: str, user: str | None = "alice",
+            password: str | None = None) -> dict[str, object]:
+        done = server.api(*args, user=user, password=password or PASSWORDS.get(user or "", ""))
+        return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        homes = [Path(tmp) / name for name in ("a", "b")]
+        for home in homes:
+            (home / "sandbox").mkdir(parents=True)
+            write_users(home / "users")
+        a, b = (ServerProcess(home) for home in homes)
+        try:
+            assert b.api("getServerInfo").returncode == 0
+            pid = b.proc.pid
+            before = fd_count(pid)
+            for how in HOW:
+                churn(b.api_port, 20_000, how)
+            out.append(("descriptor leak: 60,000 TCP connections opened and closed "
+                        "(20,000 each: no byte, half a line, reset)",
+                        f"descriptors {before} before, {_wait_fds(pid, before)} after; "
+                        f"{close_wait(b.api_port)} in CLOSE-WAIT"))
+            rss = rss_bytes(pid)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            hello = Hello(secrets.token_bytes(16), 1400, 256 * 2**20,
+                          -(-256 * 2**20 // 1400), "bob")
+            for _ in range(16):
+                sock.sendto(encode_hello(secrets.randbits(32), hello), ("127.0.0.1",
+                                                                       b.recv_port))
+            sock.close()
+            time.sleep(1)
+            out.append(("memory before login: 16 HELLOs each announcing 256 MiB of "
+                        "metadata", f"receiver RSS {rss / 2**20:.0f} MiB -> "
+                        f"{rss_bytes(pid) / 2**20:.0f} MiB"))
+            data = os.urandom(20 * 2**20)
+            (homes[0] / "sandbox" / "big.bin").write_bytes(data)
+            destination = api(a, "createDestination",
+                              f"--destinationAddress=127.0.0.1:{b.recv_port}",
+                              "--destinationUser=bob",
+                              f"--destinationPassword={PASSWORDS['bob']}")
+            manifest = api(a, "createManifest", "--fileMappings=/big.bin:/big.bin")
+            time.sleep(0.5)
+            rss = rss_bytes(pid)
+            flood = subprocess.Popen(
+                [sys.executable, "-m", "tests.attacks", "hello-flood", "--port",
+                 str(b.recv_port), "--rate", "10000", "--seconds", "15"],
+                stdout=subprocess.PIPE, text=True)
+            time.sleep(3)
+            transfer = api(a, "createTransfer",
+                           f"--destinationId={destination['destinationId']}",
+                           f"--manifestId={manifest['manifestId']}")
+            peak = rss
+            while (got := api(a, "getTransfer", f"--transferId={transfer['transferId']}"))[
+                    "status"] in ("pending", "sending"):
+                peak = max(peak, rss_bytes(pid))
+                time.sleep(0.05)
+            seconds = (int(str(got["endTime"])) - int(str(got["requestTime"]))) / 1e6
+            sent = flood.communicate()[0].split()[0]
+            info = api(b, "getServerInfo", user=None)["receiver"]
+            assert isinstance(info, dict)
+            same = (homes[1] / "sandbox" / "big.bin").read_bytes() == data
+            out.append(("slot exhaustion: 10,000 bogus HELLOs a second from 32 addresses, "
+                        "a 20 MiB transfer started 3 s into it",
+                        f"{got['status']} ({'identical' if same else 'DIFFERENT'}) in "
+                        f"{seconds:.2f} s from createTransfer; {sent} HELLOs, "
+                        f"{info['unauthenticatedSessionsEvicted']} sessions evicted; "
+                        f"receiver RSS {rss / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"))
+
+            async def guess_data(count: int) -> float:
+                started = time.monotonic()
+                for _ in range(count):
+                    await raw_send(b.recv_port, [("x", b"x")], password="wrong",
+                                   timeout_s=60)
+                return time.monotonic() - started
+
+            seconds = asyncio.run(guess_data(guesses))
+            log = (homes[1] / "server.log").read_text()
+            out.append((f"guessing over the data port: {guesses} wrong transfer logins "
+                        "one after another", f"{seconds:.1f} s; "
+                        f"{log.count('failed transfer login')} WARNING lines"))
+            time.sleep(9)  # (the throttle's last delay passes)
+            api(b, "getServerInfo", user="bob")  # a success clears the counters
+
+            async def guess_api(count: int, concurrent: bool) -> float:
+                from jetstream_server.client import ApiError, AsyncClient
+
+                clients = [await AsyncClient.connect("127.0.0.1", b.api_port)
+                           for _ in range(count if concurrent else 1)]
+
+                async def one(client: AsyncClient) -> None:
+                    try:
+                        await client.auth("alice", "wrong")
+                    except ApiError:
+                        pass
+
+                started = time.monotonic()
+                if concurrent:
+                    await asyncio.gather(*(one(c) for c in clients))
+                else:
+                    for _ in range(count):
+                        await one(clients[0])
+                elapsed = time.monotonic() - started
+                for client in clients:
+                    await client.close()
+                return elapsed
+
+            sequential = asyncio.run(guess_api(guesses, False))
+            time.sleep(9)
+            api(b, "getServerInfo", user="alice")
+            together = asyncio.run(guess_api(min(guesses, 16), True))
+            out.append((f"guessing over the API: {guesses} wrong passwords one after "
+                        f"another, then {min(guesses, 16)} at once on as many connections "
+                        "(one address may keep 16 that have not logged in)",
+                        f"{sequential:.1f} s one after another, {together:.1f} s at once"))
+            crash = api(a, "createDestination", "--destinationAddress=" + "a" * 300)
+            out.append(("a 300-character host name in createDestination",
+                        str(crash.get("error", crash)).strip()[:120]))
+        finally:
+            a.stop()
+            b.stop()
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -99,8 +264,15 @@ def main(argv: list[str] | None = None) -> None:
     flood.add_argument("--rate", type=float, default=10_000)
     flood.add_argument("--seconds", type=float, default=10)
     flood.add_argument("--addresses", type=int, default=32)
+    every = sub.add_parser("all", help="every attack, against servers of this checkout")
+    every.add_argument("--guesses", type=int, default=12,
+                       help="wrong passwords per guessing attack (each after the 6th "
+                            "waits 8 s)")
     args = parser.parse_args(argv)
-    if args.attack == "churn":
+    if args.attack == "all":
+        for attack, figure in run_all(args.guesses):
+            print(f"- {attack}:\n  {figure}")
+    elif args.attack == "churn":
         for how in HOW:
             churn(args.port, args.count, how)
             print(f"{args.count} connections ({how}) opened and closed")
