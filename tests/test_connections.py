@@ -126,6 +126,8 @@ async def test_silent_and_half_line_connections_are_closed_with_a_reason(
         answer = await _answer(idle[0])
         assert answer["code"] == "connection_closed" and "Idle for 1 s" in str(
             answer["message"])
+        closed = await _answer(data[0])  # a data stream is told too: its sender retries
+        assert closed["code"] == "connection_closed"
         assert await asyncio.wait_for(data[0].read(), 10) == b""
         # a logged-in connection is not closed for being quiet
         client = await AsyncClient.connect("127.0.0.1", srv.api_port)
@@ -220,3 +222,37 @@ def test_a_port_scan_of_the_data_listener_leaves_no_descriptor(tmp_path: Path) -
         assert _server_fds(proc.proc.pid, baseline) == baseline
     finally:
         proc.stop()
+
+
+async def test_a_refused_tcp_data_connection_is_tried_again_later(tmp_path: Path) -> None:
+    from tests.conftest import write_users
+    from tests.transfer_helpers import send, wait_transfer
+
+    for name in ("a", "b"):
+        (tmp_path / name / "sandbox").mkdir(parents=True)
+        write_users(tmp_path / name / "users")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        data_port = probe.getsockname()[1]
+    async with Server(make_settings(tmp_path / "a")) as a, \
+            Server(make_settings(tmp_path / "b", recv_port=data_port)) as b:
+        b.guard.limits = ConnectionLimits(max_per_address=0)  # every connection refused
+        client = await AsyncClient.connect("127.0.0.1", a.api_port)
+        await client.auth("alice", PASSWORDS["alice"])
+        destination = await client.call(
+            "createDestination", destinationAddress=f"127.0.0.1:{b.recv_port}",
+            destinationUser="bob", destinationPassword=PASSWORDS["bob"], dataTransport="tcp")
+        (tmp_path / "a" / "sandbox" / "f.txt").write_text("later")
+        transfer = await send(client, destination["destinationId"], {"/f.txt": "/f.txt"})
+        async with asyncio.timeout(20):
+            while not (got := await client.call(
+                    "getDestination", destinationId=destination["destinationId"]))[
+                    "lastErrorMessage"]:
+                await asyncio.sleep(0.05)
+        assert got["lastErrorMessage"] == ("The receiver closed the TCP data connection: Too "
+                                           "many connections to this server; try again later.")
+        b.guard.limits = ConnectionLimits()
+        done = await wait_transfer(client, transfer["transferId"], timeout_s=30)
+        assert done["status"] == "complete"
+        assert (tmp_path / "b" / "sandbox" / "f.txt").read_text() == "later"
+        await client.close()

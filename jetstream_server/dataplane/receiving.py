@@ -22,6 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..codec import encode_message, error_response
 from ..netaddr import plain_host
 from ..protocol.receiver import ReceiverCore, RecvPhase
 from ..protocol.sender import auth_proof
@@ -323,7 +324,7 @@ class DataStream(asyncio.Protocol):
         if self._admit is not None:
             self.watch = self._admit(self, self._peer)
             if self.watch is None:
-                transport.close()
+                self.abort("Too many connections to this server; try again later.", "busy")
                 return
         if self._buffer:
             self._process()
@@ -334,9 +335,12 @@ class DataStream(asyncio.Protocol):
         self._buffer += data
         self._process()
 
-    def abort(self, reason: str) -> None:
-        """Close the connection (it is past its time, or makes room for another)."""
-        if self.transport is not None:
+    def abort(self, reason: str, code: str = "connection_closed") -> None:
+        """Close the connection (refused, past its time, or making room for another),
+        with one JSON error line saying why: the sender reads it as a reason to try again
+        later (its first byte, ``{``, cannot start a frame)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_message(error_response(None, code, reason)))
             self.transport.close()
 
     @property
