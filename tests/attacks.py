@@ -123,7 +123,7 @@ def run_all(guesses: int) -> list[tuple[str, str]]:
     from pathlib import Path
 
     from jetstream_server.protocol.wire import Hello, encode_hello
-    from tests.conftest import PASSWORDS, ServerProcess, write_users
+    from tests.conftest import PASSWORDS, ServerProcess, make_home
     from tests.raw_sender import raw_send
 
     out: list[tuple[str, str]] = []
@@ -134,10 +134,7 @@ def run_all(guesses: int) -> list[tuple[str, str]]:
         return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr}
 
     with tempfile.TemporaryDirectory() as tmp:
-        homes = [Path(tmp) / name for name in ("a", "b")]
-        for home in homes:
-            (home / "sandbox").mkdir(parents=True)
-            write_users(home / "users")
+        homes = [make_home(Path(tmp) / name) for name in ("a", "b")]
         a, b = (ServerProcess(home) for home in homes)
         try:
             assert b.api("getServerInfo").returncode == 0

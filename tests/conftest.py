@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -35,12 +36,17 @@ def write_users(path: Path, users: dict[str, str] | None = None) -> Path:
     return path
 
 
+def make_home(path: Path, users: dict[str, str] | None = None) -> Path:
+    """A server home: a sandbox folder, and a users file (alice, bob and root by default)."""
+    (path / "sandbox").mkdir(parents=True)
+    write_users(path / "users", users)
+    return path
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     """A server home: users file with alice, bob and root, and a sandbox folder."""
-    (tmp_path / "sandbox").mkdir()
-    write_users(tmp_path / "users")
-    return tmp_path
+    return make_home(tmp_path)
 
 
 def make_settings(home: Path, **overrides: Any) -> Settings:
@@ -138,6 +144,12 @@ class ServerProcess:
             env["JETSTREAM_API_PASSWORD"] = password
         return subprocess.run([*argv, *args], capture_output=True, text=True, env=env,
                               timeout=timeout_s, stdin=subprocess.DEVNULL)
+
+    def call(self, *args: str, user: str = "alice") -> Any:
+        """``jetstream api ARGS`` as ``user``: the result, which must be a success."""
+        done = self.api(*args, user=user, password=PASSWORDS[user])
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -3,7 +3,6 @@ outside the state database."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 from jetstream_server.atrest import SecretBox, UnreadableSecret, private_dir, private_file
 from jetstream_server.errors import ConfigError
 from jetstream_server.state import StateStore
-from tests.conftest import PASSWORDS, ServerProcess, command, write_users
+from tests.conftest import PASSWORDS, ServerProcess, command, make_home
 
 SECRET = "S3cret-destination-password-\u00e9"
 
@@ -65,29 +64,18 @@ def test_a_key_file_readable_by_others_or_malformed_is_refused(tmp_path: Path) -
         SecretBox.from_key_file(key)
 
 
-def _home(path: Path, users: dict[str, str] | None = None) -> Path:
-    (path / "sandbox").mkdir(parents=True)
-    write_users(path / "users", users)
-    return path
-
-
-def _api(server: ServerProcess, *args: str, user: str = "alice") -> dict[str, object]:
-    done = server.api(*args, user=user, password=PASSWORDS[user])
-    assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
 
 
 def _send(a: ServerProcess, destination_id: str, name: str) -> dict[str, object]:
-    manifest = _api(a, "createManifest", f"--fileMappings=/{name}:/{name}")
+    manifest = a.call("createManifest", f"--fileMappings=/{name}:/{name}")
     deadline = time.monotonic() + 30
-    while _api(a, "getManifest", f"--manifestId={manifest['manifestId']}")["status"] != \
+    while a.call("getManifest", f"--manifestId={manifest['manifestId']}")["status"] != \
             "complete":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    transfer = _api(a, "createTransfer", f"--destinationId={destination_id}",
+    transfer = a.call("createTransfer", f"--destinationId={destination_id}",
                     f"--manifestId={manifest['manifestId']}")
-    while (got := _api(a, "getTransfer", f"--transferId={transfer['transferId']}"))[
+    while (got := a.call("getTransfer", f"--transferId={transfer['transferId']}"))[
             "status"] in ("pending", "sending"):
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -97,7 +85,7 @@ def _send(a: ServerProcess, destination_id: str, name: str) -> dict[str, object]
 @pytest.mark.timeout(120)
 def test_with_umask_0_every_file_at_rest_is_private_and_no_password_is_stored(
         tmp_path: Path) -> None:
-    b = ServerProcess(_home(tmp_path / "b", {"bob": SECRET}))
+    b = ServerProcess(make_home(tmp_path / "b", {"bob": SECRET}))
     b_box = tmp_path / "b" / "sandbox"
     home = tmp_path / "a-home"  # made by the server, with everything at its defaults
     a_env = {"JETSTREAM_HOME": str(home)}
@@ -113,7 +101,7 @@ def test_with_umask_0_every_file_at_rest_is_private_and_no_password_is_stored(
                              umask=0)
         assert add.returncode == 0, add.stderr
         a = ServerProcess(tmp_path, "--log", str(log), env=a_env, paths=False, umask=0)
-        destination = _api(a, "createDestination",
+        destination = a.call("createDestination",
                            f"--destinationAddress=127.0.0.1:{b.recv_port}",
                            "--destinationUser=bob", f"--destinationPassword={SECRET}")
         assert "destinationPassword" not in destination
@@ -152,7 +140,7 @@ def test_with_umask_0_every_file_at_rest_is_private_and_no_password_is_stored(
 
 
 def test_a_password_stored_in_plain_text_before_is_sealed_at_start(tmp_path: Path) -> None:
-    home = _home(tmp_path / "h")
+    home = make_home(tmp_path / "h")
     (home / "state").mkdir()
     store = StateStore(home / "state")
     store.put("destination", "d" * 32, {
@@ -163,7 +151,7 @@ def test_a_password_stored_in_plain_text_before_is_sealed_at_start(tmp_path: Pat
     store.close()
     server = ServerProcess(home)
     try:
-        got = _api(server, "getDestination", f"--destinationId={'d' * 32}")
+        got = server.call("getDestination", f"--destinationId={'d' * 32}")
         assert got["hasCredentials"] is True
     finally:
         server.stop()

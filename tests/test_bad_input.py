@@ -14,22 +14,16 @@ import pytest
 from jetstream_server.client import ApiError, AsyncClient
 from jetstream_server.protocol.sender import SendPhase
 from jetstream_server.server import Server
-from tests.conftest import PASSWORDS, make_settings, write_users
+from tests.conftest import PASSWORDS, make_home, make_settings
 from tests.raw_sender import raw_send
 from tests.transfer_helpers import send, wait_transfer
-
-
-def _home(path: Path) -> Path:
-    (path / "sandbox").mkdir(parents=True)
-    write_users(path / "users")
-    return path
 
 
 @pytest.fixture
 async def pair(tmp_path: Path) -> AsyncIterator[tuple[Server, AsyncClient, Path]]:
     """Server B, a client of server A logged in as alice, and A's sandbox."""
-    async with Server(make_settings(_home(tmp_path / "a"))) as a, \
-            Server(make_settings(_home(tmp_path / "b"))) as b:
+    async with Server(make_settings(make_home(tmp_path / "a"))) as a, \
+            Server(make_settings(make_home(tmp_path / "b"))) as b:
         client = await AsyncClient.connect("127.0.0.1", a.api_port)
         await client.auth("alice", PASSWORDS["alice"])
         try:

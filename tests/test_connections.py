@@ -17,7 +17,8 @@ from jetstream_server.connections import ConnectionGuard, ConnectionLimits, Trac
 from jetstream_server.protocol.wire import TCP_PREFACE
 from jetstream_server.server import Server
 from tests.attacks import HOW, churn, fd_count
-from tests.conftest import PASSWORDS, ServerProcess, make_settings
+from tests.conftest import PASSWORDS, ServerProcess, make_home, make_settings
+from tests.transfer_helpers import send, wait_transfer
 
 
 def _conn(address: str = "10.0.0.1") -> tuple[Tracked, list[str]]:
@@ -206,10 +207,7 @@ async def test_before_login_lines_are_short_and_few(home: Path) -> None:
 
 
 def test_a_port_scan_of_the_data_listener_leaves_no_descriptor(tmp_path: Path) -> None:
-    (tmp_path / "sandbox").mkdir()
-    from tests.conftest import write_users
-
-    write_users(tmp_path / "users")
+    make_home(tmp_path)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         data_port = probe.getsockname()[1]
@@ -225,12 +223,8 @@ def test_a_port_scan_of_the_data_listener_leaves_no_descriptor(tmp_path: Path) -
 
 
 async def test_a_refused_tcp_data_connection_is_tried_again_later(tmp_path: Path) -> None:
-    from tests.conftest import write_users
-    from tests.transfer_helpers import send, wait_transfer
-
     for name in ("a", "b"):
-        (tmp_path / name / "sandbox").mkdir(parents=True)
-        write_users(tmp_path / name / "users")
+        make_home(tmp_path / name)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         data_port = probe.getsockname()[1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -11,20 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PASSWORDS, ServerProcess, write_users
+from tests.conftest import PASSWORDS, ServerProcess, make_home
 from tests.transfer_helpers import leftovers, make_tree, tree_listing
-
-
-def _home(path: Path) -> Path:
-    (path / "sandbox").mkdir(parents=True)
-    write_users(path / "users")
-    return path
 
 
 @pytest.fixture
 def two_servers(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    a = ServerProcess(_home(tmp_path / "a"))
-    b = ServerProcess(_home(tmp_path / "b"))
+    a = ServerProcess(make_home(tmp_path / "a"))
+    b = ServerProcess(make_home(tmp_path / "b"))
     try:
         yield a, b
     finally:
@@ -32,29 +25,24 @@ def two_servers(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]
         b.stop()
 
 
-def _api(server: ServerProcess, *args: str, user: str = "alice") -> Any:
-    done = server.api(*args, user=user, password=PASSWORDS[user])
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
 
 def _transfer(a: ServerProcess, b: ServerProcess, mapping: str, *extra: str,
               transport: str = "udp", timeout_s: float = 240) -> dict[str, Any]:
-    destination = _api(a, "createDestination",
+    destination = a.call("createDestination",
                        f"--destinationAddress=127.0.0.1:{b.recv_port}",
                        "--destinationUser=bob", f"--destinationPassword={PASSWORDS['bob']}",
                        f"--dataTransport={transport}")
-    manifest = _api(a, "createManifest", f"--fileMappings={mapping}")
+    manifest = a.call("createManifest", f"--fileMappings={mapping}")
     deadline = time.monotonic() + 60
-    while _api(a, "getManifest", f"--manifestId={manifest['manifestId']}")["status"] == \
+    while a.call("getManifest", f"--manifestId={manifest['manifestId']}")["status"] == \
             "pending":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    transfer = _api(a, "createTransfer", f"--destinationId={destination['destinationId']}",
+    transfer = a.call("createTransfer", f"--destinationId={destination['destinationId']}",
                     f"--manifestId={manifest['manifestId']}", *extra)
     deadline = time.monotonic() + timeout_s
     while True:
-        got = _api(a, "getTransfer", f"--transferId={transfer['transferId']}")
+        got = a.call("getTransfer", f"--transferId={transfer['transferId']}")
         if got["status"] not in ("pending", "sending"):
             return dict(got)
         assert time.monotonic() < deadline, got
@@ -72,19 +60,19 @@ def test_a_tree_and_a_big_file_arrive_identical_over_udp(
     assert leftovers(tmp_path / "b" / "sandbox") == []
     assert done["blocksAcked"] == done["totalBlocks"]
     assert done["bytesSent"] >= 200 * 2**20 and done["packetsRecv"] > 0
-    received = _api(b, "recv.getTransfers", user="bob")
+    received = b.call("recv.getTransfers", user="bob")
     assert [(r["transferId"], r["status"], r["filesComplete"]) for r in received] == [
         (done["transferId"], "complete", done["totalFiles"])]
-    sources = _api(b, "recv.getSources", user="bob")
+    sources = b.call("recv.getSources", user="bob")
     assert sources[0]["sourceIP"] == "127.0.0.1" and sources[0]["completeTransferCount"] == 1
     # JetStream's names for them are the queued ones
-    queued = _api(b, "recv.getTransfersAsync", user="bob")
-    result = _api(b, "getRequestResult", f"--requestId={queued['requestId']}", user="bob")
+    queued = b.call("recv.getTransfersAsync", user="bob")
+    result = b.call("getRequestResult", f"--requestId={queued['requestId']}", user="bob")
     assert result == received
-    queued = _api(b, "recv.getSourcesAsync", user="bob")
-    result = _api(b, "getRequestResult", f"--requestId={queued['requestId']}", user="bob")
+    queued = b.call("recv.getSourcesAsync", user="bob")
+    result = b.call("getRequestResult", f"--requestId={queued['requestId']}", user="bob")
     assert result[0]["bytesRecv"] >= 200 * 2**20
-    assert _api(b, "recv.getTransfers", user="alice") == []  # not alice's
+    assert b.call("recv.getTransfers", user="alice") == []  # not alice's
 
 
 def test_the_tcp_data_mode_delivers_the_same(
@@ -107,15 +95,15 @@ def test_wrong_credentials_fail_the_transfer_and_write_nothing(
         two_servers: tuple[ServerProcess, ServerProcess], tmp_path: Path) -> None:
     a, b = two_servers
     (tmp_path / "a" / "sandbox" / "f.txt").write_text("secret")
-    destination = _api(a, "createDestination",
+    destination = a.call("createDestination",
                        f"--destinationAddress=127.0.0.1:{b.recv_port}",
                        "--destinationUser=bob", "--destinationPassword=wrong")
-    manifest = _api(a, "createManifest", "--fileMappings=/f.txt:/f.txt")
+    manifest = a.call("createManifest", "--fileMappings=/f.txt:/f.txt")
     time.sleep(0.3)
-    transfer = _api(a, "createTransfer", f"--destinationId={destination['destinationId']}",
+    transfer = a.call("createTransfer", f"--destinationId={destination['destinationId']}",
                     f"--manifestId={manifest['manifestId']}")
     deadline = time.monotonic() + 30
-    while (got := _api(a, "getTransfer", f"--transferId={transfer['transferId']}"))[
+    while (got := a.call("getTransfer", f"--transferId={transfer['transferId']}"))[
             "status"] not in ("error", "complete"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
@@ -126,8 +114,8 @@ def test_wrong_credentials_fail_the_transfer_and_write_nothing(
 
 def test_without_udp_offload_the_same_files_arrive(tmp_path: Path) -> None:
     """--udp-offload false: one datagram per system call on both ends, same result."""
-    a = ServerProcess(_home(tmp_path / "a"), "--udp-offload", "false")
-    b = ServerProcess(_home(tmp_path / "b"), "--udp-offload", "false")
+    a = ServerProcess(make_home(tmp_path / "a"), "--udp-offload", "false")
+    b = ServerProcess(make_home(tmp_path / "b"), "--udp-offload", "false")
     try:
         make_tree(tmp_path / "a" / "sandbox" / "src", small_files=100, big_bytes=5 * 2**20)
         done = _transfer(a, b, "/src:/plain")

@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORDS, ServerProcess, command, write_users
+from tests.conftest import PASSWORDS, ServerProcess, command, make_home
 
 UNIT = Path(__file__).parent.parent / "systemd" / "jetstream-server.service"
 
-
-def _home(path: Path) -> Path:
-    (path / "sandbox").mkdir(parents=True)
-    write_users(path / "users")
-    return path
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
@@ -52,7 +47,7 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path: Path) -> 
     path = tmp_path / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
-        server = ServerProcess(_home(tmp_path / "h"), env={
+        server = ServerProcess(make_home(tmp_path / "h"), env={
             "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
         try:
             ready = _receive(sock, "READY=1")
@@ -69,7 +64,7 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path: Path) -> 
 
 def test_json_log_lines(tmp_path: Path) -> None:
     log_file = tmp_path / "server.jsonl"
-    server = ServerProcess(_home(tmp_path / "h"), "--log-format", "json", "--log",
+    server = ServerProcess(make_home(tmp_path / "h"), "--log-format", "json", "--log",
                            str(log_file))
     server.api("getDestinations", user="alice", password=PASSWORDS["alice"])
     assert server.stop() == 0

@@ -4,7 +4,6 @@ and bogus sessions never keep a real transfer out."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import subprocess
@@ -29,7 +28,7 @@ from jetstream_server.protocol.wire import (
     parse_header,
 )
 from tests.attacks import rss_bytes
-from tests.conftest import PASSWORDS, ServerProcess, write_users
+from tests.conftest import PASSWORDS, ServerProcess, make_home
 from tests.protocol_link import MemoryAuthorizer
 
 AUTHORIZER = MemoryAuthorizer({"alice": "pw"})
@@ -95,31 +94,20 @@ def test_a_wrong_proof_fails_and_counts_against_the_address_and_the_name() -> No
     assert authorizer.wait_s("alice", "10.0.0.9", 0.0) == 0.25
 
 
-def _home(path: Path) -> Path:
-    (path / "sandbox").mkdir(parents=True)
-    write_users(path / "users")
-    return path
-
-
-def _api(server: ServerProcess, *args: str, user: str = "alice") -> dict[str, object]:
-    done = server.api(*args, user=user, password=PASSWORDS[user])
-    assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
 
 
 @pytest.mark.timeout(180)
 def test_a_hello_flood_keeps_no_transfer_out_and_costs_no_memory(tmp_path: Path) -> None:
-    a = ServerProcess(_home(tmp_path / "a"))
-    b = ServerProcess(_home(tmp_path / "b"))
+    a = ServerProcess(make_home(tmp_path / "a"))
+    b = ServerProcess(make_home(tmp_path / "b"))
     flood: subprocess.Popen[bytes] | None = None
     try:
         data = os.urandom(20 * 2**20)
         (tmp_path / "a" / "sandbox" / "big.bin").write_bytes(data)
-        destination = _api(a, "createDestination", f"--destinationAddress=127.0.0.1:"
+        destination = a.call("createDestination", f"--destinationAddress=127.0.0.1:"
                            f"{b.recv_port}", "--destinationUser=bob",
                            f"--destinationPassword={PASSWORDS['bob']}")
-        manifest = _api(a, "createManifest", "--fileMappings=/big.bin:/big.bin")
+        manifest = a.call("createManifest", "--fileMappings=/big.bin:/big.bin")
         time.sleep(0.5)
         baseline = rss_bytes(b.proc.pid)
         flood = subprocess.Popen(
@@ -128,11 +116,11 @@ def test_a_hello_flood_keeps_no_transfer_out_and_costs_no_memory(tmp_path: Path)
             stdout=subprocess.PIPE)
         time.sleep(2)  # the flood has filled every limit
         started = time.monotonic()
-        transfer = _api(a, "createTransfer", f"--destinationId={destination['destinationId']}",
+        transfer = a.call("createTransfer", f"--destinationId={destination['destinationId']}",
                         f"--manifestId={manifest['manifestId']}")
         peak, first_ack = baseline, None
         while True:
-            got = _api(a, "getTransfer", f"--transferId={transfer['transferId']}")
+            got = a.call("getTransfer", f"--transferId={transfer['transferId']}")
             peak = max(peak, rss_bytes(b.proc.pid))
             if first_ack is None and int(str(got["blocksAcked"])) > 0:
                 first_ack = time.monotonic() - started
@@ -146,7 +134,7 @@ def test_a_hello_flood_keeps_no_transfer_out_and_costs_no_memory(tmp_path: Path)
         out, _ = flood.communicate(timeout=30)
         assert flood.returncode == 0
         sent = int(out.split()[0])
-        info = _api(b, "getServerInfo")["receiver"]
+        info = b.call("getServerInfo")["receiver"]
         assert isinstance(info, dict)
         assert info["unauthenticatedSessionsEvicted"] > sent // 2  # the limits were hit
         assert peak - baseline < 64 * 2**20, (peak - baseline) / 2**20

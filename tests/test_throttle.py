@@ -14,7 +14,7 @@ from jetstream_server.client import ApiError, AsyncClient
 from jetstream_server.connections import ConnectionLimits
 from jetstream_server.server import Server
 from jetstream_server.throttle import BUSY_WAIT_S, LoginThrottle
-from tests.conftest import PASSWORDS, make_settings
+from tests.conftest import PASSWORDS, make_home, make_settings
 from tests.raw_sender import raw_send
 
 
@@ -111,10 +111,7 @@ async def test_fifty_concurrent_wrong_guesses_take_as_long_as_fifty_in_a_row(
 
 async def test_transfer_logins_wait_in_line_are_logged_and_slow_api_logins(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / "sandbox").mkdir()
-    from tests.conftest import write_users
-
-    write_users(tmp_path / "users")
+    make_home(tmp_path)
     async with Server(make_settings(tmp_path)) as srv:
         assert srv.service is not None
         throttle = srv.service.throttle = LoginThrottle(base_delay_s=0.1, max_delay_s=0.4)

@@ -21,7 +21,7 @@ from jetstream_server.protocol.sender import SendPhase
 from jetstream_server.protocol.wire import TCP_PREFACE, Kind, encode
 from jetstream_server.sandbox import written_path
 from jetstream_server.server import Server
-from tests.conftest import PASSWORDS, make_settings, write_users
+from tests.conftest import PASSWORDS, make_home, make_settings
 from tests.raw_sender import raw_send
 from tests.transfer_helpers import leftovers, send, wait_transfer
 
@@ -52,16 +52,11 @@ def test_written_paths_refuse_escapes(target: str) -> None:
         written_path("/storage", "alice", None, target)
 
 
-def _home(path: Path) -> Path:
-    (path / "sandbox").mkdir(parents=True)
-    write_users(path / "users")
-    return path
-
 
 @pytest.fixture
 async def pair(tmp_path: Path) -> AsyncIterator[tuple[Server, Server, AsyncClient, Path, Path]]:
     """Servers A and B, a client of A logged in as alice, and both sandboxes."""
-    a_home, b_home = _home(tmp_path / "a"), _home(tmp_path / "b")
+    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b")
     async with Server(make_settings(a_home)) as a, Server(make_settings(b_home)) as b:
         client = await AsyncClient.connect("127.0.0.1", a.api_port)
         await client.auth("alice", PASSWORDS["alice"])
@@ -278,7 +273,7 @@ async def test_a_source_truncated_while_sending_fails_the_transfer(
 
 
 async def test_anonymous_transfers_need_the_operators_consent(tmp_path: Path) -> None:
-    a_home, b_home = _home(tmp_path / "a"), _home(tmp_path / "b")
+    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b")
     (a_home / "sandbox" / "f.txt").write_text("hi")
     (b_home / "sandbox" / "anonymous").mkdir()
     async with Server(make_settings(a_home)) as a, \
@@ -301,7 +296,7 @@ async def test_anonymous_transfers_need_the_operators_consent(tmp_path: Path) ->
 
 
 async def test_a_missing_per_user_sandbox_fails_with_its_name(tmp_path: Path) -> None:
-    a_home, b_home = _home(tmp_path / "a"), _home(tmp_path / "b")
+    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b")
     (a_home / "sandbox" / "f.txt").write_text("hi")
     async with Server(make_settings(a_home)) as a, \
             Server(make_settings(b_home, sandbox_dir=str(b_home / "sandbox" / "%u"))) as b:
@@ -336,7 +331,7 @@ async def test_a_file_larger_than_4_gib_arrives_intact(
 
 
 async def test_a_data_port_apart_from_the_api_port_serves_udp_and_tcp(tmp_path: Path) -> None:
-    a_home, b_home = _home(tmp_path / "a"), _home(tmp_path / "b")
+    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b")
     (a_home / "sandbox" / "f.txt").write_text("apart")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -359,7 +354,7 @@ async def test_a_data_port_apart_from_the_api_port_serves_udp_and_tcp(tmp_path: 
 async def test_outcomes_are_logged_once_and_abandoned_partial_files_are_collected(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="jetstream.transfers")
-    a_home, b_home = _home(tmp_path / "a"), _home(tmp_path / "b")
+    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b")
     b_box = b_home / "sandbox"
     (a_home / "sandbox" / "small.txt").write_text("small")
     (a_home / "sandbox" / "big.bin").write_bytes(os.urandom(4_000_000))

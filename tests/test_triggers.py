@@ -18,7 +18,7 @@ import pytest
 
 from jetstream_server.client import AsyncClient
 from jetstream_server.server import Server
-from tests.conftest import PASSWORDS, ServerProcess, make_settings, write_users
+from tests.conftest import PASSWORDS, ServerProcess, make_home, make_settings
 from tests.transfer_helpers import send, wait_transfer
 
 CAPTURE = """#!/usr/bin/env python3
@@ -58,11 +58,6 @@ async def wait_calls(trigger_dir: Path, event: str, count: int = 1,
     return found
 
 
-def _home(path: Path) -> Path:
-    (path / "sandbox").mkdir(parents=True)
-    write_users(path / "users")
-    return path
-
 
 async def _client(server: Server, user: str = "alice") -> AsyncClient:
     client = await AsyncClient.connect("127.0.0.1", server.api_port)
@@ -73,7 +68,7 @@ async def _client(server: Server, user: str = "alice") -> AsyncClient:
 async def test_launch_gets_the_real_control_port(tmp_path: Path) -> None:
     triggers = tmp_path / "triggers"
     install(triggers, "launch")
-    async with Server(make_settings(_home(tmp_path / "h"), trigger_dir=triggers)) as server:
+    async with Server(make_settings(make_home(tmp_path / "h"), trigger_dir=triggers)) as server:
         (launch,) = await wait_calls(triggers, "launch")
         assert launch["args"] == [str(server.api_port)] and server.api_port != 0
 
@@ -83,7 +78,7 @@ async def test_destination_triggers_name_the_destination_and_the_client(
     triggers = tmp_path / "triggers"
     install(triggers, "send.destinationCreated")
     install(triggers, "send.destinationDeleted")
-    async with Server(make_settings(_home(tmp_path / "h"), trigger_dir=triggers)) as server:
+    async with Server(make_settings(make_home(tmp_path / "h"), trigger_dir=triggers)) as server:
         client = await _client(server)
         client_port = client._writer.get_extra_info("sockname")[1]
         created = await client.call("createDestination", destinationAddress="localhost:9100")
@@ -100,8 +95,8 @@ async def test_destination_triggers_name_the_destination_and_the_client(
 async def pair_with_triggers(tmp_path: Path) -> AsyncIterator[tuple[Server, Server, Path]]:
     triggers = tmp_path / "b-triggers"
     triggers.mkdir()
-    async with Server(make_settings(_home(tmp_path / "a"))) as a, \
-            Server(make_settings(_home(tmp_path / "b"), trigger_dir=triggers)) as b:
+    async with Server(make_settings(make_home(tmp_path / "a"))) as a, \
+            Server(make_settings(make_home(tmp_path / "b"), trigger_dir=triggers)) as b:
         yield a, b, triggers
 
 
@@ -158,7 +153,7 @@ async def test_api_triggers_get_the_command_status_message_and_result(
     for name in ("on.auth", "on.send.createManifest", "on.send.getTransfer",
                  "on.getServerInfo", "on.send.getDestinationsAsync"):
         install(triggers, name)
-    settings = make_settings(_home(tmp_path / "h"), trigger_dir=triggers, trigger_on_api=True)
+    settings = make_settings(make_home(tmp_path / "h"), trigger_dir=triggers, trigger_on_api=True)
     async with Server(settings) as server:
         client = await _client(server)
         (tmp_path / "h" / "sandbox" / "f.txt").write_text("x")
@@ -185,7 +180,7 @@ async def test_api_triggers_get_the_command_status_message_and_result(
 async def test_triggers_run_one_at_a_time_in_event_order(tmp_path: Path) -> None:
     triggers = tmp_path / "triggers"
     install(triggers, "send.destinationCreated", sleep=0.4)
-    async with Server(make_settings(_home(tmp_path / "h"), trigger_dir=triggers)) as server:
+    async with Server(make_settings(make_home(tmp_path / "h"), trigger_dir=triggers)) as server:
         client = await _client(server)
         for port in (9001, 9002, 9003):
             await client.call("createDestination", destinationAddress=f"127.0.0.1:{port}")
@@ -200,7 +195,7 @@ async def test_triggers_run_one_at_a_time_in_event_order(tmp_path: Path) -> None
 async def test_the_server_never_waits_for_a_trigger(tmp_path: Path) -> None:
     triggers = tmp_path / "triggers"
     install(triggers, "on.send.getDestinations", sleep=3)
-    settings = make_settings(_home(tmp_path / "h"), trigger_dir=triggers, trigger_on_api=True)
+    settings = make_settings(make_home(tmp_path / "h"), trigger_dir=triggers, trigger_on_api=True)
     async with Server(settings) as server:
         client = await _client(server)
         await client.call("getDestinations")
@@ -219,7 +214,7 @@ async def test_missing_or_not_executable_scripts_are_no_trigger(
     triggers = tmp_path / "triggers"
     install(triggers, "send.destinationDeleted")
     (triggers / "send.destinationCreated").write_text("#!/bin/sh\ntouch ran\n")  # not +x
-    settings = make_settings(_home(tmp_path / "h"), trigger_dir=triggers, trigger_log=True)
+    settings = make_settings(make_home(tmp_path / "h"), trigger_dir=triggers, trigger_log=True)
     caplog.set_level("INFO", logger="jetstream.triggers")
     async with Server(settings) as server:
         client = await _client(server)
@@ -231,7 +226,7 @@ async def test_missing_or_not_executable_scripts_are_no_trigger(
     assert "send.destinationCreated is not executable" in caplog.text
     assert "launch does not exist" in caplog.text
     # and a trigger folder that does not exist is simply no trigger
-    async with Server(make_settings(_home(tmp_path / "h2"),
+    async with Server(make_settings(make_home(tmp_path / "h2"),
                                     trigger_dir=tmp_path / "nowhere")) as server:
         client = await _client(server)
         await client.call("createDestination", destinationAddress="127.0.0.1:9")
@@ -241,7 +236,7 @@ async def test_missing_or_not_executable_scripts_are_no_trigger(
 async def test_scripts_get_a_small_documented_environment(tmp_path: Path) -> None:
     triggers = tmp_path / "triggers"
     install(triggers, "launch")
-    async with Server(make_settings(_home(tmp_path / "h"), trigger_dir=triggers)) as server:
+    async with Server(make_settings(make_home(tmp_path / "h"), trigger_dir=triggers)) as server:
         (launch,) = await wait_calls(triggers, "launch")
     assert launch["cwd"] == str(triggers)
     env = launch["env"]
@@ -253,7 +248,7 @@ async def test_scripts_get_a_small_documented_environment(tmp_path: Path) -> Non
 
 
 def _process_home(tmp_path: Path, launch: str) -> tuple[Path, Path]:
-    home = _home(tmp_path / "h")
+    home = make_home(tmp_path / "h")
     triggers = tmp_path / "triggers"
     triggers.mkdir()
     (triggers / "launch").write_text(launch)
@@ -337,7 +332,7 @@ async def test_the_examples_work_as_shipped(tmp_path: Path) -> None:
     a_triggers, b_triggers = tmp_path / "a-triggers", tmp_path / "b-triggers"
     shutil.copytree(examples, a_triggers)
     shutil.copytree(examples, b_triggers)
-    a_home, b_home = _home(tmp_path / "a"), _home(tmp_path / "b")
+    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b")
     (a_home / "sandbox" / "a b.txt").write_text("x")
     async with Server(make_settings(a_home, trigger_dir=a_triggers, trigger_on_api=True)) as a, \
             Server(make_settings(b_home, trigger_dir=b_triggers)) as b:
