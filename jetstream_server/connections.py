@@ -12,8 +12,9 @@ by one :class:`ConnectionGuard`:
   out; when every connection within the limit is authenticated, the new one is refused.
 - An unauthenticated connection is closed ``first_message_s`` after accept if it has not
   sent one complete request (or data frame), and ``unauthenticated_idle_s`` after its last
-  one while no request of it is being answered. Authenticated connections stay open; the
-  server's TCP keepalives close them when their peer's machine goes away.
+  one while no request of it is being answered; a logged-in one after ``idle_s`` without a
+  request (an hour), and sooner by the server's TCP keepalives when its peer's machine
+  goes away.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ConnectionLimits:
     max_unauthenticated_per_address: int = 16
     first_message_s: float = 10.0
     unauthenticated_idle_s: float = 30.0
+    idle_s: float = 3600.0
 
 
 @dataclass(eq=False)
@@ -108,14 +110,18 @@ class ConnectionGuard:
                 del self._by_address[conn.address]
 
     def expired(self, now: float) -> list[tuple[Tracked, str]]:
-        """Unauthenticated connections past their time, each with why (they stay tracked
-        until :meth:`release`)."""
+        """Connections past their time, each with why (they stay tracked until
+        :meth:`release`)."""
         limits = self.limits
         out: list[tuple[Tracked, str]] = []
         for conn in self._all.values():
-            if conn.authenticated or conn.busy:
+            if conn.busy:
                 continue
-            if not conn.has_spoken and now - conn.opened_s >= limits.first_message_s:
+            if conn.authenticated:
+                if now - conn.last_active_s >= limits.idle_s:
+                    out.append((conn, f"Idle for {limits.idle_s:g} s; the connection is "
+                                      "closed."))
+            elif not conn.has_spoken and now - conn.opened_s >= limits.first_message_s:
                 out.append((conn, f"No request within {limits.first_message_s:g} s of "
                                   "connecting; the connection is closed."))
             elif conn.has_spoken and now - conn.last_active_s >= limits.unauthenticated_idle_s:

@@ -62,9 +62,10 @@ def test_the_total_limit_evicts_across_addresses() -> None:
     assert guard.admit(newcomer, now=6) == [conns[1]]
 
 
-def test_silent_and_idle_unauthenticated_connections_expire_busy_and_logged_in_ones_do_not(
+def test_silent_idle_and_long_idle_logged_in_connections_expire_busy_ones_do_not(
         ) -> None:
-    guard = ConnectionGuard(ConnectionLimits(first_message_s=10, unauthenticated_idle_s=30))
+    guard = ConnectionGuard(ConnectionLimits(first_message_s=10, unauthenticated_idle_s=30,
+                                             idle_s=3600))
     silent, idle, busy, logged_in = (_conn()[0] for _ in range(4))
     for conn in (silent, idle, busy, logged_in):
         guard.admit(conn, now=0)
@@ -76,6 +77,8 @@ def test_silent_and_idle_unauthenticated_connections_expire_busy_and_logged_in_o
     assert [c for c, _ in guard.expired(10)] == [silent]
     assert [c for c, _ in guard.expired(35)] == [silent, idle]
     assert "No request within 10 s" in guard.expired(35)[0][1]
+    assert [c for c, _ in guard.expired(3605)] == [silent, idle, logged_in]  # an hour idle
+    assert guard.expired(3605)[2][1] == "Idle for 3600 s; the connection is closed."
 
 
 def _server_fds(pid: int, baseline: int, timeout_s: float = 15.0) -> int:
