@@ -8,7 +8,6 @@ mode 0600. Plain-text passwords are never stored.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from .atrest import private_dir
 from .errors import ConfigError
+from .protocol.auth import MAX_SCRYPT_BYTES, derive_verifier, scrypt_bytes
 
 __all__ = [
     "StoredHash",
@@ -34,7 +34,6 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@\-]{0,63}$")
 _LOG2_N, _R, _P = 14, 8, 1
 _HASH = re.compile(r"^\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
-_MAX_PASSWORD_BYTES = 4096
 
 
 def check_user_name(name: str) -> str:
@@ -48,7 +47,7 @@ def check_user_name(name: str) -> str:
 
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
-    digest = _scrypt(password, salt, _LOG2_N, _R, _P)
+    digest = derive_verifier(password, salt, _LOG2_N, _R, _P)
     return (f"$scrypt$ln={_LOG2_N},r={_R},p={_P}$"
             f"{base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}")
 
@@ -71,7 +70,8 @@ def parse_hash(stored: str) -> StoredHash | None:
     if match is None:
         return None
     log2_n, r, p = (int(match.group(i)) for i in (1, 2, 3))
-    if not (10 <= log2_n <= 20 and 1 <= r <= 16 and 1 <= p <= 4):
+    if not (10 <= log2_n <= 20 and 1 <= r <= 16 and 1 <= p <= 4) or \
+            scrypt_bytes(log2_n, r, p) > MAX_SCRYPT_BYTES:
         return None
     return StoredHash(base64.b64decode(match.group(4)), log2_n, r, p,
                       base64.b64decode(match.group(5)))
@@ -82,14 +82,8 @@ def verify_password(password: str, stored: str) -> bool:
     parts = parse_hash(stored)
     if parts is None:
         return False
-    return hmac.compare_digest(_scrypt(password, parts.salt, parts.log2_n, parts.r, parts.p),
-                               parts.digest)
-
-
-def _scrypt(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
-    data = password.encode("utf-8", "surrogatepass")[:_MAX_PASSWORD_BYTES]
-    return hashlib.scrypt(data, salt=salt, n=1 << log2_n, r=r, p=p, maxmem=64 * 1024 * 1024,
-                          dklen=32)
+    return hmac.compare_digest(
+        derive_verifier(password, parts.salt, parts.log2_n, parts.r, parts.p), parts.digest)
 
 
 #: Verified against when a user name is unknown, so that an unknown name costs the same time.

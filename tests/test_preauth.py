@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from jetstream_server.protocol.auth import auth_proof
 from jetstream_server.protocol.receiver import (
     UNAUTHENTICATED_TIMEOUT_S,
     ReceiverCore,
     RecvPhase,
 )
-from jetstream_server.protocol.sender import auth_proof
 from jetstream_server.protocol.wire import (
     HEADER,
     Hello,

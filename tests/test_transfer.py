@@ -434,3 +434,24 @@ async def test_a_transfer_of_too_many_blocks_is_refused_at_creation(
     assert refused.value.code == "invalid_parameter"
     assert refused.value.message == (f"The manifest needs 4 blocks of {LOOPBACK_BLOCK_SIZE} "
                                      "bytes; one transfer can carry 3.")
+
+
+async def test_a_5000_byte_password_logs_in_to_the_api_and_authorizes_a_transfer(
+        tmp_path: Path) -> None:
+    password = "x" * 4999 + "é"  # 5001 bytes of UTF-8
+    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b", {"bob": password})
+    async with Server(make_settings(a_home)) as a, Server(make_settings(b_home)) as b:
+        viewer = await AsyncClient.connect("127.0.0.1", b.api_port)
+        await viewer.auth("bob", password)
+        await viewer.close()
+        client = await AsyncClient.connect("127.0.0.1", a.api_port)
+        await client.auth("alice", PASSWORDS["alice"])
+        destination = await client.call(
+            "createDestination", destinationAddress=f"127.0.0.1:{b.recv_port}",
+            destinationUser="bob", destinationPassword=password)
+        (a_home / "sandbox" / "f.txt").write_text("long")
+        transfer = await send(client, destination["destinationId"], {"/f.txt": "/f.txt"})
+        done = await wait_transfer(client, transfer["transferId"])
+        assert done["status"] == "complete", done["errorMessage"]
+        assert (b_home / "sandbox" / "f.txt").read_text() == "long"
+        await client.close()

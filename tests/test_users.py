@@ -59,3 +59,10 @@ def test_the_store_sees_users_added_while_it_runs(tmp_path: Path) -> None:
     assert store.verify("bob", "pw")
     assert not store.verify("bob", "wrong")
     assert not store.verify("nobody", "pw")
+
+
+def test_a_long_password_is_not_cut_short() -> None:
+    long = "p" * 5000
+    stored = hash_password(long)
+    assert verify_password(long, stored)
+    assert not verify_password("p" * 4096, stored)  # (the first 4096 bytes were all once)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..codec import encode_message, error_response
 from ..netaddr import plain_host
+from ..protocol.auth import auth_proof
 from ..protocol.receiver import ReceiverCore, RecvPhase
-from ..protocol.sender import auth_proof
 from ..protocol.wire import (
     ERROR_UNKNOWN_SESSION,
     FRAME,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import socket
@@ -23,6 +22,7 @@ import orjson
 from ..ids import now_us
 from ..netaddr import is_loopback
 from ..objects import Destination, Manifest, Transfer
+from ..protocol.auth import derive_verifier
 from ..protocol.layout import Layout
 from ..protocol.metadata import FileEntry, Metadata, encode_metadata
 from ..protocol.sender import SenderCore, SendPhase
@@ -121,7 +121,7 @@ class SendingPlane:
     def __init__(self, service: Service) -> None:
         self.service = service
         #: scrypt verifiers by (password, salt, log2 n, r, p): see SendSession._verifier
-        self.verifiers: dict[tuple[bytes, bytes, int, int, int], bytes] = {}
+        self.verifiers: dict[tuple[str, bytes, int, int, int], bytes] = {}
         self.sessions: dict[str, SendSession] = {}
         #: failed attempts in a row, per transfer, for the retry back-off
         self.attempts: dict[str, int] = {}
@@ -169,13 +169,12 @@ class SendingPlane:
     def verifier(self, destination: Destination, challenge: Challenge) -> bytes:
         """scrypt of the destination's password under the receiver's salt (blocking: for
         a worker thread); remembered, so later transfers to the account skip it."""
-        password = (destination.remote_password or "").encode("utf-8", "surrogatepass")
+        password = destination.remote_password or ""
         key = (password, challenge.salt, challenge.log2_n, challenge.r, challenge.p)
         verifier = self.verifiers.get(key)
         if verifier is None:
-            verifier = hashlib.scrypt(password, salt=challenge.salt, n=1 << challenge.log2_n,
-                                      r=challenge.r, p=challenge.p,
-                                      maxmem=256 * 1024 * 1024, dklen=32)
+            verifier = derive_verifier(password, challenge.salt, challenge.log2_n,
+                                       challenge.r, challenge.p)
             if len(self.verifiers) >= 256:
                 self.verifiers.clear()
             self.verifiers[key] = verifier

@@ -13,13 +13,11 @@ ACK that says every file is verified and in place.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import struct
 from collections import OrderedDict, deque
 from enum import Enum
 from typing import Protocol
 
+from .auth import auth_proof
 from .layout import Layout, Slot
 from .ranges import RangeSet
 from .rate import Pacer, RateController
@@ -52,7 +50,7 @@ from .wire import (
     seal,
 )
 
-__all__ = ["BlockSource", "SendPhase", "SenderCore", "SourceError", "auth_proof"]
+__all__ = ["BlockSource", "SendPhase", "SenderCore", "SourceError"]
 
 _DATA_FIRST_BYTE = first_byte(Kind.DATA)
 
@@ -95,12 +93,6 @@ class SendPhase(Enum):
 #: round trip for ACCEPT: the receiver checks AUTH as it arrives, so metadata arriving
 #: after it is taken (and before it, dropped and sent again).
 _SENDING = (SendPhase.AUTH_SENT, SendPhase.METADATA, SendPhase.DATA)
-
-
-def auth_proof(verifier: bytes, nonce: bytes, session: int, transfer_id: bytes) -> bytes:
-    """What proves the sender knows the password: HMAC-SHA256 keyed with the scrypt hash."""
-    message = nonce + struct.pack("!I", session) + transfer_id
-    return hmac.new(verifier, message, hashlib.sha256).digest()
 
 
 class SenderCore:
