@@ -187,7 +187,7 @@ class Workdir:
         self.rsync_dest = base / "rsync-dest"
         for folder in (self.a_sandbox, self.b_sandbox, self.rsync_dest):
             folder.mkdir(parents=True)
-        from jetstream_server.users import hash_password, write_users_file
+        from jetstream_server.core.users import hash_password, write_users_file
         users = {"alice": hash_password("alice-pw"), "bob": hash_password("bob-pw")}
         for side in "ab":
             write_users_file(base / side / "users", users)

@@ -19,17 +19,17 @@ from typing import Any
 import click
 
 from . import __version__
-from .atrest import private_file
-from .config import SETTINGS, Setting, load_settings
-from .errors import ConfigError
-from .sdnotify import notify, watchdog
-from .server import Server
-from .users import (
+from .core.atrest import private_file
+from .core.config import SETTINGS, Setting, load_settings
+from .core.users import (
     check_user_name,
     hash_password,
     read_users_file,
     write_users_file,
 )
+from .errors import ConfigError
+from .sdnotify import notify, watchdog
+from .server import Server
 
 __all__ = ["jetstream_main", "server_main"]
 
@@ -185,7 +185,7 @@ _users_file_option = click.option(
 def _users_path(users_file: Path | None) -> Path:
     if users_file is not None:
         return users_file
-    from .config import default_home
+    from .core.config import default_home
 
     return default_home() / "users"
 

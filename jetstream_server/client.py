@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .codec import MAX_LINE_BYTES
+from .protocol.lines import MAX_LINE_BYTES
 
 __all__ = ["DEFAULT_API_PORT", "ApiError", "AsyncClient", "Client", "ConnectionFailed"]
 

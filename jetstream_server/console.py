@@ -22,9 +22,9 @@ import sys
 from typing import Any
 
 from .client import ApiError, AsyncClient, ConnectionFailed
+from .commands.registry import Command, Registry
+from .core.manifests import parse_console_mapping
 from .errors import ApiError as ServerApiError
-from .manifests import parse_console_mapping
-from .registry import Command, Registry
 
 __all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "UsageError", "parse_parameters",
            "run_console"]
@@ -39,9 +39,9 @@ class UsageError(Exception):
 
 
 def _registry() -> Registry:
-    from .commands_recv import register as register_recv
-    from .commands_send import register as register_send
-    from .commands_server import register as register_server
+    from .commands.recv import register as register_recv
+    from .commands.send import register as register_send
+    from .commands.server import register as register_server
 
     registry = Registry()
     register_server(registry)

@@ -22,19 +22,25 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from .atrest import private_dir
-from .codec import MAX_LINE_BYTES, LineDecoder, decode_request, encode_message, error_response
-from .config import Settings, default_home
-from .connections import ConnectionGuard, Tracked
+from .core.atrest import private_dir
+from .core.config import Settings, default_home
+from .core.connections import ConnectionGuard, Tracked
+from .core.netaddr import is_loopback, plain_host
+from .core.ratelog import LimitedLog
+from .core.scheduler import DataPlane
+from .core.users import UserStore, write_users_file
 from .dataplane.receiving import DataEndpoint, DataStream, StreamWatch
 from .dataplane.sending import SendingPlane
 from .errors import ApiError, Busy, ConfigError, ConnectionDropped, RemoteControlRefused
-from .netaddr import is_loopback, plain_host
+from .protocol.lines import (
+    MAX_LINE_BYTES,
+    LineDecoder,
+    decode_request,
+    encode_message,
+    error_response,
+)
 from .protocol.wire import TCP_PREFACE
-from .ratelog import LimitedLog
 from .service import Service, Session
-from .transfers import DataPlane
-from .users import UserStore, write_users_file
 
 __all__ = ["Server", "is_loopback", "prepare_settings"]
 

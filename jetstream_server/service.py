@@ -17,11 +17,21 @@ from typing import Any, TypeVar
 import orjson
 
 from . import __version__
-from .atrest import SecretBox, UnreadableSecret
-from .codec import Request, error_response, success_response
-from .config import Settings
+from .commands.registry import SECRET_PARAMETERS, Registry
+from .core.atrest import SecretBox, UnreadableSecret
+from .core.config import Settings
+from .core.ids import new_id, now_us
+from .core.lifecycle import ManifestStatus, TransferStatus
+from .core.objects import Destination, FileMapping, Manifest, Owned, Transfer
+from .core.ratelog import LimitedLog
+from .core.receives import ReceiveRecord, remove_partial_files
+from .core.requests import RequestBook, RequestRecord
+from .core.sandbox import expand_sandbox
+from .core.scheduler import DataPlane, Scheduler
+from .core.store import StateStore
+from .core.throttle import LoginThrottle
+from .core.users import UserStore
 from .dataplane.receiving import DataEndpoint
-from .dataplane.records import ReceiveRecord, remove_partial_files
 from .dataplane.sending import SendingPlane
 from .errors import (
     ApiError,
@@ -31,19 +41,9 @@ from .errors import (
     InvalidParameter,
     NotFound,
 )
-from .ids import new_id, now_us
-from .objects import Destination, FileMapping, Manifest, Owned, Transfer
+from .protocol.lines import Request, error_response, success_response
 from .protocol.metadata import MAX_USER_DATA_BYTES
-from .ratelog import LimitedLog
-from .registry import SECRET_PARAMETERS, Registry
-from .requests import RequestBook, RequestRecord
-from .sandbox import expand_sandbox
-from .state import StateStore
-from .states import ManifestStatus, TransferStatus
-from .throttle import LoginThrottle
-from .transfers import DataPlane, Scheduler
 from .triggers import TriggerRunner
-from .users import UserStore
 
 __all__ = ["API_VERSION", "Call", "Service", "Session"]
 
@@ -93,9 +93,9 @@ class Call:
 class Service:
     def __init__(self, settings: Settings, users: UserStore,
                  data_plane: DataPlane | None = None) -> None:
-        from .commands_recv import register as register_recv
-        from .commands_send import register as register_send
-        from .commands_server import register as register_server
+        from .commands.recv import register as register_recv
+        from .commands.send import register as register_send
+        from .commands.server import register as register_server
 
         self.settings = settings
         self.users = users

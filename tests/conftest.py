@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from jetstream_server.client import AsyncClient
-from jetstream_server.config import Settings, load_settings
+from jetstream_server.core.config import Settings, load_settings
+from jetstream_server.core.users import hash_password, write_users_file
 from jetstream_server.server import Server
-from jetstream_server.users import hash_password, write_users_file
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}
 BIN = Path(sys.executable).parent

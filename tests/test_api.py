@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from jetstream_server.client import ApiError, AsyncClient
-from jetstream_server.codec import MAX_LINE_BYTES
+from jetstream_server.protocol.lines import MAX_LINE_BYTES
 from jetstream_server.server import Server
 from tests.conftest import PASSWORDS
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from jetstream_server.atrest import SecretBox, UnreadableSecret, private_dir, private_file
+from jetstream_server.core.atrest import SecretBox, UnreadableSecret, private_dir, private_file
+from jetstream_server.core.store import StateStore
 from jetstream_server.errors import ConfigError
-from jetstream_server.state import StateStore
 from tests.conftest import PASSWORDS, ServerProcess, command, make_home
 
 SECRET = "S3cret-destination-password-\u00e9"

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jetstream_server.codec import (
+from jetstream_server.errors import LineTooLong, MalformedRequest
+from jetstream_server.protocol.lines import (
     LineDecoder,
     decode_request,
     encode_message,
     error_response,
     success_response,
 )
-from jetstream_server.errors import LineTooLong, MalformedRequest
 
 
 def test_lines_split_across_chunks_are_joined() -> None:

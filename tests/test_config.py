@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from jetstream_server.cli import server_cli
-from jetstream_server.config import load_settings
+from jetstream_server.core.config import load_settings
 from jetstream_server.errors import ConfigError
 
 

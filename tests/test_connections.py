@@ -13,7 +13,7 @@ import pytest
 
 from jetstream_server import server as server_module
 from jetstream_server.client import AsyncClient
-from jetstream_server.connections import ConnectionGuard, ConnectionLimits, Tracked
+from jetstream_server.core.connections import ConnectionGuard, ConnectionLimits, Tracked
 from jetstream_server.protocol.wire import TCP_PREFACE
 from jetstream_server.server import Server
 from tests.attacks import HOW, churn, fd_count

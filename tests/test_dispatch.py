@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jetstream_server.codec import Request
+from jetstream_server.protocol.lines import Request
 from jetstream_server.server import prepare_settings
 from jetstream_server.service import Service, Session
 from tests.conftest import PASSWORDS, make_settings

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from jetstream_server.commands.registry import Command, Param, Registry
+from jetstream_server.core.lifecycle import TRANSFER_MOVES, TransferStatus, transfer_move
 from jetstream_server.errors import (
     AmbiguousCommand,
     InvalidParameter,
@@ -13,8 +15,6 @@ from jetstream_server.errors import (
     MissingParameter,
     UnknownCommand,
 )
-from jetstream_server.registry import Command, Param, Registry
-from jetstream_server.states import TRANSFER_MOVES, TransferStatus, transfer_move
 
 
 async def _noop(call: Any, params: dict[str, Any]) -> tuple[str, Any]:

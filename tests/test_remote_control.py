@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from jetstream_server.netaddr import is_loopback
+from jetstream_server.core.netaddr import is_loopback
 from jetstream_server.server import Server
 from tests.conftest import make_settings
 

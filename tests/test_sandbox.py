@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from jetstream_server.errors import InvalidParameter, PermissionDenied
-from jetstream_server.manifests import ManifestError, build_file_list, parse_console_mapping
-from jetstream_server.sandbox import (
+from jetstream_server.core.manifests import ManifestError, build_file_list, parse_console_mapping
+from jetstream_server.core.sandbox import (
     expand_sandbox,
     open_in_sandbox,
     real_sandbox,
     resolve_in_sandbox,
     virtual_parts,
 )
+from jetstream_server.errors import InvalidParameter, PermissionDenied
 
 
 @pytest.mark.parametrize(("template", "user", "expected"), [

@@ -6,10 +6,10 @@ three calls.
 
 from __future__ import annotations
 
-from jetstream_server.ids import new_id
-from jetstream_server.objects import Destination, Manifest, Transfer
-from jetstream_server.states import ManifestStatus, TransferStatus
-from jetstream_server.transfers import Scheduler
+from jetstream_server.core.ids import new_id
+from jetstream_server.core.lifecycle import ManifestStatus, TransferStatus
+from jetstream_server.core.objects import Destination, Manifest, Transfer
+from jetstream_server.core.scheduler import Scheduler
 
 
 class RecordingDataPlane:

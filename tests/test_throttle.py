@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from jetstream_server.client import ApiError, AsyncClient
-from jetstream_server.connections import ConnectionLimits
+from jetstream_server.core.connections import ConnectionLimits
+from jetstream_server.core.throttle import BUSY_WAIT_S, LoginThrottle
 from jetstream_server.server import Server
-from jetstream_server.throttle import BUSY_WAIT_S, LoginThrottle
 from tests.conftest import PASSWORDS, make_home, make_settings
 from tests.raw_sender import raw_send
 

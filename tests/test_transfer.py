@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from jetstream_server import commands_send
 from jetstream_server.client import ApiError, AsyncClient
+from jetstream_server.commands import send as commands_send
+from jetstream_server.core.sandbox import written_path
 from jetstream_server.dataplane.sending import LOOPBACK_BLOCK_SIZE, SendingPlane
 from jetstream_server.errors import InvalidParameter
 from jetstream_server.protocol.sender import SendPhase
 from jetstream_server.protocol.wire import TCP_PREFACE, Kind, encode
-from jetstream_server.sandbox import written_path
 from jetstream_server.server import Server
 from tests.conftest import PASSWORDS, make_home, make_settings
 from tests.raw_sender import raw_send
@@ -406,7 +406,7 @@ async def test_a_new_destination_has_its_password_verifier_derived_ahead(
         while not plane.verifiers or b.endpoint.sessions:
             await asyncio.sleep(0.02)
     [(password, *_)] = plane.verifiers
-    assert password == PASSWORDS["bob"].encode()
+    assert password == PASSWORDS["bob"]
     assert b.service.receives == {}  # not a transfer: no record, no trigger
     (a_box / "f.txt").write_text("data")
     transfer = await send(client, destination, {"/f.txt": "/f.txt"})

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jetstream_server.errors import ConfigError
-from jetstream_server.users import (
+from jetstream_server.core.users import (
     UserStore,
     check_user_name,
     hash_password,
@@ -16,6 +15,7 @@ from jetstream_server.users import (
     verify_password,
     write_users_file,
 )
+from jetstream_server.errors import ConfigError
 
 
 def test_hashes_are_salted_and_verify_only_the_right_password() -> None:

@@ -22,9 +22,11 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..codec import encode_message, error_response
-from ..netaddr import plain_host
+from ..core.netaddr import plain_host
+from ..core.ratelog import LimitedLog
+from ..core.users import StoredHash, parse_hash
 from ..protocol.auth import auth_proof
+from ..protocol.lines import encode_message, error_response
 from ..protocol.receiver import ReceiverCore, RecvPhase
 from ..protocol.wire import (
     ERROR_UNKNOWN_SESSION,
@@ -39,8 +41,6 @@ from ..protocol.wire import (
     encode_frames,
     parse_header,
 )
-from ..ratelog import LimitedLog
-from ..users import StoredHash, parse_hash
 from .recv_session import MAX_QUEUED_WRITE_BYTES, ReceiveSession, SendFunc
 from .udpio import enable_gro, receive_batches
 

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..ids import now_us
-from ..netaddr import plain_host
+from ..core.ids import now_us
+from ..core.netaddr import plain_host
+from ..core.receives import ReceiveRecord
+from ..core.sandbox import expand_sandbox
 from ..protocol.layout import MAX_BLOCKS, Layout
 from ..protocol.metadata import Metadata, decode_metadata
 from ..protocol.ranges import RangeSet
@@ -26,8 +28,6 @@ from ..protocol.receiver import (
     RecvPhase,
 )
 from ..protocol.wire import ERROR_BUSY, VERSION
-from ..sandbox import expand_sandbox
-from .records import ReceiveRecord
 from .sink import FileSink, SinkError
 
 if TYPE_CHECKING:

@@ -1,6 +1,7 @@
 """The sending side of the data plane: one asyncio task per running transfer.
 
-:class:`SendingPlane` implements the scheduler's :class:`~jetstream_server.transfers.DataPlane`.
+:class:`SendingPlane` implements the scheduler's
+:class:`~jetstream_server.core.scheduler.DataPlane`.
 Each :class:`SendSession` drives a :class:`~jetstream_server.protocol.sender.SenderCore`:
 it owns a UDP socket connected to the destination's data port (or, in the TCP data mode,
 a TCP connection to it), feeds received datagrams to the core, sends what the core gives
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from ..ids import now_us
-from ..netaddr import is_loopback
-from ..objects import Destination, Manifest, Transfer
+from ..core.ids import now_us
+from ..core.lifecycle import TransferStatus
+from ..core.netaddr import is_loopback
+from ..core.objects import Destination, Manifest, Transfer
 from ..protocol.auth import derive_verifier
 from ..protocol.layout import Layout
 from ..protocol.metadata import FileEntry, Metadata, encode_metadata
@@ -44,7 +46,6 @@ from ..protocol.wire import (
     new_session_id,
     parse_header,
 )
-from ..states import TransferStatus
 from .source import FileSource
 from .udpio import GsoSender
 

@@ -25,11 +25,11 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts, written_parts
 from ..errors import ApiError, quoted
 from ..protocol.checksums import FileHash, file_hash
 from ..protocol.metadata import Metadata
 from ..protocol.ranges import RangeSet
-from ..sandbox import MAX_NAME_BYTES, long_name, virtual_parts, written_parts
 
 __all__ = ["FileSink", "SinkError"]
 

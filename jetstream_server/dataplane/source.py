@@ -17,12 +17,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from ..core.objects import FileMapping
+from ..core.sandbox import open_in_sandbox, real_sandbox
 from ..errors import ApiError
-from ..objects import FileMapping
 from ..protocol.checksums import FileHash, file_hash
 from ..protocol.layout import DIGEST, Slot
 from ..protocol.sender import SourceError
-from ..sandbox import open_in_sandbox, real_sandbox
 
 __all__ = ["FileSource"]
 

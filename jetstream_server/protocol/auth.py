@@ -1,7 +1,7 @@
 """The password proof of the data protocol's login, sans-I/O.
 
 The users file stores, per user, ``V = scrypt(password, salt, N=2^log2_n, r, p, dklen=32)``
-(see ``jetstream_server.users``); the API checks a password by deriving it again, and a
+(see ``jetstream_server.core.users``); the API checks a password by deriving it again, and a
 sender proves it knows the password by deriving ``V`` under the salt and parameters the
 receiver's CHALLENGE gives, then sending ``HMAC-SHA256(V, nonce || session || transfer
 id)``. One function derives ``V`` for all three, so that a password that logs in to the API

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from ..service import Call
 from .registry import Command, Registry
-from .service import Call
 
 __all__ = ["register"]
 

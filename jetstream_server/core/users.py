@@ -16,9 +16,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..protocol.auth import MAX_SCRYPT_BYTES, derive_verifier, scrypt_bytes
 from .atrest import private_dir
-from .errors import ConfigError
-from .protocol.auth import MAX_SCRYPT_BYTES, derive_verifier, scrypt_bytes
 
 __all__ = [
     "StoredHash",

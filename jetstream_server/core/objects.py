@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .states import ManifestStatus, TransferStatus
+from .lifecycle import ManifestStatus, TransferStatus
 
 __all__ = ["DEFAULT_PRIORITY", "Destination", "FileMapping", "Manifest", "Owned", "Transfer"]
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AmbiguousCommand, InvalidParameter, MissingParameter, UnknownCommand
+from ..errors import AmbiguousCommand, InvalidParameter, MissingParameter, UnknownCommand
 
 __all__ = ["SECRET_PARAMETERS", "Command", "Param", "Registry"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import InvalidParameter, PermissionDenied
+from ..errors import InvalidParameter, PermissionDenied
 
 __all__ = ["MAX_NAME_BYTES", "expand_sandbox", "long_name", "open_in_sandbox", "real_sandbox",
            "resolve_in_sandbox", "split_user", "virtual_parts", "written_parts",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ApiError, InvalidParameter, PermissionDenied
+from ..errors import ApiError, InvalidParameter, PermissionDenied
+from ..service import Call
 from .registry import Command, Param, Registry
-from .service import Call
 
 __all__ = ["register"]
 

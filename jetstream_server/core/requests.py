@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ApiError, Busy, InternalError, NotFound
+from ..errors import ApiError, Busy, InternalError, NotFound
 
 __all__ = ["RequestBook", "RequestRecord"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import stat
 
-from .errors import ApiError, quoted
+from ..errors import ApiError, quoted
+from ..protocol.metadata import MAX_FILES
 from .objects import FileMapping
-from .protocol.metadata import MAX_FILES
 from .sandbox import MAX_NAME_BYTES, long_name, resolve_in_sandbox, virtual_parts
 
 __all__ = ["ManifestError", "build_file_list", "parse_console_mapping"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["SecretBox", "UnreadableSecret", "private_dir", "private_file"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .errors import LineTooLong, MalformedRequest
+from ..errors import LineTooLong, MalformedRequest
 
 __all__ = [
     "MAX_LINE_BYTES",

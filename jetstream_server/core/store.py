@@ -5,7 +5,7 @@ with numbered migrations. Rows hold JSON bodies, keyed by kind and id. All acces
 through one worker thread, in submission order: :meth:`StateStore.put` and
 :meth:`StateStore.delete` return at once, :meth:`StateStore.flush` waits for every write
 submitted so far. The file is created with mode 0600 (destination passwords in it are
-sealed, see :mod:`jetstream_server.atrest`).
+sealed, see :mod:`jetstream_server.core.atrest`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
+from ..errors import ConfigError
 from .atrest import private_file
-from .errors import ConfigError
 
 log = logging.getLogger("jetstream.state")
 __all__ = ["SCHEMA_VERSION", "StateStore"]

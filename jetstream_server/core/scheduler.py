@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .ids import now_us
+from .lifecycle import TransferStatus, transfer_move
 from .objects import Destination, Manifest, Transfer
-from .states import TransferStatus, transfer_move
 
 __all__ = ["MAX_SENDING_PER_DESTINATION", "DataPlane", "Scheduler"]
 

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..ids import now_us
 from ..protocol.receiver import Checkpoint
+from .ids import now_us
 
 __all__ = ["ReceiveRecord", "remove_partial_files"]
 

@@ -8,17 +8,17 @@ import logging
 import socket
 from typing import Any
 
-from .dataplane.sending import block_size_for
-from .errors import InvalidParameter, InvalidState, quoted
-from .ids import new_id, now_us
-from .manifests import ManifestError, build_file_list, parse_console_mapping
-from .netaddr import host_name_problem
-from .objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer
-from .protocol.layout import MAX_BLOCKS, Layout
+from ..core.ids import new_id, now_us
+from ..core.lifecycle import ManifestStatus
+from ..core.manifests import ManifestError, build_file_list, parse_console_mapping
+from ..core.netaddr import host_name_problem
+from ..core.objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer
+from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts
+from ..dataplane.sending import block_size_for
+from ..errors import InvalidParameter, InvalidState, quoted
+from ..protocol.layout import MAX_BLOCKS, Layout
+from ..service import Call, check_user_data
 from .registry import Command, Param, Registry
-from .sandbox import MAX_NAME_BYTES, long_name, virtual_parts
-from .service import Call, check_user_data
-from .states import ManifestStatus
 
 __all__ = ["DEFAULT_CHECKPOINT_FREQUENCY_S", "DEFAULT_DATA_PORT", "register"]
 

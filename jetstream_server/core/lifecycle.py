@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from .errors import InvalidState
+from ..errors import InvalidState
 
 __all__ = ["TRANSFER_MOVES", "ManifestStatus", "TransferStatus", "transfer_move"]
 
