@@ -22,12 +22,15 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from .commands import build_registry
+from .commands.dispatch import Dispatcher
 from .core.atrest import private_dir
 from .core.config import Settings, default_home
 from .core.connections import ConnectionGuard, Tracked
 from .core.netaddr import is_loopback, plain_host
 from .core.ratelog import LimitedLog
 from .core.scheduler import DataPlane
+from .core.service import Service, Session
 from .core.users import UserStore, write_users_file
 from .dataplane.receiving import DataEndpoint, DataStream, StreamWatch
 from .dataplane.sending import SendingPlane
@@ -40,7 +43,7 @@ from .protocol.lines import (
     error_response,
 )
 from .protocol.wire import TCP_PREFACE
-from .service import Service, Session
+from .triggers import TriggerRunner
 
 __all__ = ["Server", "is_loopback", "prepare_settings"]
 
@@ -154,6 +157,8 @@ class Server:
         self._udp: socket.socket | None = None
         self._data_server: asyncio.AbstractServer | None = None
         self.endpoint: DataEndpoint | None = None
+        self.triggers: TriggerRunner | None = None
+        self.dispatcher: Dispatcher | None = None
         self._connections: set[ControlConnection] = set()
         #: every TCP connection, API or data, from accept to close
         self.guard = ConnectionGuard()
@@ -171,9 +176,12 @@ class Server:
         return self.service.recv_port
 
     async def start(self) -> None:
+        """Bind the ports and compose the pieces: the control plane's model, the data
+        plane around it, the commands, the triggers. Raises ConfigError (one line)."""
         settings = self.settings
         users = prepare_settings(settings)
-        service = Service(settings, users, self._data_plane)
+        triggers = self.triggers = TriggerRunner(settings.trigger_dir, settings.trigger_log)
+        service = Service(settings, users, triggers.fire)
         service.restore()
         api_sock = _bind(socket.SOCK_STREAM, settings.api_host, settings.api_port, "API TCP")
         try:
@@ -188,22 +196,25 @@ class Server:
             lambda: ControlConnection(self, serves_data=tcp_data is None), sock=api_sock,
             backlog=1024)
         self._udp = udp
-        service.endpoint = self.endpoint = DataEndpoint(service, udp)
-        self.endpoint.start()
+        endpoint = self.endpoint = DataEndpoint(service, udp, settings.recv_allow_anonymous,
+                                                settings.udp_offload)
+        plane = self._data_plane or SendingPlane(service, settings.server_name,
+                                                 settings.udp_offload)
+        service.attach(plane, endpoint, api_port, udp.getsockname()[1])
+        self.dispatcher = Dispatcher(service, build_registry(), triggers.fire,
+                                     settings.trigger_on_api)
+        endpoint.start()
         if tcp_data is not None:
-            endpoint = self.endpoint
             self._data_server = await loop.create_server(
                 lambda: DataStream(endpoint, admit=self._admit_stream), sock=tcp_data,
                 backlog=1024)
-        service.api_port = api_port
-        service.recv_port = udp.getsockname()[1]
         self.service = service
         log.info("control API listening on TCP %s:%d; data port UDP and TCP %d; sandbox %s; "
                  "users file %s", settings.api_host or "*", service.api_port,
                  service.recv_port, settings.sandbox_dir, settings.users_file)
         self._sweeper = loop.create_task(self._sweep())
-        service.triggers.api_port = api_port
-        service.triggers.fire("launch", str(api_port))
+        triggers.api_port = api_port
+        triggers.fire("launch", str(api_port))
         service.scheduler.poke_all()
         service.spawn(service.collect_garbage_forever())
 
@@ -292,6 +303,8 @@ class Server:
             if self.endpoint is not None:
                 await self.endpoint.shutdown()
             await self.service.close()
+        if self.triggers is not None:
+            await self.triggers.close()
         if self._udp is not None:
             self._udp.close()
 
@@ -467,8 +480,8 @@ class ControlConnection(asyncio.Protocol):
     async def _serve(self) -> None:
         assert self.transport is not None and self.session is not None
         assert self.tracked is not None
-        service = self.server.service
-        assert service is not None
+        dispatcher = self.server.dispatcher
+        assert dispatcher is not None
         tracked, session = self.tracked, self.session
         try:
             while True:
@@ -490,7 +503,7 @@ class ControlConnection(asyncio.Protocol):
                     continue
                 tracked.busy += 1
                 try:
-                    response = await service.handle(session, request)
+                    response = await dispatcher.handle(session, request)
                 finally:
                     tracked.busy -= 1
                 if session.user is not None and not tracked.authenticated:

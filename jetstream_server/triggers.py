@@ -54,11 +54,9 @@ class _Event:
 
 
 class TriggerRunner:
-    def __init__(self, trigger_dir: Path | None, log_runs: bool = False,
-                 on_api: bool = False) -> None:
+    def __init__(self, trigger_dir: Path | None, log_runs: bool = False) -> None:
         self.trigger_dir = trigger_dir
         self.log_runs = log_runs
-        self.on_api = on_api
         self.api_port = 0
         self.runs = 0
         self.dropped = 0

@@ -1,36 +1,39 @@
-"""Command dispatch in the service core, without sockets."""
+"""Command dispatch on the control plane's model, without sockets."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from jetstream_server.commands import build_registry
+from jetstream_server.commands.dispatch import Dispatcher
+from jetstream_server.core.service import Service, Session
 from jetstream_server.protocol.lines import Request
 from jetstream_server.server import prepare_settings
-from jetstream_server.service import Service, Session
 from tests.conftest import PASSWORDS, make_settings
 
 
 async def test_dispatch_checks_auth_names_and_parameters_before_handlers(home: Path) -> None:
     settings = make_settings(home)
     service = Service(settings, prepare_settings(settings))
+    dispatcher = Dispatcher(service, build_registry(), service.fire)
     session = Session(("127.0.0.1", 5555))
     try:
-        denied = await service.handle(session, Request("createManifest", {}, 1))
+        denied = await dispatcher.handle(session, Request("createManifest", {}, 1))
         assert (denied["id"], denied["code"]) == (1, "auth_required")
-        ok = await service.handle(session, Request(
+        ok = await dispatcher.handle(session, Request(
             "auth", {"user": "alice", "password": PASSWORDS["alice"]}, 2))
         assert ok == {"id": 2, "status": "success", "message": "Authenticated.",
                       "result": {"user": "alice"}}
         assert session.user == "alice" and not session.raised
-        missing = await service.handle(session, Request("createDestination", {}, 3))
+        missing = await dispatcher.handle(session, Request("createDestination", {}, 3))
         assert missing["code"] == "missing_parameter"
         assert "destinationAddress" in missing["message"]
-        queued = await service.handle(session, Request("getDestinationsAsync", {}, 4))
+        queued = await dispatcher.handle(session, Request("getDestinationsAsync", {}, 4))
         request_id = queued["result"]["requestId"]
-        result = await service.handle(session, Request("getRequestResult",
+        result = await dispatcher.handle(session, Request("getRequestResult",
                                                        {"requestId": request_id}, 5))
         assert result["status"] == "success" and result["result"] == []
-        ambiguous = await service.handle(session, Request("getTransfers", {}, 6))
+        ambiguous = await dispatcher.handle(session, Request("getTransfers", {}, 6))
         assert ambiguous["code"] == "ambiguous_command"
     finally:
         await service.close()

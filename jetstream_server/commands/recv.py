@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from ..service import Call
+from .context import Call
 from .registry import Command, Registry
 
 __all__ = ["register"]

@@ -14,10 +14,10 @@ from ..core.manifests import ManifestError, build_file_list, parse_console_mappi
 from ..core.netaddr import host_name_problem
 from ..core.objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer
 from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts
-from ..dataplane.sending import block_size_for
+from ..core.service import check_user_data
 from ..errors import InvalidParameter, InvalidState, quoted
 from ..protocol.layout import MAX_BLOCKS, Layout
-from ..service import Call, check_user_data
+from .context import Call
 from .registry import Command, Param, Registry
 
 __all__ = ["DEFAULT_CHECKPOINT_FREQUENCY_S", "DEFAULT_DATA_PORT", "register"]
@@ -126,7 +126,7 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     if service.scheduler.data_plane is not None:
         service.scheduler.data_plane.prepare(wanted)
     log.info("destination %s (%s:%d) created by %s", wanted.id, wanted.ip, port, call.user)
-    service.triggers.fire("send.destinationCreated", f"{wanted.ip}:{port}",
+    call.fire("send.destinationCreated", f"{wanted.ip}:{port}",
                           _peer(call))
     return "Destination created.", _destination(call, wanted)
 
@@ -165,7 +165,7 @@ async def delete_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     del service.destinations[destination.id]
     service.forget("destination", destination.id)
     log.info("destination %s deleted by %s", destination.id, call.user)
-    service.triggers.fire("send.destinationDeleted", f"{destination.ip}:{destination.port}",
+    call.fire("send.destinationDeleted", f"{destination.ip}:{destination.port}",
                           _peer(call))
     return "Destination deleted.", _destination(call, destination)
 
@@ -286,7 +286,7 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         raise InvalidParameter("priority must fit in 32 bits.")
     user_data = check_user_data(p["userData"] or {})
     transport = _transport(p["dataTransport"], destination.data_transport)
-    block_size = block_size_for(transport, destination.ip)
+    block_size = service.scheduler.block_size(transport, destination.ip)
     layout = Layout(block_size, 0, manifest.sizes)
     if layout.total_blocks >= MAX_BLOCKS:
         raise InvalidParameter(f"The manifest needs {layout.total_blocks} blocks of "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ApiError, InvalidParameter, PermissionDenied
-from ..service import Call
+from .context import Call
 from .registry import Command, Param, Registry
 
 __all__ = ["register"]

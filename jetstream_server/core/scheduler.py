@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE
 from .ids import now_us
 from .lifecycle import TransferStatus, transfer_move
 from .objects import Destination, Manifest, Transfer
@@ -40,6 +41,10 @@ class DataPlane(Protocol):
         """Stop moving data (suspend, cancel, fail or delete); progress is kept."""
 
     def set_rate(self, transfer_id: str, rate_kbps: int) -> None:
+        ...
+
+    def block_size(self, transport: str, ip: str) -> int:
+        """The block size of a new transfer to ``ip`` over ``transport``."""
         ...
 
 
@@ -70,6 +75,12 @@ class Scheduler:
                    if t.destination_id == destination_id
                    and t.status is TransferStatus.PENDING]
         return sorted(waiting, key=lambda t: (t.priority, t.queue_seq))
+
+    def block_size(self, transport: str, ip: str) -> int:
+        """The block size a new transfer gets (the data plane's choice, by the route)."""
+        if self.data_plane is None:
+            return TCP_BLOCK_SIZE if transport == "tcp" else UDP_BLOCK_SIZE
+        return self.data_plane.block_size(transport, ip)
 
     def effective_rate_kbps(self, transfer: Transfer) -> int:
         if transfer.send_rate_max_kbps is not None:

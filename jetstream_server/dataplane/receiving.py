@@ -20,7 +20,7 @@ import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..core.netaddr import plain_host
 from ..core.ratelog import LimitedLog
@@ -41,11 +41,8 @@ from ..protocol.wire import (
     encode_frames,
     parse_header,
 )
-from .recv_session import MAX_QUEUED_WRITE_BYTES, ReceiveSession, SendFunc
+from .recv_session import MAX_QUEUED_WRITE_BYTES, ReceiveHost, ReceiveSession, SendFunc
 from .udpio import enable_gro, receive_batches
-
-if TYPE_CHECKING:
-    from ..service import Service
 
 __all__ = ["DataEndpoint", "DataStream", "StreamWatch", "UserAuthorizer"]
 
@@ -63,15 +60,15 @@ MAX_UNAUTHENTICATED_PER_ADDRESS = 64
 
 class UserAuthorizer:
     """Checks a sender's proof against the users file (see docs/protocol.md), in turn
-    with every other login (the service's one login throttle)."""
+    with every other login (the host's one login throttle)."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.allow_anonymous = service.settings.recv_allow_anonymous
+    def __init__(self, host: ReceiveHost, allow_anonymous: bool) -> None:
+        self.host = host
+        self.allow_anonymous = allow_anonymous
         self._secret = secrets.token_bytes(32)
 
     def _parts(self, user: str) -> StoredHash | None:
-        return parse_hash(self.service.users.stored_hash(user) or "")
+        return parse_hash(self.host.stored_hash(user) or "")
 
     def challenge(self, user: str) -> tuple[bytes, int, int, int]:
         parts = self._parts(user)
@@ -81,12 +78,12 @@ class UserAuthorizer:
         return parts.salt, parts.log2_n, parts.r, parts.p
 
     def wait_s(self, user: str, peer: str, now: float) -> float:
-        return self.service.throttle.wait_s(plain_host(peer), user, now)
+        return self.host.throttle.wait_s(plain_host(peer), user, now)
 
     def verify(self, user: str, peer: str, proof: bytes, nonce: bytes, session: int,
                transfer_id: bytes, now: float) -> bool:
         address = plain_host(peer)
-        throttle = self.service.throttle
+        throttle = self.host.throttle
         throttle.begin(address, user, now)
         parts = self._parts(user)
         expected = auth_proof(parts.digest if parts else self._secret, nonce, session,
@@ -100,10 +97,14 @@ class UserAuthorizer:
 
 
 class DataEndpoint:
-    def __init__(self, service: Service, udp: socket.socket) -> None:
-        self.service = service
+    """The data port: ``udp`` is its bound socket; ``allow_anonymous``: accept senders
+    without credentials; ``udp_offload``: GRO where the kernel allows."""
+
+    def __init__(self, host: ReceiveHost, udp: socket.socket, allow_anonymous: bool = False,
+                 udp_offload: bool = True) -> None:
+        self.host = host
         self.udp = udp
-        self.authorizer = UserAuthorizer(service)
+        self.authorizer = UserAuthorizer(host, allow_anonymous)
         self.sessions: dict[int, ReceiveSession] = {}
         #: the sessions not logged in yet, oldest first, and how many per address
         self._unauthenticated: OrderedDict[int, ReceiveSession] = OrderedDict()
@@ -118,7 +119,7 @@ class DataEndpoint:
                 udp.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
             except OSError:
                 pass
-        self._gro = service.settings.udp_offload and enable_gro(udp)
+        self._gro = udp_offload and enable_gro(udp)
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self.udp.fileno(), self._on_readable)

@@ -7,15 +7,15 @@ import concurrent.futures
 import hashlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import orjson
 
 from ..core.ids import now_us
 from ..core.netaddr import plain_host
 from ..core.receives import ReceiveRecord
-from ..core.sandbox import expand_sandbox
+from ..core.throttle import LoginThrottle
 from ..protocol.layout import MAX_BLOCKS, Layout
 from ..protocol.metadata import Metadata, decode_metadata
 from ..protocol.ranges import RangeSet
@@ -30,10 +30,8 @@ from ..protocol.receiver import (
 from ..protocol.wire import ERROR_BUSY, VERSION
 from .sink import FileSink, SinkError
 
-if TYPE_CHECKING:
-    from .receiving import DataEndpoint
-
-__all__ = ["MAX_QUEUED_WRITE_BYTES", "ReceiveSession", "SendFunc"]
+__all__ = ["MAX_QUEUED_WRITE_BYTES", "ReceiveHost", "ReceiveSession", "SendFunc",
+           "SessionOwner"]
 
 log = logging.getLogger("jetstream.recv")
 
@@ -49,11 +47,63 @@ DEFAULT_CHECKPOINT_S = 30.0
 SendFunc = Callable[[list[bytes]], None]
 
 
+class ReceiveHost(Protocol):
+    """What the receiving side needs of the server around it."""
+
+    #: incoming transfers by id, kept (and stored) by the host
+    receives: dict[str, ReceiveRecord]
+    #: the one login throttle of every way of logging in
+    throttle: LoginThrottle
+
+    def stored_hash(self, user: str) -> str | None:
+        """The user's stored password hash (the login's verifier), if the user exists."""
+        ...
+
+    def sandbox_root(self, user: str) -> str:
+        """The folder ``user``'s transfers are written under."""
+        ...
+
+    def save_receive(self, record: ReceiveRecord) -> None:
+        """Keep an incoming transfer's record (for a restart)."""
+        ...
+
+    def fire(self, event: str, *args: str, stdin: bytes = b"") -> None:
+        """Queue a trigger event."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a task the host owns (and cancels when it closes)."""
+        ...
+
+
+class SessionOwner(Protocol):
+    """What a session needs of the endpoint that routes its datagrams to it."""
+
+    host: ReceiveHost
+
+    def logged_in(self, session: ReceiveSession) -> bool:
+        """The session's sender has logged in: False if it must be refused for now."""
+        ...
+
+    def session_of(self, transfer_id: str, other_than: ReceiveSession
+                   ) -> ReceiveSession | None:
+        """Another open session of the same transfer, if any."""
+        ...
+
+    def resume_if_drained(self) -> None:
+        """Bytes waiting for the disk went down: read the data socket again if paused."""
+        ...
+
+    def forget(self, session: ReceiveSession) -> None:
+        """The session is closed."""
+        ...
+
+
 class ReceiveSession:
-    def __init__(self, endpoint: DataEndpoint, core: ReceiverCore, address: tuple[str, int],
+    def __init__(self, endpoint: SessionOwner, core: ReceiverCore, address: tuple[str, int],
                  send: SendFunc, transport: str) -> None:
         self.endpoint = endpoint
-        self.service = endpoint.service
+        self.host = endpoint.host
         self.core = core
         self.address = address
         self.send = send
@@ -111,7 +161,7 @@ class ReceiveSession:
         while core.events:
             event = core.events.popleft()
             if isinstance(event, MetadataReady):
-                self.service.spawn(self._prepare(event.metadata))
+                self.host.spawn(self._prepare(event.metadata))
             elif isinstance(event, FileReady):
                 self._commit(event)
             elif isinstance(event, Closed):
@@ -127,7 +177,7 @@ class ReceiveSession:
         if core.phase is RecvPhase.DATA and self._next_checkpoint is not None and \
                 now >= self._next_checkpoint:
             self._next_checkpoint = now + self.checkpoint_s
-            self.service.spawn(self.make_checkpoint())
+            self.host.spawn(self.make_checkpoint())
         if self.on_auth_decided is not None and not core.auth_waiting:
             decided, self.on_auth_decided = self.on_auth_decided, None
             decided()
@@ -215,7 +265,7 @@ class ReceiveSession:
     def _start_record(self) -> None:
         core = self.core
         assert core.user is not None
-        known = self.service.receives.get(self.transfer_id)
+        known = self.host.receives.get(self.transfer_id)
         if known is not None and known.user == core.user:
             self.record = known  # a new session of a transfer seen before: resume
             known.status, known.error_message, known.end_time_us = "receiving", None, None
@@ -224,13 +274,13 @@ class ReceiveSession:
             self.record = ReceiveRecord(self.transfer_id, core.user,
                                         plain_host(self.address[0]), self.address[1],
                                         self.transport)
-            self.service.receives[self.transfer_id] = self.record
+            self.host.receives[self.transfer_id] = self.record
         log.info("receiving transfer %s from %s:%d for %s", self.transfer_id,
                  self.record.source_ip, self.address[1], core.user)
 
     def _save_record(self) -> None:
-        if self.record is not None and self.service.settings.persistent_transfers:
-            self.service.state.put("receive", self.record.transfer_id, self.record.to_state())
+        if self.record is not None:
+            self.host.save_receive(self.record)
 
     def _update_record(self) -> None:
         record, core = self.record, self.core
@@ -250,12 +300,11 @@ class ReceiveSession:
                 self._submit(self.sink.close, done=lambda _: None)
             log.info("transfer %s received: %d files, %s bytes", record.transfer_id,
                      record.total_files, record.total_size)
-            triggers = self.service.triggers
             lines = "".join(f"{_quote(name)} {path}\n" for name, path in
                             zip(record.input_files, record.output_files, strict=True))
-            triggers.fire("recv.transferComplete", record.transfer_id, record.user, "",
+            self.host.fire("recv.transferComplete", record.transfer_id, record.user, "",
                           stdin=lines.encode())
-            triggers.fire("recv.transferComplete.json", record.transfer_id, record.user, "",
+            self.host.fire("recv.transferComplete.json", record.transfer_id, record.user, "",
                           stdin=_trigger_json(record))
 
     # -- metadata, commits, checkpoints ---------------------------------------------------
@@ -301,7 +350,7 @@ class ReceiveSession:
         record.total_files = sum(1 for f in meta.files if f.size is not None)
         record.input_files = [f.path for f in meta.files if f.size is not None]
         record.user_data = meta.user_data
-        root = expand_sandbox(self.service.settings.sandbox_dir, core.user)
+        root = self.host.sandbox_root(core.user)
         keep: set[int] = set()  # files with data on disk from an earlier session
         if resume is not None:
             kept = RangeSet()
@@ -324,7 +373,7 @@ class ReceiveSession:
                      sum(e - s for s, e in resume.ranges), len(resume.committed))
         if not record.announced:
             record.announced = True
-            self.service.triggers.fire("recv.transferStarted", record.transfer_id,
+            self.host.fire("recv.transferStarted", record.transfer_id,
                                        record.user, stdin=_trigger_json(record))
         self._save_record()
         core.metadata_accepted(layout, resume)
@@ -388,7 +437,7 @@ class ReceiveSession:
         done when the data is durable and recorded."""
         if self.paused is None:
             self.paused = asyncio.get_running_loop().create_future()
-            self.service.spawn(self._pause(reason, self.paused))
+            self.host.spawn(self._pause(reason, self.paused))
         return self.paused
 
     async def pause(self, reason: str) -> None:

@@ -16,7 +16,8 @@ import logging
 import secrets
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 import orjson
 
@@ -24,8 +25,9 @@ from ..core.ids import now_us
 from ..core.lifecycle import TransferStatus
 from ..core.netaddr import is_loopback
 from ..core.objects import Destination, Manifest, Transfer
+from ..core.scheduler import Scheduler
 from ..protocol.auth import derive_verifier
-from ..protocol.layout import Layout
+from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
 from ..protocol.metadata import FileEntry, Metadata, encode_metadata
 from ..protocol.sender import SenderCore, SendPhase
 from ..protocol.wire import (
@@ -49,16 +51,10 @@ from ..protocol.wire import (
 from .source import FileSource
 from .udpio import GsoSender
 
-if TYPE_CHECKING:
-    from ..service import Service
-
-__all__ = ["LOOPBACK_BLOCK_SIZE", "TCP_BLOCK_SIZE", "UDP_BLOCK_SIZE", "SendSession",
-           "SendingPlane", "block_size_for"]
+__all__ = ["LOOPBACK_BLOCK_SIZE", "SendHost", "SendSession", "SendingPlane", "block_size_for"]
 
 log = logging.getLogger("jetstream.send")
 
-#: Payload bytes per datagram when the route's MTU cannot be read: fits a 1500-byte MTU.
-UDP_BLOCK_SIZE = 1400
 #: To a loopback address (the whole path is this machine's 64 KiB-MTU loopback device)
 #: datagrams can be nearly 64 KiB, which divides the per-datagram cost.
 LOOPBACK_BLOCK_SIZE = 63 * 1024
@@ -68,7 +64,6 @@ MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1200, 8960
 #: Retry after network trouble: 1 s, doubling up to 30 s.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
-TCP_BLOCK_SIZE = 64 * 1024
 #: The warm-up's HELLO is sent at most this many times, this long apart.
 WARM_UP_TRIES, WARM_UP_WAIT_S = 3, 1.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
@@ -118,9 +113,34 @@ def block_size_for(transport: str, ip: str) -> int:
     return max(MIN_BLOCK_SIZE, min(mtu - overhead, MAX_BLOCK_SIZE))
 
 
+class SendHost(Protocol):
+    """What the sending side needs of the server around it."""
+
+    scheduler: Scheduler
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a task the host owns (and cancels when it closes)."""
+        ...
+
+    def sandbox_root(self, user: str) -> str:
+        """The folder ``user``'s source paths are read under."""
+        ...
+
+    def save_transfer(self, transfer: Transfer) -> None:
+        """Keep the transfer's progress (for a restart)."""
+        ...
+
+
 class SendingPlane:
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    """The scheduler's data plane: one :class:`SendSession` per transfer sending.
+
+    ``server_name`` goes into each transfer's metadata; ``udp_offload``: GSO where the
+    kernel allows."""
+
+    def __init__(self, host: SendHost, server_name: str, udp_offload: bool = True) -> None:
+        self.host = host
+        self.server_name = server_name
+        self.udp_offload = udp_offload
         #: scrypt verifiers by (password, salt, log2 n, r, p): see SendSession._verifier
         self.verifiers: dict[tuple[str, bytes, int, int, int], bytes] = {}
         self.sessions: dict[str, SendSession] = {}
@@ -130,7 +150,7 @@ class SendingPlane:
     def prepare(self, destination: Destination) -> None:
         """A new destination: derive its password's verifier now, in the background."""
         if destination.data_transport == "udp" and destination.remote_user:
-            self.service.spawn(self._warm_up(destination))
+            self.host.spawn(self._warm_up(destination))
 
     async def _warm_up(self, destination: Destination) -> None:
         """Ask the destination for its password challenge (a HELLO on a session of its
@@ -186,7 +206,7 @@ class SendingPlane:
         attempts = self.attempts.get(transfer.id, 0) + 1
         self.attempts[transfer.id] = attempts
         delay = min(RETRY_FIRST_S * 2 ** (attempts - 1), RETRY_MAX_S)
-        scheduler = self.service.scheduler
+        scheduler = self.host.scheduler
         scheduler.requeue(transfer, reason, not_before=time.monotonic() + delay)
         log.info("transfer %s: %s; trying again in %.0f s", transfer.id, reason, delay)
         asyncio.get_running_loop().call_later(delay, scheduler.retry_due, transfer)
@@ -200,14 +220,17 @@ class SendingPlane:
         await asyncio.gather(*(s.task for s in sessions if s.task is not None),
                              return_exceptions=True)
 
+    def block_size(self, transport: str, ip: str) -> int:
+        return block_size_for(transport, ip)
+
     def start(self, transfer: Transfer, destination: Destination, manifest: Manifest) -> None:
         if destination.credentials_error is not None:  # (reported once start returned)
-            asyncio.get_running_loop().call_soon(self.service.scheduler.finished, transfer,
+            asyncio.get_running_loop().call_soon(self.host.scheduler.finished, transfer,
                                                  destination.credentials_error)
             return
         session = SendSession(self, transfer, destination, manifest)
         self.sessions[transfer.id] = session
-        session.task = self.service.spawn(session.run())
+        session.task = self.host.spawn(session.run())
 
     def stop(self, transfer_id: str) -> None:
         session = self.sessions.get(transfer_id)
@@ -264,7 +287,7 @@ class SendSession:
 
     async def run(self) -> None:
         transfer = self.transfer
-        scheduler = self.plane.service.scheduler
+        scheduler = self.plane.host.scheduler
         error: str | None = None
         retry: str | None = None
         source: FileSource | None = None
@@ -274,7 +297,7 @@ class SendSession:
             block_size = transfer.block_size  # chosen at createTransfer, kept across resumes
             metadata = self._metadata()
             layout = Layout(block_size, len(metadata), self.manifest.sizes)
-            root = self.plane.service.sandbox_root(transfer.owner)
+            root = self.plane.host.sandbox_root(transfer.owner)
             def wake_from_thread() -> None:
                 loop.call_soon_threadsafe(self.wake)
 
@@ -282,7 +305,7 @@ class SendSession:
             session_id = new_session_id()
             hello = Hello(bytes.fromhex(transfer.id), block_size, len(metadata),
                           layout.meta_blocks, self.destination.remote_user or "")
-            rate = self.plane.service.scheduler.effective_rate_kbps(transfer)
+            rate = self.plane.host.scheduler.effective_rate_kbps(transfer)
             self.core = core = SenderCore(session_id, hello, metadata, layout, source,
                                           time.monotonic(), rate * 1000 or None,
                                           reliable=tcp)
@@ -307,7 +330,7 @@ class SendSession:
             if self.plane.sessions.get(transfer.id) is self:
                 del self.plane.sessions[transfer.id]
         self._count()
-        self.plane.service.save_transfer(transfer)
+        self.plane.host.save_transfer(transfer)
         if self._stopped:
             return
         if self.core is not None and self.core.retry:
@@ -349,7 +372,7 @@ class SendSession:
                 return core.error
             if now >= self._checkpoint_at:  # keep the counters for a restart
                 self._checkpoint_at = now + (self.transfer.checkpoint_frequency_s or 30)
-                self.plane.service.save_transfer(self.transfer)
+                self.plane.host.save_transfer(self.transfer)
             if not self._pending:
                 while True:
                     batch = core.datagrams_to_send(now)
@@ -387,12 +410,11 @@ class SendSession:
 
     def _metadata(self) -> bytes:
         transfer = self.transfer
-        service = self.plane.service
         files = [FileEntry(f.dest_path, f.src_path, None if f.is_empty_dir else f.file_size,
                            f.modification_time_us, f.executable) for f in self.manifest.files]
         return encode_metadata(Metadata(
             transfer.id, transfer.destination_path, files, transfer.initial_user_data,
-            {"serverName": service.settings.server_name, "user": transfer.owner},
+            {"serverName": self.plane.server_name, "user": transfer.owner},
             transfer.checkpoint_frequency_s))
 
     def _count(self) -> None:
@@ -423,7 +445,7 @@ class SendSession:
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
         sock.connect((self.destination.ip, self.destination.port))
         self._sock = sock
-        self._gso = GsoSender(sock, self.plane.service.settings.udp_offload)
+        self._gso = GsoSender(sock, self.plane.udp_offload)
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
@@ -480,7 +502,7 @@ class SendSession:
             asyncio.open_connection(self.destination.ip, self.destination.port), 30)
         writer.write(TCP_PREFACE)
         self._writer = writer
-        self.plane.service.spawn(self._read_tcp(reader))
+        self.plane.host.spawn(self._read_tcp(reader))
 
     async def _read_tcp(self, reader: asyncio.StreamReader) -> None:
         core = self.core

@@ -15,9 +15,13 @@ import struct
 from bisect import bisect_right
 from dataclasses import dataclass
 
-__all__ = ["DIGEST", "MAX_BLOCKS", "Layout", "Slot"]
+__all__ = ["DIGEST", "MAX_BLOCKS", "TCP_BLOCK_SIZE", "UDP_BLOCK_SIZE", "Layout", "Slot"]
 
 DIGEST = struct.Struct("!32sQ")  # BLAKE3 digest, size
+#: Payload bytes per block: over UDP when the route's MTU is not known (fits a 1500-byte
+#: MTU), and in the TCP data mode.
+UDP_BLOCK_SIZE = 1400
+TCP_BLOCK_SIZE = 64 * 1024
 MAX_BLOCKS = 1 << 40  # 1.6 PB in 1454-byte blocks (72 PB in TCP mode's 64 KiB)
 
 

@@ -1,51 +1,43 @@
-"""The server's core without sockets: state, sessions, authentication and dispatch.
+"""The control plane's model, without sockets: objects, sessions, logins, persistence.
 
-:class:`Service` owns the objects (destinations, manifests, transfers), the transfer
-scheduler, queued requests and the users file. :meth:`Service.handle` takes one decoded
-request from a :class:`Session` and returns the response; the control listener in
-:mod:`jetstream_server.server` only moves lines.
+:class:`Service` owns the objects (destinations, manifests, transfers, incoming-transfer
+records), the transfer scheduler, queued requests, the users file, the login throttle and
+the state store; it authenticates sessions, restores and saves state, and collects what
+ended. It imports nothing above the core: the server composes it with the data plane
+(:meth:`Service.attach`) and with the trigger runner (``fire``), and the commands act on it
+(``jetstream_server.commands``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from . import __version__
-from .commands.registry import SECRET_PARAMETERS, Registry
-from .core.atrest import SecretBox, UnreadableSecret
-from .core.config import Settings
-from .core.ids import new_id, now_us
-from .core.lifecycle import ManifestStatus, TransferStatus
-from .core.objects import Destination, FileMapping, Manifest, Owned, Transfer
-from .core.ratelog import LimitedLog
-from .core.receives import ReceiveRecord, remove_partial_files
-from .core.requests import RequestBook, RequestRecord
-from .core.sandbox import expand_sandbox
-from .core.scheduler import DataPlane, Scheduler
-from .core.store import StateStore
-from .core.throttle import LoginThrottle
-from .core.users import UserStore
-from .dataplane.receiving import DataEndpoint
-from .dataplane.sending import SendingPlane
-from .errors import (
-    ApiError,
-    AuthFailed,
-    AuthRequired,
-    InternalError,
-    InvalidParameter,
-    NotFound,
-)
-from .protocol.lines import Request, error_response, success_response
-from .protocol.metadata import MAX_USER_DATA_BYTES
-from .triggers import TriggerRunner
+from .. import __version__
+from ..errors import AuthFailed, InvalidParameter, NotFound
+from ..protocol.metadata import MAX_USER_DATA_BYTES
+from .atrest import SecretBox, UnreadableSecret
+from .config import Settings
+from .ids import new_id, now_us
+from .lifecycle import ManifestStatus, TransferStatus
+from .objects import Destination, FileMapping, Manifest, Owned, Transfer
+from .ratelog import LimitedLog
+from .receives import ReceiveRecord, remove_partial_files
+from .requests import RequestBook, RequestRecord
+from .sandbox import expand_sandbox
+from .scheduler import DataPlane, Scheduler
+from .store import StateStore
+from .throttle import LoginThrottle
+from .users import UserStore
 
-__all__ = ["API_VERSION", "Call", "Service", "Session"]
+__all__ = ["API_VERSION", "Fire", "Receiver", "Service", "Session", "check_user_data"]
 
 log = logging.getLogger("jetstream.api")
 limited_log = LimitedLog(log)
@@ -57,6 +49,25 @@ API_VERSION = 1
 DEFAULT_GC = {"intervalSeconds": 3600, "timeLimitSeconds": 48 * 3600}
 #: Destination fields not stored as they are: the password is stored sealed.
 _UNSTORED_DESTINATION_FIELDS = frozenset({"remote_password", "credentials_error"})
+
+#: fire(event, *arguments, stdin=b"") queues a trigger event (never blocks).
+Fire = Callable[..., None]
+
+
+def _no_triggers(event: str, *args: str, stdin: bytes = b"") -> None:
+    """Where events go when the server runs no triggers."""
+
+
+class Receiver(Protocol):
+    """What the control plane asks of the receiving side of the data plane."""
+
+    def live_transfers(self) -> list[str]:
+        """The ids of the incoming transfers with a session open now."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for getServerInfo's ``receiver``."""
+        ...
 
 
 @dataclass
@@ -76,29 +87,13 @@ class Session:
         return self.raised or (owner is not None and owner == self.user)
 
 
-@dataclass
-class Call:
-    """What a command handler gets besides its parameters."""
-
-    service: Service
-    session: Session
-
-    @property
-    def user(self) -> str:
-        if self.session.user is None:  # dispatch checks auth before handlers run
-            raise AuthRequired("Authenticate first with auth.")
-        return self.session.user
-
-
 class Service:
-    def __init__(self, settings: Settings, users: UserStore,
-                 data_plane: DataPlane | None = None) -> None:
-        from .commands.recv import register as register_recv
-        from .commands.send import register as register_send
-        from .commands.server import register as register_server
-
+    def __init__(self, settings: Settings, users: UserStore, fire: Fire = _no_triggers
+                 ) -> None:
         self.settings = settings
         self.users = users
+        #: queues a trigger event (the server's trigger runner, or nothing)
+        self.fire = fire
         self.server_id = new_id()
         self.start_time_us = now_us()
         self.api_port = settings.api_port
@@ -108,11 +103,9 @@ class Service:
         self.transfers: dict[str, Transfer] = {}
         #: incoming transfers, by transfer id
         self.receives: dict[str, ReceiveRecord] = {}
-        self.endpoint: DataEndpoint | None = None
-        if data_plane is None:
-            data_plane = SendingPlane(self)
+        self.receiver: Receiver | None = None
         self.scheduler = Scheduler(self.transfers, self.destinations, self.manifests,
-                                   data_plane, on_change=self.save_transfer)
+                                   on_change=self.save_transfer)
         #: seals the destination passwords the state database holds
         self.secrets = SecretBox.from_key_file(settings.secret_key_file)
         self.state = StateStore(settings.persistent_state_dir)
@@ -120,59 +113,18 @@ class Service:
         self.requests = RequestBook(
             on_change=lambda r: self.state.put("request", str(r.request_id), r.to_state()),
             on_forget=lambda r: self.state.delete("request", str(r.request_id)))
-        self.triggers = TriggerRunner(settings.trigger_dir, settings.trigger_log,
-                                      settings.trigger_on_api)
         self.throttle = LoginThrottle()
-        self.registry = Registry()
-        register_server(self.registry)
-        register_send(self.registry)
-        register_recv(self.registry)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gc_wakeup: asyncio.Event | None = None
         self._gc: dict[str, int] = {**DEFAULT_GC, **(self.state.setting("gc") or {})}
 
-    # -- dispatch ---------------------------------------------------------------------
-
-    async def handle(self, session: Session, request: Request) -> dict[str, Any]:
-        """Run one request and return its response (never raises but CancelledError)."""
-        started = time.monotonic()
-        name = request.name
-        try:
-            command, queued = self.registry.resolve(request.name)
-            name = command.name + ("Async" if queued else "")
-            if command.needs_auth and session.user is None:
-                raise AuthRequired(
-                    f"{command.name} needs an authenticated session: call auth with "
-                    "'user' and 'password' first.")
-            params = command.check_parameters(request.parameters)
-            call = Call(self, session)
-            if queued:
-                record = self.requests.submit(session.user, command.name + "Async",
-                                              lambda: command.handler(call, params))
-                message, result = "Request queued.", {"requestId": record.request_id}
-            else:
-                message, result = await command.handler(call, params)
-            response = success_response(request.id, message, result)
-        except ApiError as exc:
-            response = error_response(request.id, exc.code, exc.message)
-        except Exception:
-            log.exception("internal error in %s", request.name)
-            response = error_response(request.id, InternalError.code,
-                                      f"Internal error while running {request.name}; "
-                                      "the server log has the details.")
-        log.debug("%s %s %s %s (%.1f ms)", session.peer_text, session.user or "-",
-                  request.name, response["status"], (time.monotonic() - started) * 1000)
-        if self.triggers.on_api:
-            structure = {"request": name,
-                         "parameters": self.public_parameters(request.parameters)}
-            self.triggers.fire(f"on.{name}", _json(structure), response["status"],
-                               response["message"], _json(response["result"]))
-        return response
-
-    @staticmethod
-    def public_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-        """The parameters with secrets removed (for logs and triggers)."""
-        return {k: v for k, v in parameters.items() if k not in SECRET_PARAMETERS}
+    def attach(self, data_plane: DataPlane | None, receiver: Receiver | None,
+               api_port: int, recv_port: int) -> None:
+        """Plug in the data plane, and the ports as bound (at start, by the server that
+        composes them)."""
+        self.scheduler.data_plane = data_plane
+        self.receiver = receiver
+        self.api_port, self.recv_port = api_port, recv_port
 
     # -- authentication ---------------------------------------------------------------
 
@@ -210,6 +162,10 @@ class Service:
     def sandbox_root(self, user: str) -> str:
         return expand_sandbox(self.settings.sandbox_dir, user)
 
+    def stored_hash(self, user: str) -> str | None:
+        """The user's stored password hash: the data port's login verifier."""
+        return self.users.stored_hash(user)
+
     def find_object(self, session: Session, object_id: str) -> Owned:
         for table in (self.destinations, self.manifests, self.transfers):
             obj = table.get(object_id)
@@ -226,7 +182,7 @@ class Service:
     def find_transfer(self, session: Session, transfer_id: str) -> Transfer:
         return _visible(self.transfers, session, transfer_id, "transfer")
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task that the service owns and cancels on close."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -238,7 +194,6 @@ class Service:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.requests.close()
-        await self.triggers.close()
         await self.state.flush()
         self.state.close()
 
@@ -281,6 +236,10 @@ class Service:
                 self.state.put("manifest", manifest.id, manifest)
                 self._saved_manifests.add(manifest.id)
         self.state.put("transfer", transfer.id, transfer)
+
+    def save_receive(self, record: ReceiveRecord) -> None:
+        if self.settings.persistent_transfers:
+            self.state.put("receive", record.transfer_id, record.to_state())
 
     def save_object(self, obj: Owned) -> None:
         if isinstance(obj, Destination):
@@ -368,7 +327,7 @@ class Service:
                 del self.manifests[manifest.id]
                 self.forget("manifest", manifest.id)
                 removed["manifests"] += 1
-        live = set(self.endpoint.live_transfers()) if self.endpoint is not None else set()
+        live = set(self.receiver.live_transfers()) if self.receiver is not None else set()
         for record in list(self.receives.values()):
             last = record.last_recv_time_us or record.start_time_us
             if record.status == "receiving" and record.transfer_id not in live and \
@@ -404,8 +363,6 @@ class Service:
     # -- server information -----------------------------------------------------------
 
     def server_info(self, session: Session) -> dict[str, Any]:
-        import socket
-
         info: dict[str, Any] = {
             "allowRemoteControl": self.settings.api_allow_remote_control,
             "apiControlPort": self.api_port,
@@ -420,7 +377,7 @@ class Service:
                 "recvPort": self.recv_port,
                 "allowAnonymous": self.settings.recv_allow_anonymous,
                 "dataTransports": ["udp", "tcp"],
-                **(self.endpoint.stats() if self.endpoint is not None else {}),
+                **(self.receiver.stats() if self.receiver is not None else {}),
             },
             "serverExternalAddress": None,
             "serverId": self.server_id,
@@ -445,8 +402,3 @@ def check_user_data(value: dict[str, Any]) -> dict[str, Any]:
     if len(orjson.dumps(value)) > MAX_USER_DATA_BYTES:
         raise InvalidParameter(f"userData is larger than {MAX_USER_DATA_BYTES} bytes.")
     return value
-
-
-def _json(value: Any) -> str:
-    """JSON text for trigger arguments."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()

@@ -1,0 +1,76 @@
+"""Running one decoded request: name, login and parameters checked, handler run, answer
+made, ``on.<command>`` trigger fired. The control listener only moves lines."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from ..core.service import Fire, Service, Session
+from ..errors import ApiError, AuthRequired, InternalError
+from ..protocol.lines import Request, error_response, success_response
+from .context import Call
+from .registry import SECRET_PARAMETERS, Registry
+
+__all__ = ["Dispatcher", "public_parameters"]
+
+log = logging.getLogger("jetstream.api")
+
+
+class Dispatcher:
+    """``fire``: where trigger events go; ``on_api``: fire ``on.<command>`` after each."""
+
+    def __init__(self, service: Service, registry: Registry, fire: Fire,
+                 on_api: bool = False) -> None:
+        self.service = service
+        self.registry = registry
+        self.fire = fire
+        self.on_api = on_api
+
+    async def handle(self, session: Session, request: Request) -> dict[str, Any]:
+        """Run one request and return its response (never raises but CancelledError)."""
+        started = time.monotonic()
+        name = request.name
+        try:
+            command, queued = self.registry.resolve(request.name)
+            name = command.name + ("Async" if queued else "")
+            if command.needs_auth and session.user is None:
+                raise AuthRequired(
+                    f"{command.name} needs an authenticated session: call auth with "
+                    "'user' and 'password' first.")
+            params = command.check_parameters(request.parameters)
+            call = Call(self.service, session, self.fire)
+            if queued:
+                record = self.service.requests.submit(
+                    session.user, command.name + "Async", lambda: command.handler(call, params))
+                message, result = "Request queued.", {"requestId": record.request_id}
+            else:
+                message, result = await command.handler(call, params)
+            response = success_response(request.id, message, result)
+        except ApiError as exc:
+            response = error_response(request.id, exc.code, exc.message)
+        except Exception:
+            log.exception("internal error in %s", request.name)
+            response = error_response(request.id, InternalError.code,
+                                      f"Internal error while running {request.name}; "
+                                      "the server log has the details.")
+        log.debug("%s %s %s %s (%.1f ms)", session.peer_text, session.user or "-",
+                  request.name, response["status"], (time.monotonic() - started) * 1000)
+        if self.on_api:
+            structure = {"request": name, "parameters": public_parameters(request.parameters)}
+            self.fire(f"on.{name}", _json(structure), response["status"],
+                      response["message"], _json(response["result"]))
+        return response
+
+
+def public_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parameters with secrets removed (for logs and triggers)."""
+    return {k: v for k, v in parameters.items() if k not in SECRET_PARAMETERS}
+
+
+def _json(value: Any) -> str:
+    """JSON text for trigger arguments."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
