@@ -1,6 +1,8 @@
 """Command-line entry points: ``jetstream-server`` and ``jetstream (server|api)``.
 
-Only this module installs signal handlers, sets up logging and picks the event loop.
+Only this module installs signal handlers, sets up logging and picks the event loop. The
+daemon's modules are imported when the daemon runs, and the console's when ``api`` runs,
+so that neither pays for the other at start.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import resource
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
-from .core.atrest import private_file
-from .core.config import SETTINGS, Setting, load_settings
+from .core.config import SETTINGS, Setting, default_home, load_settings
+from .core.private import private_file
 from .core.users import (
     check_user_name,
     hash_password,
@@ -29,7 +31,9 @@ from .core.users import (
 )
 from .errors import ConfigError
 from .sdnotify import notify, watchdog
-from .server import Server
+
+if TYPE_CHECKING:
+    from .server import Server
 
 __all__ = ["jetstream_main", "server_main"]
 
@@ -149,6 +153,8 @@ def run_server(config_file: Path | None, given: dict[str, Any]) -> None:
     _raise_fd_limit()
     import uvloop
 
+    from .server import Server
+
     server = Server(settings)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -185,8 +191,6 @@ _users_file_option = click.option(
 def _users_path(users_file: Path | None) -> Path:
     if users_file is not None:
         return users_file
-    from .core.config import default_home
-
     return default_home() / "users"
 
 
@@ -283,8 +287,19 @@ def jetstream_cli() -> None:
 jetstream_cli.add_command(server_cli, "server")
 
 
-@jetstream_cli.command("api", context_settings={"ignore_unknown_options": True,
-                                                "allow_interspersed_args": False})
+class _ApiCommand(click.Command):
+    """``jetstream api --help`` lists every command, from the registry the server uses."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from .console import REGISTRY
+
+        with formatter.section("Commands (jetstream api COMMAND --help for its parameters)"):
+            formatter.write_dl([(c.name, c.summary) for c in REGISTRY.commands()])
+
+
+@jetstream_cli.command("api", cls=_ApiCommand,
+                       context_settings={"ignore_unknown_options": True,
+                                         "allow_interspersed_args": False})
 @click.option("--host", default="localhost", envvar="JETSTREAM_API_HOST", show_default=True,
               help="Server to connect to.")
 @click.option("--api-control-port", "port", type=int, default=8886,

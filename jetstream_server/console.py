@@ -22,12 +22,13 @@ import sys
 from typing import Any
 
 from .client import ApiError, AsyncClient, ConnectionFailed
-from .commands.registry import Command, Registry
+from .commands import build_registry
+from .commands.registry import Command
 from .core.manifests import parse_console_mapping
-from .errors import ApiError as ServerApiError
+from .errors import AmbiguousCommand, UnknownCommand
 
-__all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "UsageError", "parse_parameters",
-           "run_console"]
+__all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "REGISTRY", "UsageError",
+           "command_help", "commands_help", "parse_parameters", "run_console"]
 
 EXIT_API_ERROR, EXIT_USAGE, EXIT_CONNECT = 1, 2, 3
 _TRUE = {"true", "1", "yes", "on"}
@@ -38,16 +39,42 @@ class UsageError(Exception):
     pass
 
 
-def _registry() -> Registry:
-    from .commands.recv import register as register_recv
-    from .commands.send import register as register_send
-    from .commands.server import register as register_server
+#: The commands, their parameters and help: the very table the server dispatches with.
+REGISTRY = build_registry()
 
-    registry = Registry()
-    register_server(registry)
-    register_send(registry)
-    register_recv(registry)
-    return registry
+
+def _command(name: str) -> Command:
+    """The command ``name`` names; a usage error (with the nearest names) if none."""
+    try:
+        command, _ = REGISTRY.resolve(name)
+    except (UnknownCommand, AmbiguousCommand) as exc:
+        raise UsageError(exc.message) from None
+    return command
+
+
+def commands_help() -> str:
+    """Every command with its one-line summary (``jetstream api --help``)."""
+    commands = REGISTRY.commands()
+    width = max(len(c.name) for c in commands)
+    return "\n".join(f"{c.name.ljust(width)}  {c.summary}" for c in commands)
+
+
+def command_help(name: str) -> str:
+    """A command's summary and parameters (``jetstream api COMMAND --help``)."""
+    command = _command(name)
+    lines = [f"{command.name}: {command.summary}"]
+    if not command.needs_auth:
+        lines.append("(no login needed)")
+    for param in command.params:
+        kind = _KIND_NAMES.get(param.kind, "JSON")
+        lines.append(f"  --{param.name}={kind}{'' if param.required else '  (optional)'}")
+    if command.asyncable:
+        lines.append(f"Also {command.name}Async: queued, answers {{\"requestId\": n}} at once.")
+    return "\n".join(lines)
+
+
+_KIND_NAMES = {str: "TEXT", int: "INTEGER", bool: "true|false", float: "NUMBER",
+               dict: "JSON-OBJECT", list: "JSON-LIST"}
 
 
 def _split(args: list[str]) -> list[tuple[str, str | None]]:
@@ -108,12 +135,8 @@ def _convert(command: str, name: str, kind: type, nullable: bool, text: str | No
 
 def parse_parameters(command_name: str, args: list[str]) -> dict[str, Any]:
     """Turn ``--name=value`` arguments into typed API parameters."""
-    command: Command | None
-    try:
-        command, _ = _registry().resolve(command_name)
-    except ServerApiError:  # unknown here; the server has the last word
-        command = None
-    kinds = {p.name: p for p in command.params} if command else {}
+    command = _command(command_name)
+    kinds = {p.name: p for p in command.params}
     params: dict[str, Any] = {}
     mappings: dict[str, str] = {}
     for name, text in _split(args):
@@ -166,6 +189,9 @@ async def _run(host: str, port: int, user: str | None, password: str | None,
 
 def run_console(host: str, port: int, user: str | None, command: str, args: list[str]) -> int:
     try:
+        if "--help" in args or "-h" in args:
+            print(command_help(command))
+            return 0
         params = parse_parameters(command, args)
     except UsageError as exc:
         print(f"jetstream api: {exc}", file=sys.stderr)

@@ -24,10 +24,10 @@ from typing import Any, cast
 
 from .commands import build_registry
 from .commands.dispatch import Dispatcher
-from .core.atrest import private_dir
 from .core.config import Settings, default_home
 from .core.connections import ConnectionGuard, Tracked
 from .core.netaddr import is_loopback, plain_host
+from .core.private import private_dir
 from .core.ratelog import LimitedLog
 from .core.scheduler import DataPlane
 from .core.service import Service, Session

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -186,3 +187,39 @@ def test_version(flag: str) -> None:
     for name in ("jetstream-server", "jetstream"):
         done = _run(command(name), flag)
         assert done.returncode == 0 and "0.1.0" in done.stdout
+
+
+def test_api_help_lists_every_command_and_an_unknown_one_exits_2() -> None:
+    from jetstream_server.console import REGISTRY
+
+    listed = _run(command("jetstream"), "api", "--help")
+    assert listed.returncode == 0
+    for each in REGISTRY.commands():
+        assert each.name in listed.stdout, each.name
+    assert "send.createTransfer" in listed.stdout and "Queue a manifest's files" in \
+        listed.stdout
+    one = _run(command("jetstream"), "api", "getTransfer", "--help")
+    assert one.returncode == 0 and "--transferId=TEXT" in one.stdout
+    unknown = _run(command("jetstream"), "api", "getTransfr")
+    assert unknown.returncode == 2
+    assert unknown.stderr == ("jetstream api: Unknown command 'getTransfr'. Did you mean "
+                              "getTransfer or getTransfers?\n")
+
+
+def test_importing_the_entry_points_derives_no_password_hash() -> None:
+    probe = ("import hashlib\n"
+             "calls = []\n"
+             "real = hashlib.scrypt\n"
+             "hashlib.scrypt = lambda *a, **k: calls.append(1) or real(*a, **k)\n"
+             "import jetstream_server.cli, jetstream_server.console\n"
+             "import sys\n"
+             "print(len(calls))\n"
+             "print(' '.join(m for m in sys.modules if m.startswith('jetstream_server')))\n")
+    done = _run(sys.executable, "-c", probe)
+    assert done.returncode == 0, done.stderr
+    hashes, loaded = done.stdout.splitlines()
+    assert hashes == "0"
+    daemon = {"jetstream_server.server", "jetstream_server.core.service",
+              "jetstream_server.core.store", "jetstream_server.dataplane",
+              "jetstream_server.commands.dispatch"}
+    assert daemon.isdisjoint(loaded.split())  # the console loads the commands' table only

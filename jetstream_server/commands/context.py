@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..core.service import Fire, Service, Session
 from ..errors import AuthRequired
+
+if TYPE_CHECKING:  # (the console reads the commands' table without loading the service)
+    from ..core.service import Fire, Service, Session
 
 __all__ = ["Call"]
 

@@ -12,12 +12,14 @@ __all__ = ["register"]
 
 
 async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Incoming transfers authorized with the session's account (all, raised)."""
     found = [r.to_api() for r in call.service.receives.values()
              if call.session.can_see(r.user)]
     return f"{len(found)} incoming transfer(s).", found
 
 
 async def get_sources(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Incoming transfers grouped by the address that sent them."""
     by_ip: dict[str, list[Any]] = defaultdict(list)
     for record in call.service.receives.values():
         if call.session.can_see(record.user):

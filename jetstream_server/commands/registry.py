@@ -8,6 +8,8 @@ marked ``asyncable`` is also reachable as ``<name>Async``, which queues it and a
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,11 +67,18 @@ Handler = Callable[[Any, dict[str, Any]], Awaitable[tuple[str, Any]]]
 
 @dataclass(frozen=True)
 class Command:
+    """One API command: its name, handler, parameters and rules. Its help is the first
+    line of the handler's docstring."""
+
     name: str
     handler: Handler
     params: tuple[Param, ...] = ()
     needs_auth: bool = True
     asyncable: bool = True
+
+    @property
+    def summary(self) -> str:
+        return (inspect.getdoc(self.handler) or "").split("\n", 1)[0]
 
     def check_parameters(self, given: dict[str, Any]) -> dict[str, Any]:
         """The parameters, type-checked; absent optional ones are None."""
@@ -113,7 +122,16 @@ class Registry:
             base = self._lookup(name[: -len("Async")])
             if base is not None and base.asyncable:
                 return base, True
-        raise UnknownCommand(f"Unknown command {name!r}.")
+        raise UnknownCommand(f"Unknown command {name!r}.{self._suggest(name)}")
+
+    def _suggest(self, name: str) -> str:
+        """' Did you mean ...?' with the nearest names, if some are near."""
+        if name.startswith(_NAMESPACES):  # as it was typed: qualified, or not
+            names = sorted(self._commands)
+        else:
+            names = sorted({c.name.split(".", 1)[-1] for c in self._commands.values()})
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.8)
+        return f" Did you mean {' or '.join(close)}?" if close else ""
 
     def _lookup(self, name: str) -> Command | None:
         command = self._commands.get(name)

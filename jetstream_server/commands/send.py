@@ -12,9 +12,8 @@ from ..core.ids import new_id, now_us
 from ..core.lifecycle import ManifestStatus
 from ..core.manifests import ManifestError, build_file_list, parse_console_mapping
 from ..core.netaddr import host_name_problem
-from ..core.objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer
+from ..core.objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer, check_user_data
 from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts
-from ..core.service import check_user_data
 from ..errors import InvalidParameter, InvalidState, quoted
 from ..protocol.layout import MAX_BLOCKS, Layout
 from .context import Call
@@ -100,6 +99,7 @@ def _transport(value: str | None, default: str) -> str:
 
 
 async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Make (or find, for the same parameters) a server to send to."""
     service = call.service
     host, port = parse_address(p["destinationAddress"])
     if p["destinationPassword"] is not None and p["destinationUser"] is None:
@@ -143,17 +143,20 @@ def _destination(call: Call, destination: Destination) -> dict[str, Any]:
 
 
 async def get_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """One destination."""
     destination = call.service.find_destination(call.session, p["destinationId"])
     return "Destination.", _destination(call, destination)
 
 
 async def get_destinations(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """The session's destinations."""
     found = [_destination(call, d) for d in call.service.destinations.values()
              if call.session.can_see(d.owner)]
     return f"{len(found)} destination(s).", found
 
 
 async def delete_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Delete a destination that has no unfinished transfer."""
     service = call.service
     destination = service.find_destination(call.session, p["destinationId"])
     active = [t.id for t in service.transfers.values()
@@ -209,6 +212,7 @@ def _requested_mappings(p: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 async def create_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """List files and folders to send (built in the background)."""
     service = call.service
     manifest = Manifest(id=new_id(), owner=call.user, create_time_us=now_us(),
                         user_data=check_user_data(p["userData"] or {}),
@@ -234,21 +238,25 @@ async def _build_manifest(call: Call, manifest: Manifest) -> None:
 
 
 async def get_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """One manifest: status, totals, errorMessage."""
     return "Manifest.", call.service.find_manifest(call.session, p["manifestId"]).to_api()
 
 
 async def get_manifest_files(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """A manifest's file mappings."""
     manifest = call.service.find_manifest(call.session, p["manifestId"])
     return "Manifest files.", manifest.files_to_api()
 
 
 async def get_manifests(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """The session's manifests."""
     found = [m.to_api() for m in call.service.manifests.values()
              if call.session.can_see(m.owner)]
     return f"{len(found)} manifest(s).", found
 
 
 async def delete_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Delete a manifest no unfinished transfer uses."""
     service = call.service
     manifest = service.find_manifest(call.session, p["manifestId"])
     users = [t.id for t in service.transfers.values()
@@ -264,6 +272,7 @@ async def delete_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 # -- transfers ------------------------------------------------------------------------
 
 async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Queue a manifest's files for a destination."""
     service = call.service
     destination = service.find_destination(call.session, p["destinationId"])
     manifest = service.find_manifest(call.session, p["manifestId"])
@@ -313,11 +322,13 @@ def _transfer(call: Call, transfer: Transfer) -> dict[str, Any]:
 
 
 async def get_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """One transfer: status, counters, errorMessage."""
     return "Transfer.", _transfer(call, call.service.find_transfer(call.session,
                                                                    p["transferId"]))
 
 
 async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """The session's transfers (optionally of one destination)."""
     wanted = p["destinationId"]
     found = [_transfer(call, t) for t in call.service.transfers.values()
              if call.session.can_see(t.owner)
@@ -326,24 +337,28 @@ async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def suspend_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Stop moving data, keeping what the receiver has."""
     transfer = call.service.find_transfer(call.session, p["transferId"])
     call.service.scheduler.suspend(transfer)
     return "Transfer suspended.", _transfer(call, transfer)
 
 
 async def resume_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Put a suspended or failed transfer back in its queue."""
     transfer = call.service.find_transfer(call.session, p["transferId"])
     call.service.scheduler.resume(transfer)
     return "Transfer resumed.", _transfer(call, transfer)
 
 
 async def cancel_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """End a transfer for good."""
     transfer = call.service.find_transfer(call.session, p["transferId"])
     call.service.scheduler.cancel(transfer)
     return "Transfer cancelled.", _transfer(call, transfer)
 
 
 async def fail_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """End a transfer in error, with a message."""
     transfer = call.service.find_transfer(call.session, p["transferId"])
     message = p["errorMessage"] or f"Failed by {call.user}."
     call.service.scheduler.fail(transfer, message)
@@ -351,6 +366,7 @@ async def fail_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def delete_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Cancel a transfer if unfinished, then remove it."""
     transfer = call.service.find_transfer(call.session, p["transferId"])
     call.service.scheduler.delete(transfer)
     call.service.forget("transfer", transfer.id)
@@ -358,6 +374,7 @@ async def delete_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def set_send_rate(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Change a transfer's sendRateMax (kbit/s; 0 = automatic)."""
     transfer = call.service.find_transfer(call.session, p["transferId"])
     if transfer.status.ended:
         raise InvalidState(f"Transfer {transfer.id} is {transfer.status.value}; its rate "
@@ -378,6 +395,7 @@ def _object_api(call: Call, obj: Any) -> dict[str, Any]:
 
 
 async def update_object_user_data(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Merge userData into a destination, manifest or transfer."""
     obj = call.service.find_object(call.session, p["objectId"])
     merged = {**obj.user_data, **p["userData"]}
     obj.user_data = check_user_data(merged)
@@ -386,6 +404,7 @@ async def update_object_user_data(call: Call, p: dict[str, Any]) -> tuple[str, A
 
 
 async def delete_object_user_data(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Remove one key from an object's userData."""
     obj = call.service.find_object(call.session, p["objectId"])
     if p["key"] not in obj.user_data:
         raise InvalidParameter(f"Object {p['objectId']} has no user data key {p['key']!r}.")

@@ -12,11 +12,13 @@ __all__ = ["register"]
 
 
 async def auth(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Log the connection in with a user and password."""
     await call.service.authenticate(call.session, p["user"], p["password"])
     return "Authenticated.", {"user": call.session.user}
 
 
 async def superuser(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Raise the session to superuser (for names given by --superuser)."""
     if call.user not in call.service.settings.superuser:
         raise PermissionDenied(f"User {call.user} is not a superuser.")
     call.session.raised = True
@@ -24,6 +26,7 @@ async def superuser(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def get_server_info(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Facts about this server (no login needed)."""
     return "Server information.", call.service.server_info(call.session)
 
 
@@ -35,11 +38,13 @@ def _record_id(p: dict[str, Any]) -> int:
 
 
 async def get_request_status(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """The status of a queued (...Async) request, at once."""
     record = call.service.requests.get(_record_id(p), call.session.can_see)
     return "Request status.", record.to_api()
 
 
 async def get_request_result(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """The result of a queued (...Async) request, waiting for it."""
     record = call.service.requests.get(_record_id(p), call.session.can_see)
     await record.done.wait()
     if record.status == "error":
@@ -55,10 +60,12 @@ def _raised(call: Call) -> None:
 
 
 async def get_gc_settings(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """How often, and how long after, ended objects are collected."""
     return "Garbage collection settings.", call.service.gc_settings
 
 
 async def update_gc_settings(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Change the garbage collection settings (raised superuser)."""
     _raised(call)
     changes: dict[str, int] = {}
     for key, low in (("intervalSeconds", 60), ("timeLimitSeconds", 0)):
@@ -71,6 +78,7 @@ async def update_gc_settings(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def garbage_collect(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Collect what ended long enough ago, now (raised superuser)."""
     _raised(call)
     return "Garbage collected.", call.service.garbage_collect()
 

@@ -1,9 +1,7 @@
-"""What the server keeps on disk that others must not read: private files and folders,
-and the destination passwords it stores, sealed with a key kept outside the database.
+"""The destination passwords the server stores, sealed with a key kept outside the
+database.
 
-- :func:`private_file` and :func:`private_dir` create files 0600 and folders 0700 whatever
-  the process umask (an existing one is left as it is).
-- :class:`SecretBox` seals a stored secret with AES-256-GCM (``cryptography``, that is
+:class:`SecretBox` seals a stored secret with AES-256-GCM (``cryptography``, that is
   OpenSSL), under a 256-bit key read from the secret key file (``--secret-key-file``,
   made at first start). A copy of the state database alone gives no password; the key
   file must not be readable by others, or the server refuses to start.
@@ -21,39 +19,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import ConfigError
+from .private import private_dir, private_file
 
-__all__ = ["SecretBox", "UnreadableSecret", "private_dir", "private_file"]
+__all__ = ["SecretBox", "UnreadableSecret"]
 
 _SEALED_PREFIX = "aes256gcm:"
 _NONCE_BYTES = 12
-
-
-def private_dir(path: Path) -> None:
-    """Create ``path`` and its missing parents as folders only their owner can enter."""
-    missing: list[Path] = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(0o700)
-        except FileExistsError:
-            continue
-        os.chmod(folder, 0o700)  # (the umask may have taken bits away)
-
-
-def private_file(path: Path) -> bool:
-    """Create ``path`` empty, readable and writable by its owner only, unless it exists;
-    True when it was created."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return False
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    return True
 
 
 class UnreadableSecret(Exception):

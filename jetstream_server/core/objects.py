@@ -9,11 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
+from ..errors import InvalidParameter
+from ..protocol.metadata import MAX_USER_DATA_BYTES
 from .lifecycle import ManifestStatus, TransferStatus
 
-__all__ = ["DEFAULT_PRIORITY", "Destination", "FileMapping", "Manifest", "Owned", "Transfer"]
+__all__ = ["DEFAULT_PRIORITY", "Destination", "FileMapping", "Manifest", "Owned", "Transfer",
+           "check_user_data"]
 
 DEFAULT_PRIORITY = 100
+
+
+def check_user_data(value: dict[str, Any]) -> dict[str, Any]:
+    """``value``, if it may be an object's ``userData`` (64 KiB serialised at most)."""
+    if len(orjson.dumps(value)) > MAX_USER_DATA_BYTES:
+        raise InvalidParameter(f"userData is larger than {MAX_USER_DATA_BYTES} bytes.")
+    return value
 
 
 @dataclass

@@ -18,11 +18,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar
 
-import orjson
-
 from .. import __version__
-from ..errors import AuthFailed, InvalidParameter, NotFound
-from ..protocol.metadata import MAX_USER_DATA_BYTES
+from ..errors import AuthFailed, NotFound
 from .atrest import SecretBox, UnreadableSecret
 from .config import Settings
 from .ids import new_id, now_us
@@ -37,7 +34,7 @@ from .store import StateStore
 from .throttle import LoginThrottle
 from .users import UserStore
 
-__all__ = ["API_VERSION", "Fire", "Receiver", "Service", "Session", "check_user_data"]
+__all__ = ["API_VERSION", "Fire", "Receiver", "Service", "Session"]
 
 log = logging.getLogger("jetstream.api")
 limited_log = LimitedLog(log)
@@ -397,8 +394,3 @@ def _visible(table: dict[str, T], session: Session, object_id: str,
         raise NotFound(f"No {kind} with id {object_id}.")
     return obj
 
-
-def check_user_data(value: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(value)) > MAX_USER_DATA_BYTES:
-        raise InvalidParameter(f"userData is larger than {MAX_USER_DATA_BYTES} bytes.")
-    return value

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError
-from .atrest import private_file
+from .private import private_file
 
 log = logging.getLogger("jetstream.state")
 __all__ = ["SCHEMA_VERSION", "StateStore"]

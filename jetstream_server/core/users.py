@@ -8,6 +8,7 @@ mode 0600. Plain-text passwords are never stored.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..protocol.auth import MAX_SCRYPT_BYTES, derive_verifier, scrypt_bytes
-from .atrest import private_dir
+from .private import private_dir
 
 __all__ = [
     "StoredHash",
@@ -86,8 +87,11 @@ def verify_password(password: str, stored: str) -> bool:
         derive_verifier(password, parts.salt, parts.log2_n, parts.r, parts.p), parts.digest)
 
 
-#: Verified against when a user name is unknown, so that an unknown name costs the same time.
-_DUMMY_HASH = hash_password(secrets.token_hex(8))
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when a user name is unknown, so that an unknown name costs the
+    same time (made at the first such login, not when this module is imported)."""
+    return hash_password(secrets.token_hex(8))
 
 
 def read_users_file(path: Path) -> dict[str, str]:
@@ -172,5 +176,5 @@ class UserStore:
         except ConfigError:
             pass  # keep the last good copy; the operator sees the error in the log
         stored = self._users.get(name)
-        ok = verify_password(password, stored if stored is not None else _DUMMY_HASH)
+        ok = verify_password(password, stored if stored is not None else _dummy_hash())
         return ok and stored is not None
