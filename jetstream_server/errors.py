@@ -67,7 +67,6 @@ class ApiError(JetStreamError):
     """An error reported to an API client as ``status: error`` with ``code``."""
 
     code = "error"
-    status = "error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -37,3 +37,30 @@ async def test_dispatch_checks_auth_names_and_parameters_before_handlers(home: P
         assert ambiguous["code"] == "ambiguous_command"
     finally:
         await service.close()
+
+
+async def test_restoring_state_moves_statuses_by_the_tables(home: Path) -> None:
+    """A transfer that was sending goes back to its queue; a manifest being built, a
+    request running and an incoming transfer keep (or get) a status the tables allow."""
+    from jetstream_server.core.store import StateStore
+
+    (home / "state").mkdir()
+    store = StateStore(home / "state")
+    store.put("manifest", "m" * 32, {"id": "m" * 32, "owner": "alice", "create_time_us": 1,
+                                     "user_data": {}, "status": "pending",
+                                     "error_message": None, "files": [], "requested": []})
+    store.put("request", "7", {"request_id": 7, "owner": "alice", "command": "x",
+                               "status": "pending", "message": "", "result": None,
+                               "code": None})
+    store.close()
+    settings = make_settings(home)
+    service = Service(settings, prepare_settings(settings))
+    try:
+        service.restore()
+        manifest = service.manifests["m" * 32]
+        assert manifest.status == "error"
+        assert manifest.error_message == "The server restarted while it was being built."
+        record = service.requests.get(7, lambda owner: True)
+        assert record.status == "error" and record.code == "internal_error"
+    finally:
+        await service.close()

@@ -1,4 +1,4 @@
-"""Command names, parameter checking and the transfer state table."""
+"""Command names, parameter checking and the status tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from jetstream_server.commands.registry import Command, Param, Registry
-from jetstream_server.core.lifecycle import TRANSFER_MOVES, TransferStatus, transfer_move
+from jetstream_server.core.lifecycle import (
+    CONNECTION,
+    MANIFEST,
+    RECEIVE,
+    REQUEST,
+    TRANSFER,
+    Lifecycle,
+    TransferStatus,
+)
 from jetstream_server.errors import (
     AmbiguousCommand,
     InvalidParameter,
@@ -75,19 +83,41 @@ def test_parameters_are_checked_by_type_and_presence() -> None:
         command.check_parameters({"a": 1, "typo": 2})
 
 
-def test_transfer_moves_follow_the_table_and_nothing_else() -> None:
-    for action, (sources, target) in TRANSFER_MOVES.items():
-        for status in TransferStatus:
+@pytest.mark.parametrize("machine", [TRANSFER, RECEIVE, MANIFEST, REQUEST, CONNECTION],
+                         ids=lambda m: m.noun)
+def test_every_status_moves_by_its_table_and_nothing_else(machine: Lifecycle[Any]) -> None:
+    statuses = type(next(iter(machine.moves.values()))[1])
+    for action, (sources, target) in machine.moves.items():
+        for status in statuses:
             if status in sources:
-                assert transfer_move("t", status, action) is target
+                assert machine.move("t", status, action) is target
             else:
-                with pytest.raises(InvalidState, match=f"Cannot {action} transfer t"):
-                    transfer_move("t", status, action)
+                with pytest.raises(InvalidState, match=f"Cannot {action} {machine.noun} t: "
+                                                       f"its status is {status.value}"):
+                    machine.move("t", status, action)
 
 
 def test_complete_and_cancelled_transfers_cannot_move_and_failed_ones_only_resume() -> None:
     for status in (TransferStatus.COMPLETE, TransferStatus.CANCELLED, TransferStatus.ERROR):
         assert status.ended
-    for action, (sources, _) in TRANSFER_MOVES.items():
+    for action, (sources, _) in TRANSFER.moves.items():
         assert TransferStatus.COMPLETE not in sources and TransferStatus.CANCELLED not in sources
         assert (TransferStatus.ERROR in sources) == (action == "resume"), action
+
+
+def test_no_status_is_a_bare_string_outside_the_lifecycle_module() -> None:
+    """Statuses are compared and set as the enums of core/lifecycle.py, never as text."""
+    import re
+    from pathlib import Path
+
+    import jetstream_server
+    package = Path(jetstream_server.__file__).parent
+    words = "|".join(sorted({s.value for m in (TRANSFER, RECEIVE, MANIFEST, REQUEST,
+                                               CONNECTION)
+                             for s in type(next(iter(m.moves.values()))[1])}))
+    status_use = re.compile(rf"status\w*\s*(?:==|!=|=|is)\s*[\"']({words})[\"']")
+    for path in package.rglob("*.py"):
+        if path.name == "lifecycle.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not status_use.search(line), f"{path.name}:{number}: {line.strip()}"

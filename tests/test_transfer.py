@@ -207,8 +207,12 @@ async def test_suspend_resume_and_cancel_act_on_the_running_flow(
     tid = transfer["transferId"]
     await wait_transfer(client, tid, until=("sending",))
     await asyncio.sleep(1.5)  # about 500 blocks in
+    connected = await client.call("getDestination", destinationId=destination)
+    assert connected["encryptedConnectionState"] == "connected"  # its data session is up
     await client.call("suspendTransfer", transferId=tid)
     await asyncio.sleep(0.3)
+    idle = await client.call("getDestination", destinationId=destination)
+    assert idle["encryptedConnectionState"] == "disconnected"
     before = (await client.call("getTransfer", transferId=tid))["bytesSent"]
     await asyncio.sleep(0.7)
     assert (await client.call("getTransfer", transferId=tid))["bytesSent"] == before

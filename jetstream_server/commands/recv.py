@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from ..core.lifecycle import ConnectionState, ReceiveStatus
 from .context import Call
 from .registry import Command, Registry
 
 __all__ = ["register"]
+
+RECEIVING = ReceiveStatus.RECEIVING
 
 
 async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
@@ -20,6 +23,8 @@ async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 async def get_sources(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Incoming transfers grouped by the address that sent them."""
+    receiver = call.service.receiver
+    live = set(receiver.live_transfers()) if receiver is not None else set()
     by_ip: dict[str, list[Any]] = defaultdict(list)
     for record in call.service.receives.values():
         if call.session.can_see(record.user):
@@ -32,14 +37,15 @@ async def get_sources(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         sources.append({
             "sourceIP": ip,
             "sourcePort": records[-1].source_port,
-            "activeTransferCount": sum(r.status == "receiving" for r in records),
-            "completeTransferCount": sum(r.status == "complete" for r in records),
-            "errorTransferCount": sum(r.status == "error" for r in records),
-            "inactiveTransferCount": sum(r.status != "receiving" for r in records),
+            "activeTransferCount": sum(r.status is RECEIVING for r in records),
+            "completeTransferCount": sum(r.status is ReceiveStatus.COMPLETE for r in records),
+            "errorTransferCount": sum(r.status is ReceiveStatus.ERROR for r in records),
+            "inactiveTransferCount": sum(r.status is not RECEIVING for r in records),
             "bytesRecv": received,
             "aveRecvRate": int(received * 8 / 1000 / seconds) if seconds > 0 else 0,
             "encryptionEnabled": False,
-            "encryptedConnectionState": "disconnected",
+            "encryptedConnectionState": ConnectionState.CONNECTED if any(
+                r.transfer_id in live for r in records) else ConnectionState.DISCONNECTED,
         })
     return f"{len(sources)} source(s).", sources
 

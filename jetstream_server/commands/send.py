@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 from ..core.ids import new_id, now_us
-from ..core.lifecycle import ManifestStatus
+from ..core.lifecycle import MANIFEST, ManifestStatus
 from ..core.manifests import ManifestError, build_file_list, parse_console_mapping
 from ..core.netaddr import host_name_problem
 from ..core.objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer, check_user_data
@@ -228,11 +228,12 @@ async def _build_manifest(call: Call, manifest: Manifest) -> None:
     try:
         files = await loop.run_in_executor(None, build_file_list, root, manifest.requested)
     except ManifestError as exc:
-        manifest.status, manifest.error_message = ManifestStatus.ERROR, str(exc)
+        manifest.status = MANIFEST.move(manifest.id, manifest.status, "fail")
+        manifest.error_message = str(exc)
         log.info("manifest %s failed: %s", manifest.id, exc)
         return
     manifest.files = files
-    manifest.status = ManifestStatus.COMPLETE
+    manifest.status = MANIFEST.move(manifest.id, manifest.status, "complete")
     log.info("manifest %s complete: %d files, %d bytes", manifest.id, manifest.total_files,
              manifest.total_size)
 

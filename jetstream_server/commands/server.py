@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.lifecycle import RequestStatus
 from ..errors import ApiError, InvalidParameter, PermissionDenied
 from .context import Call
 from .registry import Command, Param, Registry
@@ -47,7 +48,7 @@ async def get_request_result(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """The result of a queued (...Async) request, waiting for it."""
     record = call.service.requests.get(_record_id(p), call.session.can_see)
     await record.done.wait()
-    if record.status == "error":
+    if record.status is RequestStatus.ERROR:
         error = ApiError(record.message)
         error.code = record.code or "error"
         raise error

@@ -13,7 +13,7 @@ import orjson
 
 from ..errors import InvalidParameter
 from ..protocol.metadata import MAX_USER_DATA_BYTES
-from .lifecycle import ManifestStatus, TransferStatus
+from .lifecycle import ConnectionState, ManifestStatus, TransferStatus
 
 __all__ = ["DEFAULT_PRIORITY", "Destination", "FileMapping", "Manifest", "Owned", "Transfer",
            "check_user_data"]
@@ -55,6 +55,8 @@ class Destination(Owned):
     #: why the stored password could not be read back at start (the secret key changed);
     #: its transfers fail with this message. Not stored.
     credentials_error: str | None = field(default=None, repr=False)
+    #: the state of its data connection (moved by the data plane; not stored)
+    connection: ConnectionState = ConnectionState.DISCONNECTED
 
     def same_parameters(self, other: Destination) -> bool:
         """True when ``other`` was created with the same parameters (idempotent create)."""
@@ -76,7 +78,7 @@ class Destination(Owned):
             "dataTransport": self.data_transport,
             "connectionId": None,
             "encryptionEnabled": False,
-            "encryptedConnectionState": "disconnected",
+            "encryptedConnectionState": self.connection,
             "destinationPublicKey": None,
             "lastDestinationServerId": None,
             "lastError": self.last_error,

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..protocol.receiver import Checkpoint
 from .ids import now_us
+from .lifecycle import ReceiveStatus
 
 __all__ = ["ReceiveRecord", "remove_partial_files"]
 
@@ -22,7 +23,7 @@ class ReceiveRecord:
     source_port: int
     transport: str
     start_time_us: int = field(default_factory=now_us)
-    status: str = "receiving"
+    status: ReceiveStatus = ReceiveStatus.RECEIVING
     error_message: str | None = None
     destination_path: str | None = None
     total_size: int | None = None
@@ -82,7 +83,7 @@ class ReceiveRecord:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ReceiveRecord:
         cp = state.pop("checkpoint")
-        record = cls(**state)
+        record = cls(**{**state, "status": ReceiveStatus(state["status"])})
         if cp is not None:
             record.checkpoint = Checkpoint(
                 [(s, e) for s, e in cp["ranges"]],

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ApiError, Busy, InternalError, NotFound
+from .lifecycle import REQUEST, RequestStatus
 
 __all__ = ["RequestBook", "RequestRecord"]
 
@@ -26,7 +27,7 @@ class RequestRecord:
     owner: str | None
     command: str
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    status: str = "pending"
+    status: RequestStatus = RequestStatus.PENDING
     message: str = ""
     result: Any = None
     code: str | None = None
@@ -40,10 +41,11 @@ class RequestRecord:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RequestRecord:
         record = cls(state["request_id"], state["owner"], state["command"])
-        record.status, record.message = state["status"], state["message"]
+        record.status, record.message = RequestStatus(state["status"]), state["message"]
         record.result, record.code = state["result"], state["code"]
-        if record.status == "pending":
-            record.status, record.code = "error", InternalError.code
+        if record.status is RequestStatus.PENDING:  # the server stopped while it ran
+            record.status = REQUEST.move(str(record.request_id), record.status, "fail")
+            record.code = InternalError.code
             record.message = "The server restarted before the request finished."
         record.finished_at = time.monotonic()
         record.done.set()
@@ -55,7 +57,7 @@ class RequestRecord:
             "command": self.command,
             "processing": not self.done.is_set(),
             "status": self.status,
-            "errorMessage": self.message if self.status == "error" else None,
+            "errorMessage": self.message if self.status is RequestStatus.ERROR else None,
         }
 
 
@@ -87,19 +89,20 @@ class RequestBook:
 
     async def _run(self, record: RequestRecord,
                    run: Callable[[], Awaitable[tuple[str, Any]]]) -> None:
+        action = "fail"
         try:
             record.message, record.result = await run()
-            record.status = "success"
+            action = "succeed"
         except ApiError as exc:
-            record.status, record.message, record.code = "error", exc.message, exc.code
+            record.message, record.code = exc.message, exc.code
         except asyncio.CancelledError:
-            record.status, record.message, record.code = (
-                "error", "The server stopped before the request finished.", "internal_error")
+            record.message = "The server stopped before the request finished."
+            record.code = InternalError.code
             raise
         except Exception as exc:  # a bug: report it, keep serving
-            record.status, record.message, record.code = (
-                "error", f"Internal error: {exc!r}", InternalError.code)
+            record.message, record.code = f"Internal error: {exc!r}", InternalError.code
         finally:
+            record.status = REQUEST.move(str(record.request_id), record.status, action)
             record.finished_at = time.monotonic()
             record.done.set()
             self._changed(record)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE
 from .ids import now_us
-from .lifecycle import TransferStatus, transfer_move
+from .lifecycle import TRANSFER, TransferStatus
 from .objects import Destination, Manifest, Transfer
 
 __all__ = ["MAX_SENDING_PER_DESTINATION", "DataPlane", "Scheduler"]
@@ -193,7 +193,7 @@ class Scheduler:
         self.poke(transfer.destination_id)
 
     def _move(self, transfer: Transfer, action: str, message: str | None = None) -> None:
-        transfer.status = transfer_move(transfer.id, transfer.status, action)
+        transfer.status = TRANSFER.move(transfer.id, transfer.status, action)
         if transfer.status is TransferStatus.ERROR:
             transfer.error_message = message
         if transfer.status.ended:
@@ -212,7 +212,7 @@ def _log_outcome(transfer: Transfer) -> None:
     seconds = max(((transfer.end_time_us or start) - start) / 1e6, 1e-6)
     log.info("transfer %s %s: %d of %d bytes, %d bytes sent in %.1f s (%.1f Mbit/s)%s",
              transfer.id, transfer.status.value,
-             transfer.total_bytes if transfer.status.value == "complete" else 0,
+             transfer.total_bytes if transfer.status is TransferStatus.COMPLETE else 0,
              transfer.total_bytes, transfer.bytes_sent, seconds,
              transfer.bytes_sent * 8 / seconds / 1e6,
              f": {transfer.error_message}" if transfer.error_message else "",

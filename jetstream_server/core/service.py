@@ -23,7 +23,7 @@ from ..errors import AuthFailed, NotFound
 from .atrest import SecretBox, UnreadableSecret
 from .config import Settings
 from .ids import new_id, now_us
-from .lifecycle import ManifestStatus, TransferStatus
+from .lifecycle import MANIFEST, RECEIVE, TRANSFER, ManifestStatus, ReceiveStatus, TransferStatus
 from .objects import Destination, FileMapping, Manifest, Owned, Transfer
 from .ratelog import LimitedLog
 from .receives import ReceiveRecord, remove_partial_files
@@ -45,7 +45,8 @@ API_VERSION = 1
 #: JetStream's defaults: collect hourly what ended 48 hours ago.
 DEFAULT_GC = {"intervalSeconds": 3600, "timeLimitSeconds": 48 * 3600}
 #: Destination fields not stored as they are: the password is stored sealed.
-_UNSTORED_DESTINATION_FIELDS = frozenset({"remote_password", "credentials_error"})
+_UNSTORED_DESTINATION_FIELDS = frozenset({"remote_password", "credentials_error",
+                                          "connection"})
 
 #: fire(event, *arguments, stdin=b"") queues a trigger event (never blocks).
 Fire = Callable[..., None]
@@ -270,18 +271,21 @@ class Service:
                 **row, "status": ManifestStatus(row["status"]),
                 "files": [FileMapping(**f) for f in row["files"]],
                 "requested": [tuple(pair) for pair in row["requested"]]})
+            if manifest.status is ManifestStatus.PENDING:  # stopped while it was built
+                manifest.status = MANIFEST.move(manifest.id, manifest.status, "fail")
+                manifest.error_message = "The server restarted while it was being built."
             self.manifests[manifest.id] = manifest
             self._saved_manifests.add(manifest.id)
         for row in self.state.load("transfer") if kinds["transfer"] else []:
             transfer = Transfer(**{**row, "status": TransferStatus(row["status"])})
-            if transfer.status is TransferStatus.SENDING:
-                transfer.status = TransferStatus.PENDING  # resumes from the checkpoint
+            if transfer.status is TransferStatus.SENDING:  # resumes from the checkpoint
+                transfer.status = TRANSFER.move(transfer.id, transfer.status, "restart")
             lost = [what for what, table, key in (
                 ("manifest", self.manifests, transfer.manifest_id),
                 ("destination", self.destinations, transfer.destination_id))
                 if key not in table]
             if lost and not transfer.status.ended:
-                transfer.status = TransferStatus.ERROR
+                transfer.status = TRANSFER.move(transfer.id, transfer.status, "fail")
                 transfer.error_message = (f"Its {' and '.join(lost)} did not survive the "
                                           "restart of the server.")
             self.transfers[transfer.id] = transfer
@@ -327,13 +331,15 @@ class Service:
         live = set(self.receiver.live_transfers()) if self.receiver is not None else set()
         for record in list(self.receives.values()):
             last = record.last_recv_time_us or record.start_time_us
-            if record.status == "receiving" and record.transfer_id not in live and \
-                    last <= limit_us:  # abandoned by its sender: free the disk
+            if record.status is ReceiveStatus.RECEIVING and record.transfer_id not in live \
+                    and last <= limit_us:  # abandoned by its sender: free the disk
                 remove_partial_files(record)
-                record.status, record.end_time_us = "error", now_us()
+                record.status = RECEIVE.move(record.transfer_id, record.status, "fail")
+                record.end_time_us = now_us()
                 record.error_message = "Abandoned: the sender did not come back."
                 record.checkpoint = None
-            if record.status != "receiving" and (record.end_time_us or 0) <= limit_us:
+            if record.status is not ReceiveStatus.RECEIVING and \
+                    (record.end_time_us or 0) <= limit_us:
                 if record.checkpoint is not None:  # kept for a resume that did not come
                     remove_partial_files(record)
                 del self.receives[record.transfer_id]

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import orjson
 
 from ..core.ids import now_us
+from ..core.lifecycle import RECEIVE, ReceiveStatus
 from ..core.netaddr import plain_host
 from ..core.receives import ReceiveRecord
 from ..core.throttle import LoginThrottle
@@ -168,12 +169,12 @@ class ReceiveSession:
                 if event.pause:
                     self.pause_soon(event.reason)
                 else:
-                    self._finish("error", event.reason)
+                    self._fail(event.reason)
         self.send(core.datagrams_to_send(now))
         self._update_record()
         if core.phase is RecvPhase.FAILED and self.record is not None and \
-                self.record.status == "receiving":
-            self._finish("error", core.error)
+                self.record.status is ReceiveStatus.RECEIVING:
+            self._fail(core.error)
         if core.phase is RecvPhase.DATA and self._next_checkpoint is not None and \
                 now >= self._next_checkpoint:
             self._next_checkpoint = now + self.checkpoint_s
@@ -268,7 +269,8 @@ class ReceiveSession:
         known = self.host.receives.get(self.transfer_id)
         if known is not None and known.user == core.user:
             self.record = known  # a new session of a transfer seen before: resume
-            known.status, known.error_message, known.end_time_us = "receiving", None, None
+            known.status = RECEIVE.move(known.transfer_id, known.status, "resume")
+            known.error_message = known.end_time_us = None
             known.source_ip, known.source_port = plain_host(self.address[0]), self.address[1]
         else:
             self.record = ReceiveRecord(self.transfer_id, core.user,
@@ -291,8 +293,8 @@ class ReceiveSession:
         record.duplicate_blocks = core.duplicates
         record.files_complete = core.committed
         record.last_recv_time_us = record.last_send_time_us = now_us()
-        if core.phase is RecvPhase.COMPLETE and record.status == "receiving":
-            record.status = "complete"
+        if core.phase is RecvPhase.COMPLETE and record.status is ReceiveStatus.RECEIVING:
+            record.status = RECEIVE.move(record.transfer_id, record.status, "complete")
             record.end_time_us = now_us()
             record.checkpoint = None
             self._save_record()
@@ -403,7 +405,7 @@ class ReceiveSession:
                 if not isinstance(result, BaseException):
                     self.core.file_committed(event.file)
             record = self.record
-            if record is not None and record.status == "error" and \
+            if record is not None and record.status is ReceiveStatus.ERROR and \
                     record.checkpoint is not None:
                 record.checkpoint = self.core.durable(record.checkpoint)  # (failed since)
                 self._save_record()
@@ -428,7 +430,7 @@ class ReceiveSession:
         except Exception as exc:
             self._sink_failed(exc)
             return
-        if self.record.status == "receiving":
+        if self.record.status is ReceiveStatus.RECEIVING:
             self.record.checkpoint = snapshot
             self._save_record()
 
@@ -446,7 +448,7 @@ class ReceiveSession:
     async def _pause(self, reason: str, done: asyncio.Future[None]) -> None:
         try:
             if self.core.phase in (RecvPhase.DATA, RecvPhase.CLOSED) and self.sink and \
-                    self.record is not None and self.record.status == "receiving":
+                    self.record is not None and self.record.status is ReceiveStatus.RECEIVING:
                 await self.make_checkpoint()
                 await self._run(self.sink.release)
                 self.record.last_error_time_us = now_us()
@@ -458,11 +460,12 @@ class ReceiveSession:
             self.close()
             done.set_result(None)
 
-    def _finish(self, status: str, message: str | None) -> None:
+    def _fail(self, message: str | None) -> None:
+        """The transfer is not received (refused, closed by its sender, or failed)."""
         record = self.record
         keep = self._curable and record is not None
-        if record is not None and record.status == "receiving":
-            record.status = status
+        if record is not None and record.status is ReceiveStatus.RECEIVING:
+            record.status = RECEIVE.move(record.transfer_id, record.status, "fail")
             record.error_message = message
             record.end_time_us = record.last_error_time_us = now_us()
             record.checkpoint = self.core.durable(record.checkpoint) if keep else None
@@ -481,7 +484,7 @@ class ReceiveSession:
             if timer is not None:
                 timer.cancel()
         if self.core.phase is not RecvPhase.COMPLETE and self.paused is None:
-            self._finish("error", self.core.error or "The transfer was closed.")
+            self._fail(self.core.error or "The transfer was closed.")
         if self._writer is not None:
             self._writer.shutdown(wait=False)
         self.endpoint.forget(self)

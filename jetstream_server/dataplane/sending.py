@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 
 from ..core.ids import now_us
-from ..core.lifecycle import TransferStatus
+from ..core.lifecycle import CONNECTION, ConnectionState, TransferStatus
 from ..core.netaddr import is_loopback
 from ..core.objects import Destination, Manifest, Transfer
 from ..core.scheduler import Scheduler
@@ -111,6 +111,10 @@ def block_size_for(transport: str, ip: str) -> int:
         return UDP_BLOCK_SIZE
     overhead = (48 if ":" in ip else 28) + DATA_OVERHEAD
     return max(MIN_BLOCK_SIZE, min(mtu - overhead, MAX_BLOCK_SIZE))
+
+
+#: The phases in which the receiver has accepted the session.
+_ACCEPTED = frozenset({SendPhase.METADATA, SendPhase.DATA, SendPhase.DONE})
 
 
 class SendHost(Protocol):
@@ -309,6 +313,7 @@ class SendSession:
             self.core = core = SenderCore(session_id, hello, metadata, layout, source,
                                           time.monotonic(), rate * 1000 or None,
                                           reliable=tcp)
+            self._connection("connect")
             if tcp:
                 await self._connect_tcp()
             else:
@@ -324,6 +329,7 @@ class SendSession:
             log.exception("transfer %s: internal error", transfer.id)
             error = f"Internal error while sending: {exc!r}; the server log has details."
         finally:
+            self._connection("disconnect")
             self._close_socket()
             if source is not None:
                 await asyncio.get_running_loop().run_in_executor(None, source.close)
@@ -434,6 +440,15 @@ class SendSession:
         if core.packets_recv:
             self.destination.last_recv_time_us = now_us()
         self.destination.last_send_time_us = now_us()
+        if core.phase in _ACCEPTED and \
+                self.destination.connection is ConnectionState.NEGOTIATING:
+            self._connection("accepted")
+
+    def _connection(self, action: str) -> None:
+        """Move the destination's connection state (see core/lifecycle.py)."""
+        destination = self.destination
+        destination.connection = CONNECTION.move(destination.id, destination.connection,
+                                                 action)
 
     # -- sockets --------------------------------------------------------------------------
 
