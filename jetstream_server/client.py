@@ -10,8 +10,11 @@
         api.send.getDestinations()
 
 Commands are reached as ``api.call(name, **parameters)`` or through the namespaces
-``api.server``, ``api.send`` and ``api.recv``. A failed command raises :class:`ApiError`
-with the response's ``code`` and ``message``.
+``api.server``, ``api.send`` and ``api.recv``. A failed command raises
+:class:`~jetstream_server.errors.CommandFailed` with the response's ``code`` and
+``message``; a server that cannot be reached, or closes the connection,
+:class:`~jetstream_server.errors.ConnectionFailed` (both are RemoteErrors of the package's
+one exception tree).
 """
 
 from __future__ import annotations
@@ -24,25 +27,13 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .errors import CommandFailed, ConnectionFailed
 from .protocol.lines import MAX_LINE_BYTES
 
-__all__ = ["DEFAULT_API_PORT", "ApiError", "AsyncClient", "Client", "ConnectionFailed"]
+__all__ = ["DEFAULT_API_PORT", "AsyncClient", "Client", "CommandFailed", "ConnectionFailed"]
 
 DEFAULT_API_PORT = 8886
 _T = TypeVar("_T")
-
-
-class ApiError(Exception):
-    """The server answered a command with ``status: error``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{message} [{code}]")
-        self.code = code
-        self.message = message
-
-
-class ConnectionFailed(Exception):
-    """The server could not be reached, or closed the connection."""
 
 
 class _Namespace:
@@ -101,7 +92,7 @@ class AsyncClient:
                 if future is not None and not future.done():
                     future.set_result(message)
                 elif message.get("status") == "error":  # refused before any request
-                    error = ApiError(message.get("code", "error"), message.get("message", ""))
+                    error = CommandFailed(message.get("code", "error"), message.get("message", ""))
         except (OSError, ValueError) as exc:
             error = ConnectionFailed(f"Connection to the server failed: {exc}")
         self._closed = error
@@ -129,10 +120,10 @@ class AsyncClient:
         return await future
 
     async def call(self, name: str, **parameters: Any) -> Any:
-        """Run a command and return its result; raise :class:`ApiError` on failure."""
+        """Run a command and return its result; raise :class:`CommandFailed` on failure."""
         response = await self.request(name, parameters)
         if response.get("status") != "success":
-            raise ApiError(response.get("code", "error"), response.get("message", ""))
+            raise CommandFailed(response.get("code", "error"), response.get("message", ""))
         return response.get("result")
 
     async def auth(self, user: str, password: str) -> Any:
@@ -156,10 +147,7 @@ class AsyncClient:
         except OSError:
             pass
         self._reader_task.cancel()
-        try:
-            await self._reader_task
-        except asyncio.CancelledError:
-            pass
+        await asyncio.wait({self._reader_task})  # (a cancel of close itself goes on up)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -21,22 +21,25 @@ import os
 import sys
 from typing import Any
 
-from .client import ApiError, AsyncClient, ConnectionFailed
+from .client import AsyncClient
 from .commands import build_registry
 from .commands.registry import Command
 from .core.manifests import parse_console_mapping
-from .errors import AmbiguousCommand, UnknownCommand
+from .errors import (
+    AmbiguousCommand,
+    CommandFailed,
+    ConnectionFailed,
+    RemoteControlRefused,
+    UnknownCommand,
+    UsageError,
+)
 
-__all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "REGISTRY", "UsageError",
-           "command_help", "commands_help", "parse_parameters", "run_console"]
+__all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "REGISTRY", "command_help",
+           "commands_help", "parse_parameters", "run_console"]
 
 EXIT_API_ERROR, EXIT_USAGE, EXIT_CONNECT = 1, 2, 3
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-
-
-class UsageError(Exception):
-    pass
 
 
 #: The commands, their parameters and help: the very table the server dispatches with.
@@ -175,11 +178,11 @@ async def _run(host: str, port: int, user: str | None, password: str | None,
                 assert password is not None
                 try:
                     await client.auth(user, password)
-                except ApiError as exc:
+                except CommandFailed as exc:
                     return EXIT_CONNECT, exc.message
             result = await client.call(command, **params)
-        except ApiError as exc:
-            if exc.code == "remote_control_refused":
+        except CommandFailed as exc:
+            if exc.code == RemoteControlRefused.code:
                 return EXIT_CONNECT, exc.message
             return EXIT_API_ERROR, exc.message
         except ConnectionFailed as exc:

@@ -1,49 +1,79 @@
-"""The one exception tree of jetstream-server.
+"""The one exception tree of jetstream-server (and of its client library).
 
-Every error an API client can see is an :class:`ApiError` subclass, and each subclass
-carries the stable machine-readable ``code`` that error responses include::
+Every error raised on purpose is a :class:`JetStreamError` with a stable ``code``. A
+:class:`LocalError` is refused here: bad input from our own user or from a peer, or a
+condition of this machine. A :class:`RemoteError` is what a peer answered (or that it did
+not answer as it should). The command layer turns the disk and sandbox errors into the
+API errors a response carries, in one place (``commands/dispatch.py``)::
 
-    JetStreamError
-    ├── ApiError                      (code; shown to API clients)
-    │   ├── MalformedRequest          malformed_request
-    │   ├── LineTooLong               line_too_long      (the connection is closed)
-    │   ├── UnknownCommand            unknown_command
-    │   ├── AmbiguousCommand          ambiguous_command
-    │   ├── MissingParameter          missing_parameter
-    │   ├── InvalidParameter          invalid_parameter
-    │   ├── AuthRequired              auth_required
-    │   ├── AuthFailed                auth_failed
-    │   ├── PermissionDenied          permission_denied
-    │   ├── RemoteControlRefused      remote_control_refused
-    │   ├── NotFound                  not_found
-    │   ├── InvalidState              invalid_state
-    │   ├── Busy                      busy
-    │   ├── ConnectionDropped         connection_closed  (idle before login, or evicted)
-    │   └── InternalError             internal_error
-    └── ConfigError                   (bad server settings: one line, exit status 2)
+    JetStreamError                    code
+    ├── LocalError
+    │   ├── ConfigError               config             bad server settings (exit status 2)
+    │   ├── UsageError                usage              bad console arguments (exit status 2)
+    │   ├── ApiError                  (below)            what an API error response carries
+    │   │   ├── MalformedRequest      malformed_request
+    │   │   ├── LineTooLong           line_too_long      (the connection is closed)
+    │   │   ├── UnknownCommand        unknown_command
+    │   │   ├── AmbiguousCommand      ambiguous_command
+    │   │   ├── MissingParameter      missing_parameter
+    │   │   ├── InvalidParameter      invalid_parameter
+    │   │   ├── AuthRequired          auth_required
+    │   │   ├── AuthFailed            auth_failed
+    │   │   ├── PermissionDenied      permission_denied
+    │   │   ├── RemoteControlRefused  remote_control_refused
+    │   │   ├── NotFound              not_found
+    │   │   ├── InvalidState          invalid_state
+    │   │   ├── Busy                  busy
+    │   │   ├── ConnectionDropped     connection_closed  (idle before login, or evicted)
+    │   │   └── InternalError         internal_error
+    │   ├── PathError                 path               a path that cannot be used
+    │   │   ├── PathRefused           path_refused       ('..', NUL, names no file)
+    │   │   └── PathOutside           path_outside       (leads outside the sandbox)
+    │   ├── DiskError                 disk               writing received files (.curable)
+    │   ├── SourceError               source             reading a file to send
+    │   ├── ManifestError             manifest           building a manifest
+    │   └── UnreadableSecret          secret             a stored secret this key cannot open
+    └── RemoteError
+        ├── CommandFailed             (the server's)     an API server answered an error
+        ├── ConnectionFailed          unreachable        it cannot be reached, or closed
+        └── Garbage                   garbage            bytes that are not of the protocol
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ERROR_CODES",
     "AmbiguousCommand",
     "ApiError",
     "AuthFailed",
     "AuthRequired",
     "Busy",
+    "CommandFailed",
     "ConfigError",
     "ConnectionDropped",
+    "ConnectionFailed",
+    "DiskError",
+    "Garbage",
     "InternalError",
     "InvalidParameter",
     "InvalidState",
     "JetStreamError",
     "LineTooLong",
+    "LocalError",
     "MalformedRequest",
+    "ManifestError",
     "MissingParameter",
     "NotFound",
+    "PathError",
+    "PathOutside",
+    "PathRefused",
     "PermissionDenied",
     "RemoteControlRefused",
+    "RemoteError",
+    "SourceError",
     "UnknownCommand",
+    "UnreadableSecret",
+    "UsageError",
     "quoted",
 ]
 
@@ -56,21 +86,42 @@ def quoted(text: str, limit: int = 80) -> str:
 
 
 class JetStreamError(Exception):
-    """Base of every error raised on purpose by jetstream-server."""
-
-
-class ConfigError(JetStreamError):
-    """A server setting is unusable; the message says what to fix."""
-
-
-class ApiError(JetStreamError):
-    """An error reported to an API client as ``status: error`` with ``code``."""
+    """Base of every error raised on purpose by jetstream-server; ``message`` says what
+    went wrong in words a user can act on."""
 
     code = "error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class LocalError(JetStreamError):
+    """Refused here: bad input from our own user or a peer, or a condition of this
+    machine."""
+
+
+class RemoteError(JetStreamError):
+    """What a peer answered, or that it did not answer as it should."""
+
+
+class ConfigError(LocalError):
+    """A server setting is unusable; the message says what to fix."""
+
+    code = "config"
+
+
+class UsageError(LocalError):
+    """The console's arguments cannot make a request; the message says why."""
+
+    code = "usage"
+
+
+class ApiError(LocalError):
+    """An error reported to an API client as ``status: error`` with ``code``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
         #: The ``id`` of the request that failed, when it could be read.
         self.request_id: object = None
 
@@ -138,7 +189,7 @@ class InternalError(ApiError):
     code = "internal_error"
 
 
-#: Every code an error response can carry, for documentation and clients.
+#: Every code an error response can carry, and its class.
 ERROR_CODES: dict[str, type[ApiError]] = {
     cls.code: cls
     for cls in (
@@ -159,3 +210,85 @@ ERROR_CODES: dict[str, type[ApiError]] = {
         InternalError,
     )
 }
+
+
+def api_error(code: str, message: str) -> ApiError:
+    """The API error of ``code`` (a plain ApiError for a code this version does not know)."""
+    known = ERROR_CODES.get(code)
+    if known is not None:
+        return known(message)
+    error = ApiError(message)
+    error.code = code
+    return error
+
+
+class PathError(LocalError):
+    """A user's path that cannot be used (the message names it)."""
+
+    code = "path"
+
+
+class PathRefused(PathError):
+    """A path with ``..`` or a NUL byte, or one that names no file."""
+
+    code = "path_refused"
+
+
+class PathOutside(PathError):
+    """A path whose real location (symlinks resolved) is outside the sandbox."""
+
+    code = "path_outside"
+
+
+class DiskError(LocalError):
+    """Received files cannot be written (the message names the path). ``curable``: a
+    condition of this machine (a full disk, a permission) that the operator can fix, after
+    which the transfer can be resumed."""
+
+    code = "disk"
+
+    def __init__(self, message: str, curable: bool = False) -> None:
+        super().__init__(message)
+        self.curable = curable
+
+
+class SourceError(LocalError):
+    """A source file cannot be sent as the manifest describes it (the message names it)."""
+
+    code = "source"
+
+
+class ManifestError(LocalError):
+    """Why a manifest could not be built (the message names the path)."""
+
+    code = "manifest"
+
+
+class UnreadableSecret(LocalError):
+    """A sealed secret that this key cannot open (the key file was replaced)."""
+
+    code = "secret"
+
+
+class CommandFailed(RemoteError):
+    """An API server answered a command with ``status: error``: its ``code`` and
+    ``message`` (the code is one of :data:`ERROR_CODES` from a server of this version)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"
+
+
+class ConnectionFailed(RemoteError):
+    """The server could not be reached, or closed the connection."""
+
+    code = "unreachable"
+
+
+class Garbage(RemoteError):
+    """The bytes a peer sent are not a valid message of the data protocol."""
+
+    code = "garbage"

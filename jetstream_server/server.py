@@ -290,8 +290,7 @@ class Server:
     async def wait_closed(self) -> None:
         await self._closed.wait()
         if self._sweeper is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await asyncio.wait({self._sweeper})  # (cancelled by close; ours goes on up)
         if self._api_server is not None:
             await self._api_server.wait_closed()
         for connection in list(self._connections):
@@ -530,8 +529,7 @@ class ControlConnection(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})
 
 
 def _remote_refused() -> RemoteControlRefused:

@@ -159,8 +159,7 @@ class TriggerRunner:
                         "trigger(s) dropped", drain_s, waiting)
         running = self._running
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait({self._task})  # (a cancel of close itself goes on up)
         if running is not None and running.returncode is None:
             log.info("trigger process %d left running", running.pid)
 

@@ -13,6 +13,7 @@ from blake3 import blake3
 
 from jetstream_server.core.throttle import LoginThrottle
 from jetstream_server.core.users import StoredHash, hash_password, parse_hash
+from jetstream_server.errors import Garbage
 from jetstream_server.protocol.auth import auth_proof
 from jetstream_server.protocol.layout import DIGEST, Layout, Slot
 from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
@@ -24,7 +25,7 @@ from jetstream_server.protocol.receiver import (
     ReceiverCore,
 )
 from jetstream_server.protocol.sender import SenderCore
-from jetstream_server.protocol.wire import HEADER, Garbage, Hello, Kind, decode_hello, parse_header
+from jetstream_server.protocol.wire import HEADER, Hello, Kind, decode_hello, parse_header
 
 
 class MemorySource:

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from jetstream_server.client import ApiError, AsyncClient
+from jetstream_server.client import AsyncClient
+from jetstream_server.errors import CommandFailed
 from jetstream_server.protocol.lines import MAX_LINE_BYTES
 from jetstream_server.server import Server
 from tests.conftest import PASSWORDS
@@ -87,23 +88,23 @@ async def test_server_info_has_the_jetstream_fields(server: Server, connect: Con
 
 async def test_auth_failures_reveal_nothing_and_are_slowed(connect: Connect) -> None:
     client = await connect()
-    with pytest.raises(ApiError) as unknown:
+    with pytest.raises(CommandFailed) as unknown:
         await client.auth("nobody", "x")
-    with pytest.raises(ApiError) as wrong:
+    with pytest.raises(CommandFailed) as wrong:
         await client.auth("alice", "x")
     assert unknown.value.code == wrong.value.code == "auth_failed"
     assert unknown.value.message == wrong.value.message
     started = time.monotonic()
-    with pytest.raises(ApiError):
+    with pytest.raises(CommandFailed):
         await client.auth("alice", "still wrong")
     assert time.monotonic() - started >= 0.5  # third failure from this address waits
-    with pytest.raises(ApiError, match="auth_required"):
+    with pytest.raises(CommandFailed, match="auth_required"):
         await client.call("send.getDestinations")
 
 
 async def test_superuser_needs_to_be_listed_and_raised(connect: Connect) -> None:
     alice = await connect("alice")
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(CommandFailed) as info:
         await alice.call("superuser")
     assert info.value.code == "permission_denied"
     root = await connect("root")
@@ -135,7 +136,7 @@ async def test_objects_are_private_to_their_owner_and_a_raised_superuser(
            ("getManifestFiles", "manifestId", manifest_id),
            ("getTransfer", "transferId", transfer["transferId"])]
     for command, key, value in ids:
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(CommandFailed) as info:
             await bob.call(command, **{key: value})
         assert info.value.code == "not_found"
     for command, key, value in [("deleteDestination", "destinationId",
@@ -143,15 +144,15 @@ async def test_objects_are_private_to_their_owner_and_a_raised_superuser(
                                 ("deleteManifest", "manifestId", manifest_id),
                                 ("cancelTransfer", "transferId", transfer["transferId"]),
                                 ("deleteTransfer", "transferId", transfer["transferId"])]:
-        with pytest.raises(ApiError, match="not_found"):
+        with pytest.raises(CommandFailed, match="not_found"):
             await bob.call(command, **{key: value})
-    with pytest.raises(ApiError, match="not_found"):
+    with pytest.raises(CommandFailed, match="not_found"):
         await bob.call("updateObjectUserData", objectId=manifest_id, userData={"x": 1})
     assert await bob.call("getDestinations") == []
     assert await bob.call("getManifests") == []
     assert await bob.call("send.getTransfers") == []
     assert await bob.call("recv.getTransfers") == []
-    with pytest.raises(ApiError, match="not_found"):  # bob cannot use alice's objects
+    with pytest.raises(CommandFailed, match="not_found"):  # bob cannot use alice's objects
         await bob.call("createTransfer", destinationId=destination["destinationId"],
                        manifestId=manifest_id)
     # an unraised superuser is an ordinary user; raised, root sees and acts on everything
@@ -186,11 +187,11 @@ async def test_create_destination_is_idempotent_and_hides_credentials(
                          ({"destinationAddress": "no-such-host.invalid"}, "Cannot resolve"),
                          ({"destinationAddress": "h", "destinationToken": "t"},
                           "tokens are not supported")]:
-        with pytest.raises(ApiError, match=message):
+        with pytest.raises(CommandFailed, match=message):
             await alice.call("createDestination", **bad)
     deleted = await alice.call("deleteDestination", destinationId=other["destinationId"])
     assert deleted["destinationId"] == other["destinationId"]
-    with pytest.raises(ApiError, match="not_found"):
+    with pytest.raises(CommandFailed, match="not_found"):
         await alice.call("getDestination", destinationId=other["destinationId"])
 
 
@@ -210,11 +211,11 @@ async def test_manifests_from_python_mappings_and_their_errors(connect: Connect,
     failed = await alice.wait_for_manifest(bad["manifestId"])
     assert failed["status"] == "error" and "/in/missing.txt" in failed["errorMessage"]
     assert failed["totalFiles"] is None
-    with pytest.raises(ApiError, match="exactly one of"):
+    with pytest.raises(CommandFailed, match="exactly one of"):
         await alice.call("createManifest")
-    with pytest.raises(ApiError, match="SOURCE:DESTINATION"):
+    with pytest.raises(CommandFailed, match="SOURCE:DESTINATION"):
         await alice.call("createManifest", fileMappings=["nocolon"])
-    with pytest.raises(ApiError, match="invalid_state"):
+    with pytest.raises(CommandFailed, match="invalid_state"):
         await _transfer_with_failed_manifest(alice, bad["manifestId"])
     deleted = await alice.call("deleteManifest", manifestId=bad["manifestId"])
     assert deleted["manifestId"] == bad["manifestId"]
@@ -242,7 +243,7 @@ async def test_transfers_queue_per_destination_and_move_as_the_table_says(
                                    destinationAddress=f"127.0.0.1:{silent_port}")
     dest_id = destination["destinationId"]
     manifest_id = await _make_manifest(alice, home)
-    with pytest.raises(ApiError, match="not_found"):
+    with pytest.raises(CommandFailed, match="not_found"):
         await alice.call("createTransfer", destinationId="f" * 32, manifestId=manifest_id)
     first = await alice.call("createTransfer", destinationId=dest_id,
                              manifestId=manifest_id, userData={"k": "v"},
@@ -261,7 +262,7 @@ async def test_transfers_queue_per_destination_and_move_as_the_table_says(
     assert got["numTransfersQueued"] == 1
     assert (await alice.call("suspendTransfer", transferId=tid))["status"] == "suspended"
     await _wait_status(alice, second["transferId"], "sending")  # the next one runs
-    with pytest.raises(ApiError, match="Cannot suspend transfer"):
+    with pytest.raises(CommandFailed, match="Cannot suspend transfer"):
         await alice.call("suspendTransfer", transferId=tid)
     assert (await alice.call("resumeTransfer", transferId=tid))["status"] == "pending"
     changed = await alice.call("setSendRate", transferId=tid, sendRateMax=2000)
@@ -270,22 +271,22 @@ async def test_transfers_queue_per_destination_and_move_as_the_table_says(
     assert failed["status"] == "error" and failed["errorMessage"] == "operator said so"
     assert failed["endTime"] is not None and failed["processing"] is False
     for action in ("cancelTransfer", "suspendTransfer", "failTransfer"):
-        with pytest.raises(ApiError, match="invalid_state"):
+        with pytest.raises(CommandFailed, match="invalid_state"):
             await alice.call(action, transferId=tid)
     again = await alice.call("resumeTransfer", transferId=tid)  # a failed one is retried
     assert again["status"] == "pending" and again["errorMessage"] is None
     assert again["endTime"] is None and again["processing"] is True
     await alice.call("failTransfer", transferId=tid, errorMessage="operator said so")
-    with pytest.raises(ApiError, match="can no longer change"):
+    with pytest.raises(CommandFailed, match="can no longer change"):
         await alice.call("setSendRate", transferId=tid, sendRateMax=1)
-    with pytest.raises(ApiError, match="unfinished"):
+    with pytest.raises(CommandFailed, match="unfinished"):
         await alice.call("deleteDestination", destinationId=dest_id)
-    with pytest.raises(ApiError, match="unfinished"):
+    with pytest.raises(CommandFailed, match="unfinished"):
         await alice.call("deleteManifest", manifestId=manifest_id)
     cancelled = await alice.call("cancelTransfer", transferId=second["transferId"])
     assert cancelled["status"] == "cancelled"
     await alice.call("deleteTransfer", transferId=tid)
-    with pytest.raises(ApiError, match="not_found"):
+    with pytest.raises(CommandFailed, match="not_found"):
         await alice.call("getTransfer", transferId=tid)
     listed = await alice.call("send.getTransfers", destinationId=dest_id)
     assert [t["transferId"] for t in listed] == [second["transferId"]]
@@ -307,9 +308,9 @@ async def test_user_data_merges_and_deletes_on_every_object(
         assert updated["userData"]["b"] == [1, 2]
         removed = await alice.call("deleteObjectUserData", objectId=object_id, key="b")
         assert "b" not in removed["userData"]
-        with pytest.raises(ApiError, match="no user data key 'b'"):
+        with pytest.raises(CommandFailed, match="no user data key 'b'"):
             await alice.call("deleteObjectUserData", objectId=object_id, key="b")
-    with pytest.raises(ApiError, match="larger than"):
+    with pytest.raises(CommandFailed, match="larger than"):
         await alice.call("updateObjectUserData", objectId=manifest_id,
                          userData={"big": "x" * 70_000})
 
@@ -325,11 +326,11 @@ async def test_async_commands_queue_and_report_across_connections(connect: Conne
     status = await other.call("getRequestStatus", requestId=request_id)
     assert status["processing"] is False and status["status"] == "success"
     failing = await alice.call("send.getManifestAsync", manifestId="0" * 32)
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(CommandFailed) as info:
         await alice.call("getRequestResult", requestId=failing["requestId"])
     assert info.value.code == "not_found"
     bob = await connect("bob")
-    with pytest.raises(ApiError, match="not_found"):
+    with pytest.raises(CommandFailed, match="not_found"):
         await bob.call("getRequestStatus", requestId=request_id)
 
 

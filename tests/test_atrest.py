@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from jetstream_server.core.atrest import SecretBox, UnreadableSecret
+from jetstream_server.core.atrest import SecretBox
 from jetstream_server.core.private import private_dir, private_file
 from jetstream_server.core.store import StateStore
-from jetstream_server.errors import ConfigError
+from jetstream_server.errors import ConfigError, UnreadableSecret
 from tests.conftest import PASSWORDS, ServerProcess, command, make_home
 
 SECRET = "S3cret-destination-password-\u00e9"

@@ -11,7 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from jetstream_server.client import ApiError, AsyncClient
+from jetstream_server.client import AsyncClient
+from jetstream_server.errors import CommandFailed
 from jetstream_server.protocol.sender import SendPhase
 from jetstream_server.server import Server
 from tests.conftest import PASSWORDS, make_home, make_settings
@@ -46,7 +47,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Server, AsyncClient, Path]
 async def test_addresses_that_are_no_host_are_refused_clearly(
         pair: tuple[Server, AsyncClient, Path], address: str, message: str) -> None:
     _, client, _ = pair
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(CommandFailed) as refused:
         await client.call("createDestination", destinationAddress=address)
     assert refused.value.code == "invalid_parameter"
     assert message in refused.value.message
@@ -63,7 +64,7 @@ async def test_names_too_long_for_a_file_system_are_named_where_they_are(
         destinationUser="bob", destinationPassword=PASSWORDS["bob"])
     manifest = await client.call("createManifest", fileMappings={"/f.txt": "/f.txt"})
     await client.wait_for_manifest(manifest["manifestId"])
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(CommandFailed) as refused:
         await client.call("createTransfer", destinationId=destination["destinationId"],
                           manifestId=manifest["manifestId"], destinationPath="d" * 5000)
     assert refused.value.code == "invalid_parameter"

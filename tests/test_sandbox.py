@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jetstream_server.core.manifests import ManifestError, build_file_list, parse_console_mapping
+from jetstream_server.core.manifests import build_file_list, parse_console_mapping
 from jetstream_server.core.sandbox import (
     expand_sandbox,
     open_in_sandbox,
@@ -15,7 +15,7 @@ from jetstream_server.core.sandbox import (
     resolve_in_sandbox,
     virtual_parts,
 )
-from jetstream_server.errors import InvalidParameter, PermissionDenied
+from jetstream_server.errors import ManifestError, PathOutside, PathRefused
 
 
 @pytest.mark.parametrize(("template", "user", "expected"), [
@@ -32,9 +32,9 @@ def test_placeholders_expand(template: str, user: str, expected: str) -> None:
 
 def test_virtual_paths_refuse_dotdot_and_nul() -> None:
     assert virtual_parts("/a/./b//c/") == ["a", "b", "c"]
-    with pytest.raises(InvalidParameter, match=r"'\.\.'"):
+    with pytest.raises(PathRefused, match=r"'\.\.'"):
         virtual_parts("/a/../../etc")
-    with pytest.raises(InvalidParameter, match="NUL"):
+    with pytest.raises(PathRefused, match="NUL"):
         virtual_parts("/a\x00b")
 
 
@@ -47,7 +47,7 @@ def test_paths_resolve_inside_the_sandbox_and_symlinks_cannot_leave(tmp_path: Pa
     assert resolve_in_sandbox(str(root), "/in") == root / "in"
     assert resolve_in_sandbox(str(root), "in") == root / "in"
     assert resolve_in_sandbox(str(root), "/inner-link") == root / "in"
-    with pytest.raises(PermissionDenied, match="outside the sandbox"):
+    with pytest.raises(PathOutside, match="outside the sandbox"):
         resolve_in_sandbox(str(root), "/escape")
 
 
@@ -67,12 +67,12 @@ def test_files_open_inside_the_sandbox_and_symlinks_cannot_leave(tmp_path: Path)
         finally:
             os.close(fd)
     before = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(PermissionDenied, match="Path /escape leads outside the sandbox"):
+    with pytest.raises(PathOutside, match="Path /escape leads outside the sandbox"):
         open_in_sandbox(real_root, "/escape")
     assert len(os.listdir("/proc/self/fd")) == before  # the refused file is closed
     with pytest.raises(FileNotFoundError):
         open_in_sandbox(real_root, "/missing")
-    with pytest.raises(InvalidParameter, match="does not exist"):
+    with pytest.raises(PathRefused, match="does not exist"):
         real_sandbox(str(tmp_path / "nowhere"))
 
 

@@ -12,7 +12,8 @@ import pytest
 from blake3 import blake3
 
 from jetstream_server.dataplane import sink as sink_module
-from jetstream_server.dataplane.sink import FileSink, SinkError
+from jetstream_server.dataplane.sink import FileSink
+from jetstream_server.errors import DiskError
 from jetstream_server.protocol.metadata import FileEntry, Metadata
 
 pytestmark = pytest.mark.timeout(30)
@@ -49,7 +50,7 @@ def test_a_wrong_digest_is_refused_and_nothing_is_delivered(tmp_path: Path) -> N
     sink = _sink(tmp_path, len(data))
     sink.write([(0, 0, data)])
     [result] = sink.commit_many([(0, blake3(data + b"x").digest(), len(data))])
-    assert isinstance(result, SinkError) and "checksum" in str(result)
+    assert isinstance(result, DiskError) and "checksum" in str(result)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -64,7 +65,7 @@ def test_a_file_changed_on_disk_after_writing_is_caught(tmp_path: Path) -> None:
         stream.write(b"\0" * 10)
     sink.write([(0, 0, data[:4000])])
     [result] = sink.commit_many([(0, blake3(data).digest(), len(data))])
-    assert isinstance(result, SinkError) and "checksum" in str(result)
+    assert isinstance(result, DiskError) and "checksum" in str(result)
 
 
 def test_a_group_commit_delivers_the_good_files_and_refuses_the_bad_one(
@@ -81,7 +82,7 @@ def test_a_group_commit_delivers_the_good_files_and_refuses_the_bad_one(
     digests[7] = blake3(b"something else").digest()
     results = sink.commit_many([(n, d, len(c)) for n, (d, c) in
                                 enumerate(zip(digests, contents, strict=True))])
-    assert isinstance(results[7], SinkError) and "checksum" in str(results[7])
+    assert isinstance(results[7], DiskError) and "checksum" in str(results[7])
     for n, data in enumerate(contents):
         target = tmp_path / f"d{n % 3}" / f"f{n}.bin"
         if n == 7:
@@ -166,7 +167,7 @@ def test_a_folder_replaced_by_a_symlink_before_the_rename_refuses_the_file(
     os.symlink(outside, root / "in" / "later")
     results = sink.commit_many([(n, blake3(data).digest(), 100) for n in range(2)])
     for n, result in enumerate(results):
-        assert isinstance(result, SinkError)
+        assert isinstance(result, DiskError)
         assert f"later/f{n}.bin" in str(result) and "symlink" in str(result)
     sink.close()
     assert list(outside.iterdir()) == []
@@ -193,7 +194,7 @@ def test_a_folder_moved_before_the_rename_refuses_the_file(tmp_path: Path) -> No
     os.rename(tmp_path / "in" / "later", tmp_path / "in" / "was-later")
     (tmp_path / "in" / "later").mkdir()  # another folder now has the path
     [result] = sink.commit_many([(0, blake3(data).digest(), 100)])
-    assert isinstance(result, SinkError) and "moved or replaced" in str(result)
+    assert isinstance(result, DiskError) and "moved or replaced" in str(result)
     sink.close()
     assert list((tmp_path / "in" / "later").iterdir()) == []
     assert list((tmp_path / "in" / "was-later").iterdir()) == []
@@ -233,7 +234,7 @@ def test_names_a_sender_may_not_give_are_refused(tmp_path: Path, destination: st
     meta = Metadata("ef" * 16, destination, [FileEntry(path, "/f", 1, 0, False)], {}, {},
                     None)
     sink = FileSink(str(tmp_path), meta, "ef" * 16)
-    with pytest.raises(SinkError, match=message):
+    with pytest.raises(DiskError, match=message):
         sink.prepare()
     sink.close()
 
@@ -273,7 +274,7 @@ def test_write_errors_the_operator_can_cure_say_so(
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(sink_module.os, "pwritev", failing)  # (a full disk, faked)
-    with pytest.raises(SinkError) as failed:
+    with pytest.raises(DiskError) as failed:
         sink.write([(0, 0, b"x" * 10_000)])
     assert failed.value.curable is curable
     if code == errno.ENOSPC:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from jetstream_server.client import ApiError, AsyncClient
+from jetstream_server.client import AsyncClient
 from jetstream_server.core.connections import ConnectionLimits
 from jetstream_server.core.throttle import BUSY_WAIT_S, LoginThrottle
+from jetstream_server.errors import CommandFailed
 from jetstream_server.server import Server
 from tests.conftest import PASSWORDS, make_home, make_settings
 from tests.raw_sender import raw_send
@@ -84,7 +85,7 @@ async def test_fifty_concurrent_wrong_guesses_take_as_long_as_fifty_in_a_row(
         client = await AsyncClient.connect("127.0.0.1", srv.api_port)
         started = time.monotonic()
         for _ in range(50):
-            with pytest.raises(ApiError) as failed:
+            with pytest.raises(CommandFailed) as failed:
                 await client.auth("alice", "guess")
             assert failed.value.code == "auth_failed"
         sequential = time.monotonic() - started
@@ -95,7 +96,7 @@ async def test_fifty_concurrent_wrong_guesses_take_as_long_as_fifty_in_a_row(
         async def guess(each: AsyncClient) -> str:
             try:
                 await each.auth("alice", "guess")
-            except ApiError as exc:
+            except CommandFailed as exc:
                 return exc.message
             return "accepted"
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from jetstream_server.client import ApiError, AsyncClient
+from jetstream_server.client import AsyncClient
 from jetstream_server.commands import send as commands_send
 from jetstream_server.core.sandbox import written_path
 from jetstream_server.dataplane.sending import LOOPBACK_BLOCK_SIZE, SendingPlane
-from jetstream_server.errors import InvalidParameter
+from jetstream_server.errors import CommandFailed, PathRefused
 from jetstream_server.protocol.sender import SendPhase
 from jetstream_server.protocol.wire import TCP_PREFACE, Kind, encode
 from jetstream_server.server import Server
@@ -48,7 +48,7 @@ def test_written_paths_follow_jetstreams_table(sandbox: str, destination_path: s
 
 @pytest.mark.parametrize("target", ["/a/../../etc/passwd", "../x", "a\x00b", "/", ""])
 def test_written_paths_refuse_escapes(target: str) -> None:
-    with pytest.raises(InvalidParameter):
+    with pytest.raises(PathRefused):
         written_path("/storage", "alice", None, target)
 
 
@@ -433,7 +433,7 @@ async def test_a_transfer_of_too_many_blocks_is_refused_at_creation(
     destination = await _destination(client, b)
     transfer = await send(client, destination, {"/small.bin": "/small.bin"})
     assert (await wait_transfer(client, transfer["transferId"]))["status"] == "complete"
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(CommandFailed) as refused:
         await send(client, destination, {"/big.bin": "/big.bin"})
     assert refused.value.code == "invalid_parameter"
     assert refused.value.message == (f"The manifest needs 4 blocks of {LOOPBACK_BLOCK_SIZE} "

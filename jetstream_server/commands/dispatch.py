@@ -10,12 +10,20 @@ from typing import Any
 import orjson
 
 from ..core.service import Fire, Service, Session
-from ..errors import ApiError, AuthRequired, InternalError
+from ..errors import (
+    ApiError,
+    AuthRequired,
+    InternalError,
+    InvalidParameter,
+    PathError,
+    PathOutside,
+    PermissionDenied,
+)
 from ..protocol.lines import Request, error_response, success_response
 from .context import Call
-from .registry import SECRET_PARAMETERS, Registry
+from .registry import SECRET_PARAMETERS, Command, Registry
 
-__all__ = ["Dispatcher", "public_parameters"]
+__all__ = ["Dispatcher", "public_parameters", "to_api_error"]
 
 log = logging.getLogger("jetstream.api")
 
@@ -45,10 +53,10 @@ class Dispatcher:
             call = Call(self.service, session, self.fire)
             if queued:
                 record = self.service.requests.submit(
-                    session.user, command.name + "Async", lambda: command.handler(call, params))
+                    session.user, command.name + "Async", lambda: _run(command, call, params))
                 message, result = "Request queued.", {"requestId": record.request_id}
             else:
-                message, result = await command.handler(call, params)
+                message, result = await _run(command, call, params)
             response = success_response(request.id, message, result)
         except ApiError as exc:
             response = error_response(request.id, exc.code, exc.message)
@@ -64,6 +72,22 @@ class Dispatcher:
             self.fire(f"on.{name}", _json(structure), response["status"],
                       response["message"], _json(response["result"]))
         return response
+
+
+async def _run(command: Command, call: Call, params: dict[str, Any]) -> tuple[str, Any]:
+    """Run a handler, its sandbox refusals turned into API errors (see to_api_error)."""
+    try:
+        return await command.handler(call, params)
+    except PathError as exc:
+        raise to_api_error(exc) from None
+
+
+def to_api_error(exc: PathError) -> ApiError:
+    """The API error a response carries for a refused path: permission_denied for one
+    that leads outside the sandbox, invalid_parameter for any other."""
+    if isinstance(exc, PathOutside):
+        return PermissionDenied(exc.message)
+    return InvalidParameter(exc.message)
 
 
 def public_parameters(parameters: dict[str, Any]) -> dict[str, Any]:

@@ -10,11 +10,11 @@ from typing import Any
 
 from ..core.ids import new_id, now_us
 from ..core.lifecycle import MANIFEST, ManifestStatus
-from ..core.manifests import ManifestError, build_file_list, parse_console_mapping
+from ..core.manifests import build_file_list, parse_console_mapping
 from ..core.netaddr import host_name_problem
 from ..core.objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer, check_user_data
 from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts
-from ..errors import InvalidParameter, InvalidState, quoted
+from ..errors import InvalidParameter, InvalidState, ManifestError, quoted
 from ..protocol.layout import MAX_BLOCKS, Layout
 from .context import Call
 from .registry import Command, Param, Registry

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.lifecycle import RequestStatus
-from ..errors import ApiError, InvalidParameter, PermissionDenied
+from ..errors import ApiError, InvalidParameter, PermissionDenied, api_error
 from .context import Call
 from .registry import Command, Param, Registry
 
@@ -49,9 +49,7 @@ async def get_request_result(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     record = call.service.requests.get(_record_id(p), call.session.can_see)
     await record.done.wait()
     if record.status is RequestStatus.ERROR:
-        error = ApiError(record.message)
-        error.code = record.code or "error"
-        raise error
+        raise api_error(record.code or ApiError.code, record.message)
     return record.message, record.result
 
 

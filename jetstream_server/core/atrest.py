@@ -18,17 +18,13 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnreadableSecret
 from .private import private_dir, private_file
 
-__all__ = ["SecretBox", "UnreadableSecret"]
+__all__ = ["SecretBox"]
 
 _SEALED_PREFIX = "aes256gcm:"
 _NONCE_BYTES = 12
-
-
-class UnreadableSecret(Exception):
-    """A sealed secret that this key cannot open (the key file was replaced)."""
 
 
 class SecretBox:

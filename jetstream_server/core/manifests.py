@@ -12,20 +12,16 @@ from __future__ import annotations
 import os
 import stat
 
-from ..errors import ApiError, quoted
+from ..errors import ManifestError, PathError, quoted
 from ..protocol.metadata import MAX_FILES
 from .objects import FileMapping
 from .sandbox import MAX_NAME_BYTES, long_name, resolve_in_sandbox, virtual_parts
 
-__all__ = ["ManifestError", "build_file_list", "parse_console_mapping"]
+__all__ = ["build_file_list", "parse_console_mapping"]
 
 #: A manifest may hold at most this many entries (a bound on memory and on API answers;
 #: the most one transfer carries).
 MAX_MANIFEST_ENTRIES = MAX_FILES
-
-
-class ManifestError(Exception):
-    """Why a manifest could not be built; the message names the path."""
 
 
 def parse_console_mapping(text: str) -> tuple[str, str]:
@@ -45,7 +41,7 @@ def build_file_list(root: str, requested: list[tuple[str, str]]) -> list[FileMap
         try:
             long = long_name(virtual_parts(dst))
             real = resolve_in_sandbox(root, src)
-        except ApiError as exc:
+        except PathError as exc:
             raise ManifestError(exc.message) from None
         if long is not None:
             raise ManifestError(f"Destination path {quoted(dst)} has a name longer than "
@@ -88,7 +84,7 @@ def _add(root: str, real: os.PathLike[str] | str, src: str, dst: str,
             child_src = src.rstrip("/") + "/" + name
             try:
                 child_real = resolve_in_sandbox(root, child_src)
-            except ApiError as exc:
+            except PathError as exc:
                 raise ManifestError(exc.message) from None
             _add(root, child_real, child_src, dst.rstrip("/") + "/" + name, files,
                  (*parents, key))

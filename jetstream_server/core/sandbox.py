@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import InvalidParameter, PermissionDenied
+from ..errors import PathOutside, PathRefused
 
 __all__ = ["MAX_NAME_BYTES", "expand_sandbox", "long_name", "open_in_sandbox", "real_sandbox",
            "resolve_in_sandbox", "split_user", "virtual_parts", "written_parts",
@@ -54,10 +54,10 @@ def expand_sandbox(template: str, full_name: str) -> str:
 def virtual_parts(path: str) -> list[str]:
     """The components of a user's path, refusing NUL bytes and ``..``."""
     if "\x00" in path:
-        raise InvalidParameter(f"Path {path!r} contains a NUL byte.")
+        raise PathRefused(f"Path {path!r} contains a NUL byte.")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise InvalidParameter(f"Path {path!r} contains '..', which is not allowed.")
+        raise PathRefused(f"Path {path!r} contains '..', which is not allowed.")
     return parts
 
 
@@ -73,7 +73,7 @@ def real_sandbox(root: str) -> str:
     """The real path of the sandbox folder ``root``, which must exist."""
     real_root = os.path.realpath(root)
     if not os.path.isdir(real_root):
-        raise InvalidParameter(f"Sandbox folder {root} does not exist.")
+        raise PathRefused(f"Sandbox folder {root} does not exist.")
     return real_root
 
 
@@ -84,12 +84,13 @@ def _inside(real: str, real_root: str) -> bool:
 def resolve_in_sandbox(root: str, path: str) -> Path:
     """The real path of the user's ``path`` inside ``root``, which must exist.
 
-    Raises :class:`PermissionDenied` when symlinks lead out of the sandbox.
+    Raises :class:`~jetstream_server.errors.PathOutside` when symlinks lead out of the
+    sandbox.
     """
     real_root = real_sandbox(root)
     real = os.path.realpath(os.path.join(real_root, *virtual_parts(path)))
     if not _inside(real, real_root):
-        raise PermissionDenied(f"Path {path} leads outside the sandbox.")
+        raise PathOutside(f"Path {path} leads outside the sandbox.")
     return Path(real)
 
 
@@ -99,7 +100,8 @@ def open_in_sandbox(real_root: str, path: str) -> int:
     path, as /proc/self/fd tells), so no symlink, not even one swapped in meanwhile, leads
     out: two system calls, where resolving the path first costs one per component.
 
-    Raises :class:`PermissionDenied` when symlinks lead out of the sandbox."""
+    Raises :class:`~jetstream_server.errors.PathOutside` when symlinks lead out of the
+    sandbox."""
     joined = os.path.join(real_root, *virtual_parts(path))
     fd = os.open(joined, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -108,7 +110,7 @@ def open_in_sandbox(real_root: str, path: str) -> int:
         real = os.path.realpath(joined)
     if not _inside(real, real_root):
         os.close(fd)
-        raise PermissionDenied(f"Path {path} leads outside the sandbox.")
+        raise PathOutside(f"Path {path} leads outside the sandbox.")
     return fd
 
 
@@ -117,7 +119,7 @@ def written_parts(destination_path: str | None, target: str) -> list[str]:
     ``<destinationPath>/<file target path>``, both taken as relative to the sandbox."""
     name = virtual_parts(target)
     if not name:
-        raise InvalidParameter(f"Path {target!r} names no file.")
+        raise PathRefused(f"Path {target!r} names no file.")
     return virtual_parts(destination_path or "") + name
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar
 
 from .. import __version__
-from ..errors import AuthFailed, NotFound
-from .atrest import SecretBox, UnreadableSecret
+from ..errors import AuthFailed, NotFound, UnreadableSecret
+from .atrest import SecretBox
 from .config import Settings
 from .ids import new_id, now_us
 from .lifecycle import MANIFEST, RECEIVE, TRANSFER, ManifestStatus, ReceiveStatus, TransferStatus

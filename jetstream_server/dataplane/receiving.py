@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from ..core.netaddr import plain_host
 from ..core.ratelog import LimitedLog
 from ..core.users import StoredHash, parse_hash
+from ..errors import Garbage
 from ..protocol.auth import auth_proof
 from ..protocol.lines import encode_message, error_response
 from ..protocol.receiver import ReceiverCore, RecvPhase
@@ -34,7 +35,6 @@ from ..protocol.wire import (
     HEADER,
     MAX_DATAGRAM,
     TCP_PREFACE,
-    Garbage,
     Kind,
     decode_hello,
     encode_error,

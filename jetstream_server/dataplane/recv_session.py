@@ -17,6 +17,7 @@ from ..core.lifecycle import RECEIVE, ReceiveStatus
 from ..core.netaddr import plain_host
 from ..core.receives import ReceiveRecord
 from ..core.throttle import LoginThrottle
+from ..errors import DiskError
 from ..protocol.layout import MAX_BLOCKS, Layout
 from ..protocol.metadata import Metadata, decode_metadata
 from ..protocol.ranges import RangeSet
@@ -29,7 +30,7 @@ from ..protocol.receiver import (
     RecvPhase,
 )
 from ..protocol.wire import ERROR_BUSY, VERSION
-from .sink import FileSink, SinkError
+from .sink import FileSink
 
 __all__ = ["MAX_QUEUED_WRITE_BYTES", "ReceiveHost", "ReceiveSession", "SendFunc",
            "SessionOwner"]
@@ -253,8 +254,8 @@ class ReceiveSession:
             self.on_drained()
 
     def _sink_failed(self, exc: BaseException) -> None:
-        message = str(exc) if isinstance(exc, SinkError) else f"Internal error: {exc!r}"
-        if not isinstance(exc, SinkError):
+        message = str(exc) if isinstance(exc, DiskError) else f"Internal error: {exc!r}"
+        if not isinstance(exc, DiskError):
             log.error("receive %s: %r", self.transfer_id, exc)
         elif exc.curable and self.core.phase is not RecvPhase.FAILED:
             self._curable = True  # keep what is on disk: the transfer can be resumed

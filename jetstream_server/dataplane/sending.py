@@ -26,6 +26,7 @@ from ..core.lifecycle import CONNECTION, ConnectionState, TransferStatus
 from ..core.netaddr import is_loopback
 from ..core.objects import Destination, Manifest, Transfer
 from ..core.scheduler import Scheduler
+from ..errors import Garbage
 from ..protocol.auth import derive_verifier
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
 from ..protocol.metadata import FileEntry, Metadata, encode_metadata
@@ -38,7 +39,6 @@ from ..protocol.wire import (
     MAX_DATAGRAM,
     TCP_PREFACE,
     Challenge,
-    Garbage,
     Hello,
     Kind,
     decode_challenge,

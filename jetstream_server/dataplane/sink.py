@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts, written_parts
-from ..errors import ApiError, quoted
+from ..errors import DiskError, PathError, quoted
 from ..protocol.checksums import FileHash, file_hash
 from ..protocol.metadata import Metadata
 from ..protocol.ranges import RangeSet
 
-__all__ = ["FileSink", "SinkError"]
+__all__ = ["FileSink"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _IOV_MAX = 512
@@ -101,16 +101,6 @@ _UMASK = _process_umask()
 _CURABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
-class SinkError(Exception):
-    """Why the transfer cannot be written; the message names the path. ``curable``: a
-    condition of this machine (a full disk, a permission) that the operator can fix, after
-    which the transfer can be resumed."""
-
-    def __init__(self, message: str, curable: bool = False) -> None:
-        super().__init__(message)
-        self.curable = curable
-
-
 @dataclass(eq=False)
 class _Folder:
     """A folder files are created in: open while a file in it is, or while it is the
@@ -158,28 +148,28 @@ class FileSink:
         try:
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise SinkError(f"Sandbox folder {self.root} does not exist on the receiving "
+            raise DiskError(f"Sandbox folder {self.root} does not exist on the receiving "
                             f"server ({exc.strerror}).") from None
         destination_path = self.meta.destination_path or ""
         try:
             long = long_name(virtual_parts(destination_path))
-        except ApiError as exc:
-            raise SinkError(f"destinationPath refused: {exc.message}") from None
+        except PathError as exc:
+            raise DiskError(f"destinationPath refused: {exc.message}") from None
         if long is not None:
-            raise SinkError(f"destinationPath has a name longer than {MAX_NAME_BYTES} bytes: "
+            raise DiskError(f"destinationPath has a name longer than {MAX_NAME_BYTES} bytes: "
                             f"{quoted(long)}.")
         line_break = "\n" in destination_path
         for entry in self.meta.files:
             try:
                 parts = written_parts(self.meta.destination_path, entry.path)
-            except ApiError as exc:
-                raise SinkError(f"Path refused: {exc.message}") from None
+            except PathError as exc:
+                raise DiskError(f"Path refused: {exc.message}") from None
             long = long_name(parts)
             if long is not None:
-                raise SinkError(f"Path {quoted(entry.path)} has a name longer than "
+                raise DiskError(f"Path {quoted(entry.path)} has a name longer than "
                                 f"{MAX_NAME_BYTES} bytes: {quoted(long)}.")
             if line_break or "\n" in entry.path:
-                raise SinkError(f"Path {entry.path!r} contains a line break, which "
+                raise DiskError(f"Path {entry.path!r} contains a line break, which "
                                 "trigger file lists cannot carry.")
             self._parts.append(parts)
             self.paths.append(os.path.join(self.root, "/".join(parts)))
@@ -199,7 +189,7 @@ class FileSink:
         there (one renamed into place after the last checkpoint is not)."""
         try:
             fd = self._dir(self._parts[index][:-1], create=False, path=self.paths[index])
-        except SinkError:
+        except DiskError:
             return False
         try:
             st = os.stat(self._temp_name(index), dir_fd=fd, follow_symlinks=False)
@@ -261,13 +251,13 @@ class FileSink:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise SinkError(f"Cannot write {path}: {part!r} on the way is a symlink or "
+                raise DiskError(f"Cannot write {path}: {part!r} on the way is a symlink or "
                                 "not a folder (symlinks are not followed in the sandbox)."
                                 ) from None
             if not create:  # looking again before the rename: the folder went away
-                raise SinkError(f"Cannot write {path}: a folder on its way was moved or "
+                raise DiskError(f"Cannot write {path}: a folder on its way was moved or "
                                 f"removed while the transfer ran ({exc.strerror}).") from None
-            raise SinkError(f"Cannot create the folders of {path}: {exc.strerror}.",
+            raise DiskError(f"Cannot create the folders of {path}: {exc.strerror}.",
                             exc.errno in _CURABLE) from None
         return fd
 
@@ -292,7 +282,7 @@ class FileSink:
                          os.O_CLOEXEC, mode if fresh else 0o600, dir_fd=folder.fd)
         except OSError as exc:
             self._leave(folder)
-            raise SinkError(f"Cannot write {path}: {exc.strerror}.",
+            raise DiskError(f"Cannot write {path}: {exc.strerror}.",
                             exc.errno in _CURABLE) from None
         opened = _Open(folder, fd, temp, parts[-1], RangeSet(), file_hash(), fresh)
         try:
@@ -375,14 +365,14 @@ class FileSink:
             opened.hasher.update(chunk)
             opened.hashed += len(chunk)
 
-    def _write_error(self, file: int, exc: OSError) -> SinkError:
+    def _write_error(self, file: int, exc: OSError) -> DiskError:
         curable = exc.errno in _CURABLE
         if exc.errno == errno.ENOSPC:
-            return SinkError(f"No space left on the receiving server's disk writing "
+            return DiskError(f"No space left on the receiving server's disk writing "
                              f"{self.paths[file]}.", curable)
-        return SinkError(f"Cannot write {self.paths[file]}: {exc.strerror}.", curable)
+        return DiskError(f"Cannot write {self.paths[file]}: {exc.strerror}.", curable)
 
-    def commit_many(self, items: list[tuple[int, bytes, int]]) -> list[str | SinkError]:
+    def commit_many(self, items: list[tuple[int, bytes, int]]) -> list[str | DiskError]:
         """Verify files and put them under their final names, durably; per file, its
         path or why it was not delivered (its temporary file is then removed).
 
@@ -390,14 +380,14 @@ class FileSink:
         group of GROUP_SYNC files or more is made durable with one syncfs(2) of the file
         system instead of an fsync per file (many small files cost one flush, not one
         each)."""
-        results: dict[int, str | SinkError] = {}
+        results: dict[int, str | DiskError] = {}
         ready: list[tuple[int, _Open]] = []
         for index, digest, size in items:
             opened = self._file(index)
             try:
                 self._verify(index, opened, digest, size)
                 ready.append((index, opened))
-            except (OSError, SinkError) as exc:
+            except (OSError, DiskError) as exc:
                 results[index] = self._discard(index, opened, exc)
         try:
             if len(ready) >= GROUP_SYNC and _syncfs is not None:
@@ -440,21 +430,21 @@ class FileSink:
             self._close(index, opened)
         return [results[index] for index, _, _ in items]
 
-    def _moved(self, index: int, folder: tuple[int, int]) -> SinkError | None:
+    def _moved(self, index: int, folder: tuple[int, int]) -> DiskError | None:
         """Why file ``index``'s folder, opened as ``folder`` (device, inode) when its
         temporary file was made, is no longer at its path, if it is not: the file would
         be renamed into place where its path no longer leads."""
         path = self.paths[index]
         try:
             fd = self._dir(self._parts[index][:-1], create=False, path=path)
-        except SinkError as exc:
+        except DiskError as exc:
             return exc
         try:
             st = os.fstat(fd)
         finally:
             os.close(fd)
         if (st.st_dev, st.st_ino) != folder:
-            return SinkError(f"Cannot write {path}: a folder on its way was moved or "
+            return DiskError(f"Cannot write {path}: a folder on its way was moved or "
                              "replaced while the transfer ran.")
         return None
 
@@ -466,19 +456,19 @@ class FileSink:
         # a file created empty in this session holds what was written, no more
         actual = opened.written.end if opened.fresh else os.fstat(opened.fd).st_size
         if actual != size:
-            raise SinkError(f"{path}: received {actual} bytes, expected {size}.")
+            raise DiskError(f"{path}: received {actual} bytes, expected {size}.")
         self._hash_from_file(opened, size)  # what was not hashed on the way
         if opened.hasher.digest() != digest:
-            raise SinkError(f"{path}: the checksum of the received data does not match "
+            raise DiskError(f"{path}: the checksum of the received data does not match "
                             "the sender's; the file was not delivered.")
         if not opened.fresh:
             os.fchmod(opened.fd, self._mode(index))
         os.utime(opened.fd, ns=(entry.mtime_us * 1000, entry.mtime_us * 1000))
 
-    def _discard(self, index: int, opened: _Open, exc: OSError | SinkError) -> SinkError:
-        """Remove a file that will not be delivered; why, as a SinkError."""
+    def _discard(self, index: int, opened: _Open, exc: OSError | DiskError) -> DiskError:
+        """Remove a file that will not be delivered; why, as a DiskError."""
         self._close(index, opened, remove=True)
-        return exc if isinstance(exc, SinkError) else self._write_error(index, exc)
+        return exc if isinstance(exc, DiskError) else self._write_error(index, exc)
 
     def _close(self, index: int, opened: _Open, remove: bool = False) -> None:
         if self._open.pop(index, None) is not None:

@@ -19,10 +19,9 @@ from collections.abc import Callable
 
 from ..core.objects import FileMapping
 from ..core.sandbox import open_in_sandbox, real_sandbox
-from ..errors import ApiError
+from ..errors import PathError, SourceError
 from ..protocol.checksums import FileHash, file_hash
 from ..protocol.layout import DIGEST, Slot
-from ..protocol.sender import SourceError
 
 __all__ = ["FileSource"]
 
@@ -201,7 +200,7 @@ class FileSource:
         except OSError as exc:
             raise SourceError(f"Cannot read source file {entry.src_path}: "
                               f"{exc.strerror}.") from None
-        except ApiError as exc:  # the sandbox refused the path
+        except PathError as exc:  # the sandbox refused the path
             raise SourceError(f"Cannot read source file {entry.src_path}: "
                               f"{exc.message}") from None
         st = os.fstat(fd)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from ..errors import Garbage
 from .layout import DIGEST, Layout
 from .ranges import RangeSet
 from .wire import (
@@ -36,7 +37,6 @@ from .wire import (
     TS_MASK,
     Ack,
     Challenge,
-    Garbage,
     Hello,
     Kind,
     decode_error,

@@ -17,6 +17,7 @@ from collections import OrderedDict, deque
 from enum import Enum
 from typing import Protocol
 
+from ..errors import Garbage, SourceError
 from .auth import auth_proof
 from .layout import Layout, Slot
 from .ranges import RangeSet
@@ -36,7 +37,6 @@ from .wire import (
     TS_MASK,
     Ack,
     Challenge,
-    Garbage,
     Hello,
     Kind,
     decode_ack,
@@ -50,7 +50,7 @@ from .wire import (
     seal,
 )
 
-__all__ = ["BlockSource", "SendPhase", "SenderCore", "SourceError"]
+__all__ = ["BlockSource", "SendPhase", "SenderCore"]
 
 _DATA_FIRST_BYTE = first_byte(Kind.DATA)
 
@@ -67,10 +67,6 @@ UNPACED_BPS = 1e12
 #: (many small files: each is remembered until acknowledged).
 RELIABLE_WINDOW_BYTES = 64 * 1024 * 1024
 RELIABLE_WINDOW_BLOCKS = 65536
-
-
-class SourceError(Exception):
-    """A source file cannot be sent as the manifest describes it (message names it)."""
 
 
 class BlockSource(Protocol):

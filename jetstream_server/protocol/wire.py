@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from ..errors import Garbage
 from .checksums import crc32c
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "VERSION",
     "Ack",
     "Challenge",
-    "Garbage",
     "Hello",
     "Kind",
     "decode_ack",
@@ -93,10 +93,6 @@ class Kind(IntEnum):
     ACK = 7
     CLOSE = 8
     PING = 9
-
-
-class Garbage(Exception):
-    """The bytes are not a valid datagram of this protocol."""
 
 
 def encode_frames(datagrams: list[bytes] | list[bytes | bytearray]) -> bytes:
