@@ -136,12 +136,10 @@ async def _serve(server: Server) -> None:
     notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=Listening on port {server.api_port}")
     pinger = loop.create_task(watchdog())
     try:
-        await server.serve_forever()
+        await server.serve_forever()  # (until a signal closes it and the drain is done)
     finally:
-        server.close()
-        await server.wait_closed()
         pinger.cancel()
-        log.info("stopped")
+    log.info("stopped")
 
 
 def run_server(config_file: Path | None, given: dict[str, Any]) -> None:

@@ -149,6 +149,15 @@ def _bind(kind: int, host: str | None, port: int, what: str) -> socket.socket:
 
 
 class Server:
+    """A jetstream server, shaped like :class:`asyncio.Server` and websockets' ``Server``.
+
+    :meth:`start` binds the ports and composes the pieces (a start that fails releases
+    what it took); :meth:`close` stops accepting and starts the drain; :meth:`wait_closed`
+    waits for the drain (any number of times, from any number of tasks);
+    :meth:`serve_forever` returns only after it, and closes the server when cancelled;
+    ``async with`` starts, then closes and waits.
+    """
+
     def __init__(self, settings: Settings, data_plane: DataPlane | None = None) -> None:
         self.settings = settings
         self._data_plane = data_plane
@@ -163,7 +172,8 @@ class Server:
         #: every TCP connection, API or data, from accept to close
         self.guard = ConnectionGuard()
         self._sweeper: asyncio.Task[None] | None = None
-        self._closed = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._drain: asyncio.Task[None] | None = None
 
     @property
     def api_port(self) -> int:
@@ -177,11 +187,19 @@ class Server:
 
     async def start(self) -> None:
         """Bind the ports and compose the pieces: the control plane's model, the data
-        plane around it, the commands, the triggers. Raises ConfigError (one line)."""
+        plane around it, the commands, the triggers. Raises ConfigError (one line), having
+        released whatever it had taken (sockets, the state store's thread and file)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._release()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
         users = prepare_settings(settings)
         triggers = self.triggers = TriggerRunner(settings.trigger_dir, settings.trigger_log)
-        service = Service(settings, users, triggers.fire)
+        service = self.service = Service(settings, users, triggers.fire)
         service.restore()
         api_sock = _bind(socket.SOCK_STREAM, settings.api_host, settings.api_port, "API TCP")
         try:
@@ -191,11 +209,17 @@ class Server:
         except ConfigError:
             api_sock.close()
             raise
-        loop = asyncio.get_running_loop()
-        self._api_server = await loop.create_server(
-            lambda: ControlConnection(self, serves_data=tcp_data is None), sock=api_sock,
-            backlog=1024)
         self._udp = udp
+        loop = asyncio.get_running_loop()
+        try:
+            self._api_server = await loop.create_server(
+                lambda: ControlConnection(self, serves_data=tcp_data is None),
+                sock=api_sock, backlog=1024)
+        except BaseException:
+            api_sock.close()
+            if tcp_data is not None:
+                tcp_data.close()
+            raise
         endpoint = self.endpoint = DataEndpoint(service, udp, settings.recv_allow_anonymous,
                                                 settings.udp_offload)
         plane = self._data_plane or SendingPlane(service, settings.server_name,
@@ -205,10 +229,13 @@ class Server:
                                      settings.trigger_on_api)
         endpoint.start()
         if tcp_data is not None:
-            self._data_server = await loop.create_server(
-                lambda: DataStream(endpoint, admit=self._admit_stream), sock=tcp_data,
-                backlog=1024)
-        self.service = service
+            try:
+                self._data_server = await loop.create_server(
+                    lambda: DataStream(endpoint, admit=self._admit_stream), sock=tcp_data,
+                    backlog=1024)
+            except BaseException:
+                tcp_data.close()
+                raise
         log.info("control API listening on TCP %s:%d; data port UDP and TCP %d; sandbox %s; "
                  "users file %s", settings.api_host or "*", service.api_port,
                  service.recv_port, settings.sandbox_dir, settings.users_file)
@@ -217,6 +244,19 @@ class Server:
         triggers.fire("launch", str(api_port))
         service.scheduler.poke_all()
         service.spawn(service.collect_garbage_forever())
+
+    async def _release(self) -> None:
+        """Give back what a failed start took."""
+        for listener in (self._api_server, self._data_server):
+            if listener is not None:
+                listener.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
+        if self._udp is not None:
+            self._udp.close()
+        if self.service is not None:
+            await self.service.close()
+        self.service = None
 
     # -- connections --------------------------------------------------------------------
 
@@ -258,24 +298,31 @@ class Server:
                 tracked.close(reason)
 
     async def serve_forever(self) -> None:
+        """Serve until the server is closed and drained (starting it if need be);
+        cancelled, close the server and wait for the drain."""
         if self.service is None:
             await self.start()
-        await self._closed.wait()
+        try:
+            await self.wait_closed()
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
 
     @property
     def closing(self) -> bool:
-        return self._closed.is_set()
+        return self._closing.is_set()
 
     def close(self) -> None:
-        """Stop listening, close API connections, start nothing new. Idempotent.
-
-        :meth:`wait_closed` then drains: running transfers stop to resume at the next
-        start (the receiving ends checkpoint and keep their data), triggers already
-        queued get up to 30 s, and the state is flushed.
-        """
-        if self._closed.is_set():
+        """Stop listening, close API connections, start nothing new, and start the drain:
+        running transfers stop to resume at the next start (the receiving ends
+        checkpoint and keep their data), triggers already queued get up to 30 s, and the
+        state is flushed. Idempotent; :meth:`wait_closed` waits for the drain."""
+        if self._closing.is_set():
             return
-        self._closed.set()
+        self._closing.set()
         if self._api_server is not None:
             self._api_server.close()
         if self._data_server is not None:
@@ -286,9 +333,16 @@ class Server:
             self.service.scheduler.draining = True
         for connection in list(self._connections):
             connection.close()
+        self._drain = asyncio.get_running_loop().create_task(self._drain_all())
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        """Wait until the server is closed (by :meth:`close`) and drained; a cancel of
+        this wait does not cancel the drain."""
+        await self._closing.wait()
+        assert self._drain is not None
+        await asyncio.shield(self._drain)
+
+    async def _drain_all(self) -> None:
         if self._sweeper is not None:
             await asyncio.wait({self._sweeper})  # (cancelled by close; ours goes on up)
         if self._api_server is not None:
@@ -297,7 +351,7 @@ class Server:
             await connection.wait_closed()
         if self.service is not None:
             plane = self.service.scheduler.data_plane
-            if isinstance(plane, SendingPlane):
+            if plane is not None:
                 await plane.shutdown()
             if self.endpoint is not None:
                 await self.endpoint.shutdown()

@@ -47,6 +47,10 @@ class DataPlane(Protocol):
         """The block size of a new transfer to ``ip`` over ``transport``."""
         ...
 
+    async def shutdown(self) -> None:
+        """Stop every flow so that it resumes at the next start (the server stops)."""
+        ...
+
 
 class Scheduler:
     def __init__(

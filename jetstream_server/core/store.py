@@ -40,6 +40,7 @@ class StateStore:
     def __init__(self, folder: Path) -> None:
         self.path = folder / "state.sqlite3"
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "jetstream-state")
+        self.closed = False
         try:
             self._db = self._executor.submit(self._open).result()
         except sqlite3.Error as exc:
@@ -105,6 +106,10 @@ class StateStore:
         await asyncio.wrap_future(marker)
 
     def close(self) -> None:
+        """Close the database and its thread (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
         self._executor.submit(self._db.close).result()
         self._executor.shutdown()
 
