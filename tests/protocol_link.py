@@ -13,10 +13,10 @@ from blake3 import blake3
 
 from jetstream_server.core.throttle import LoginThrottle
 from jetstream_server.core.users import StoredHash, hash_password, parse_hash
-from jetstream_server.errors import Garbage
 from jetstream_server.protocol.auth import auth_proof
+from jetstream_server.protocol.endpoint import ReceiverEndpoint
 from jetstream_server.protocol.layout import DIGEST, Layout, Slot
-from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
+from jetstream_server.protocol.metadata import FileEntry, Metadata, encode_metadata
 from jetstream_server.protocol.receiver import (
     Checkpoint,
     Closed,
@@ -25,7 +25,10 @@ from jetstream_server.protocol.receiver import (
     ReceiverCore,
 )
 from jetstream_server.protocol.sender import SenderCore
-from jetstream_server.protocol.wire import HEADER, Hello, Kind, decode_hello, parse_header
+from jetstream_server.protocol.wire import Hello, Kind, parse_header
+
+#: Where the simulated sender's datagrams come from.
+SENDER_ADDRESS = ("192.0.2.1", 40000)
 
 
 class MemorySource:
@@ -121,13 +124,15 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
     meta = encode_metadata(Metadata("ab" * 16, None, entries))
     layout = Layout(block_size, len(meta), [e.size for e in entries])
     session = rng.getrandbits(32)
-    hello = Hello(bytes(16), block_size, len(meta), layout.meta_blocks, user)
+    hello = Hello(bytes.fromhex("ab" * 16), block_size, len(meta), layout.meta_blocks, user)
     now = start_s
     sender = SenderCore(session, hello, meta, layout, MemorySource(files), now,
                         rate_limit_bps=rate_limit_bps)
     authorizer = MemoryAuthorizer(users if users is not None else {"alice": "pw"},
                                   allow_anonymous)
+    endpoint = ReceiverEndpoint(authorizer)  # the very routing the server runs
     receiver: ReceiverCore | None = None
+    logged_in = False
     received: list[bytearray | None] = [
         None if d is None else bytearray(d) if resume is not None else bytearray(len(d))
         for d in files]
@@ -177,9 +182,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
             event = receiver.events.popleft()
             events.append(event)
             if isinstance(event, MetadataReady):
-                decoded = decode_metadata(event.metadata)
-                receiver.metadata_accepted(Layout(block_size, len(event.metadata),
-                                                  decoded.sizes), resume)
+                receiver.metadata_accepted(event.layout, resume)
             elif isinstance(event, FileReady):
                 data = bytes(received[event.file] or b"")
                 if blake3(data).digest() == event.digest:
@@ -215,17 +218,13 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
             if to == "s":
                 sender.receive_datagram(data, now)
                 continue
-            try:
-                kind, sid = parse_header(data)
-                body = memoryview(data)[HEADER.size:]
-                if receiver is None:
-                    if kind is not Kind.HELLO:
-                        continue
-                    receiver = ReceiverCore(sid, decode_hello(body), authorizer, now)
-                else:
-                    receiver.receive(kind, body, len(data), now)
-            except Garbage:
+            core = endpoint.receive_datagram(data, SENDER_ADDRESS, now)
+            transmit([reply for reply, _ in endpoint.datagrams_to_send()], "s")
+            if core is None:
                 continue
+            receiver = core
+            if not logged_in and core.user is not None:
+                logged_in = endpoint.logged_in(core)
             receiver_step()
         if sender.challenge is not None and sender.phase.value == "need proof":
             c = sender.challenge

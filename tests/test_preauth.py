@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from jetstream_server.protocol.auth import auth_proof
+from jetstream_server.protocol.endpoint import ReceiverEndpoint
 from jetstream_server.protocol.receiver import (
     UNAUTHENTICATED_TIMEOUT_S,
     ReceiverCore,
@@ -25,6 +26,8 @@ from jetstream_server.protocol.wire import (
     Hello,
     Kind,
     decode_challenge,
+    encode,
+    encode_hello,
     parse_header,
 )
 from tests.attacks import rss_bytes
@@ -42,7 +45,8 @@ def _hello(meta_size: int = BIG, user: str = "alice", block: int = 1400) -> Hell
 def test_a_hello_announcing_256_mib_of_metadata_costs_a_few_kilobytes() -> None:
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    cores = [ReceiverCore(i, _hello(), AUTHORIZER, 0.0, "10.0.0.1") for i in range(200)]
+    cores = [ReceiverCore(i, _hello(), AUTHORIZER, 0.0, ("10.0.0.1", 5000))
+             for i in range(200)]
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert all(core.phase is RecvPhase.CHALLENGED for core in cores)
@@ -50,7 +54,7 @@ def test_a_hello_announcing_256_mib_of_metadata_costs_a_few_kilobytes() -> None:
 
 
 def test_a_session_that_does_not_log_in_is_forgotten_10_s_after_its_hello() -> None:
-    core = ReceiverCore(1, _hello(), AUTHORIZER, 0.0, "10.0.0.1")
+    core = ReceiverCore(1, _hello(), AUTHORIZER, 0.0, ("10.0.0.1", 5000))
     assert core.get_timer() == UNAUTHENTICATED_TIMEOUT_S
     for t in range(1, 10):  # repeating the HELLO does not make it live longer
         core.receive(Kind.HELLO, memoryview(b""), 60, float(t))
@@ -72,7 +76,7 @@ def _proof(core: ReceiverCore, password: str, now: float) -> bytes:
 def test_a_proof_waits_its_turn_in_the_throttle_then_is_checked() -> None:
     authorizer = MemoryAuthorizer({"alice": "pw"})
     authorizer.throttle.end("10.0.0.1", "alice", ok=False, now=0.0)  # a failure just now
-    core = ReceiverCore(7, _hello(10_000), authorizer, 0.1, "10.0.0.1")
+    core = ReceiverCore(7, _hello(10_000), authorizer, 0.1, ("10.0.0.1", 5000))
     proof = _proof(core, "pw", 0.1)
     core.receive(Kind.AUTH, memoryview(proof), 41, 0.1)
     assert core.auth_waiting and core.phase is RecvPhase.CHALLENGED
@@ -86,7 +90,7 @@ def test_a_proof_waits_its_turn_in_the_throttle_then_is_checked() -> None:
 
 def test_a_wrong_proof_fails_and_counts_against_the_address_and_the_name() -> None:
     authorizer = MemoryAuthorizer({"alice": "pw"})
-    core = ReceiverCore(8, _hello(10_000), authorizer, 0.0, "10.0.0.1")
+    core = ReceiverCore(8, _hello(10_000), authorizer, 0.0, ("10.0.0.1", 5000))
     _proof(core, "pw", 0.0)
     core.receive(Kind.AUTH, memoryview(b"x" * 32), 41, 0.0)
     assert core.phase is RecvPhase.FAILED
@@ -148,3 +152,35 @@ def test_a_hello_flood_keeps_no_transfer_out_and_costs_no_memory(tmp_path: Path)
             flood.wait()
         a.stop()
         b.stop()
+
+
+def test_the_endpoint_forgets_the_oldest_sessions_not_logged_in_to_make_room() -> None:
+    endpoint = ReceiverEndpoint(AUTHORIZER, max_unauthenticated=3,
+                                max_unauthenticated_per_address=2)
+    hello = _hello(10_000)
+    a1, a2, a3 = (("10.0.0.1", port) for port in (1, 2, 3))
+    for session, address in ((1, a1), (2, a2)):
+        assert endpoint.receive_datagram(encode_hello(session, hello), address, 0.0)
+    endpoint.receive_datagram(encode_hello(3, hello), a3, 1.0)  # a third from 10.0.0.1
+    assert sorted(endpoint.sessions) == [2, 3]
+    assert [type(e).__name__ for e in endpoint.events] == ["Opened", "Opened", "Evicted",
+                                                           "Opened"]
+    for session, host in ((4, "10.0.0.2"), (5, "10.0.0.3")):  # the limit in all
+        endpoint.receive_datagram(encode_hello(session, hello), (host, 1), 2.0)
+    assert sorted(endpoint.sessions) == [3, 4, 5]
+    assert endpoint.stats()["unauthenticatedSessionsEvicted"] == 2
+    # a datagram of a session from another address is not its session's
+    assert endpoint.receive_datagram(encode(Kind.PING, 3), ("10.0.0.9", 1), 3.0) is None
+    assert endpoint.dropped["wrongSource"] == 1
+
+
+def test_the_endpoint_tells_an_unknown_session_at_most_ten_times_a_second() -> None:
+    endpoint = ReceiverEndpoint(AUTHORIZER)
+    for i in range(5):
+        endpoint.receive_datagram(encode(Kind.PING, 77), ("10.0.0.1", 1), 0.01 * i)
+    replies = endpoint.datagrams_to_send()
+    assert len(replies) == 1 and replies[0][1] == ("10.0.0.1", 1)
+    assert parse_header(replies[0][0]) == (Kind.ERROR, 77)
+    endpoint.receive_datagram(encode(Kind.PING, 77), ("10.0.0.1", 1), 0.2)
+    assert len(endpoint.datagrams_to_send()) == 1
+    assert endpoint.dropped["unknownSession"] == 6

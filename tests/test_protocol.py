@@ -374,3 +374,28 @@ def test_a_checkpoint_without_some_files_and_what_is_durable_after_a_failure() -
     durable = core.durable(Checkpoint([(0, 3)], {0: (b"d", 600)}, set()))
     assert durable.ranges == [(0, 3), (6, 17)]
     assert durable.committed == {3} and durable.digests == {0: (b"d", 600)}
+
+
+def test_the_warm_up_asks_three_times_and_closes_the_session_once_answered() -> None:
+    from jetstream_server.protocol.sender import WarmUpCore
+    from jetstream_server.protocol.wire import Challenge, decode_error, encode_challenge
+
+    silent = WarmUpCore("bob", 1400, now=0.0, tries=3, wait_s=1.0)
+    sent = len(silent.datagrams_to_send(0.0))
+    for t in (1.0, 2.0, 3.0):
+        assert silent.get_timer() == t
+        silent.handle_timer(t)
+        sent += len(silent.datagrams_to_send(t))
+    assert sent == 3 and silent.finished and silent.challenge is None
+    asked = WarmUpCore("bob", 1400, now=0.0)
+    [hello] = asked.datagrams_to_send(0.0)
+    assert parse_header(hello) == (Kind.HELLO, asked.session)
+    asked.receive_datagram(encode(Kind.PING, asked.session + 1), 0.1)  # not its session
+    assert not asked.finished
+    challenge = Challenge(b"n" * 16, 14, 8, 1, b"salt")
+    asked.receive_datagram(encode_challenge(asked.session, challenge), 0.2)
+    assert asked.finished and asked.challenge == challenge
+    [close] = asked.datagrams_to_send(0.2)
+    assert parse_header(close) == (Kind.CLOSE, asked.session)
+    assert decode_error(memoryview(close)[HEADER.size:]) == (0, "verifier derived")
+    assert asked.get_timer() is None

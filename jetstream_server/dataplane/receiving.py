@@ -1,10 +1,10 @@
 """The receiving side of the data plane: the data port and one session per incoming transfer.
 
 :class:`DataEndpoint` drains the UDP data socket in batches (``recvfrom_into`` until it
-would block, from ``loop.add_reader``), checks each datagram's header, and routes it to its
-:class:`ReceiveSession` by session id; TCP data connections feed it the same datagrams as
-frames. Garbage, datagrams of unknown sessions and datagrams from the wrong address are
-dropped and counted. Each session drives a
+would block, from ``loop.add_reader``) and feeds each datagram to the sans-I/O
+:class:`~jetstream_server.protocol.endpoint.ReceiverEndpoint`, which routes it to its
+session (and keeps the limits before login); TCP data connections feed it the same
+datagrams as frames. Each session's :class:`ReceiveSession` drives its
 :class:`~jetstream_server.protocol.receiver.ReceiverCore` and writes through a
 :class:`~jetstream_server.dataplane.sink.FileSink` in its own worker thread.
 """
@@ -18,28 +18,21 @@ import logging
 import secrets
 import socket
 import time
-from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..core.netaddr import plain_host
 from ..core.ratelog import LimitedLog
 from ..core.users import StoredHash, parse_hash
-from ..errors import Garbage
 from ..protocol.auth import auth_proof
+from ..protocol.endpoint import Address, Opened, ReceiverEndpoint
 from ..protocol.lines import encode_message, error_response
-from ..protocol.receiver import ReceiverCore, RecvPhase
+from ..protocol.receiver import RecvPhase
 from ..protocol.wire import (
-    ERROR_UNKNOWN_SESSION,
     FRAME,
-    HEADER,
     MAX_DATAGRAM,
     TCP_PREFACE,
-    Kind,
-    decode_hello,
-    encode_error,
     encode_frames,
-    parse_header,
 )
 from .recv_session import MAX_QUEUED_WRITE_BYTES, ReceiveHost, ReceiveSession, SendFunc
 from .udpio import enable_gro, receive_batches
@@ -48,15 +41,6 @@ __all__ = ["DataEndpoint", "DataStream", "StreamWatch", "UserAuthorizer"]
 
 log = logging.getLogger("jetstream.recv")
 limited_log = LimitedLog(log)
-
-#: Sessions logged in at once (transfers being received).
-MAX_SESSIONS = 256
-#: Sessions not logged in yet, in all and per source address: beyond, the oldest of
-#: them (of that address, or in all) is forgotten to make room, so that bogus HELLOs
-#: cannot keep a real sender out.
-MAX_UNAUTHENTICATED = 1024
-MAX_UNAUTHENTICATED_PER_ADDRESS = 64
-
 
 class UserAuthorizer:
     """Checks a sender's proof against the users file (see docs/protocol.md), in turn
@@ -104,16 +88,12 @@ class DataEndpoint:
                  udp_offload: bool = True) -> None:
         self.host = host
         self.udp = udp
-        self.authorizer = UserAuthorizer(host, allow_anonymous)
+        #: the sans-I/O routing: sessions, the limits before login, unknown sessions
+        self.routes = ReceiverEndpoint(UserAuthorizer(host, allow_anonymous))
+        #: this adapter's object of each session the routing has open, by session id
         self.sessions: dict[int, ReceiveSession] = {}
-        #: the sessions not logged in yet, oldest first, and how many per address
-        self._unauthenticated: OrderedDict[int, ReceiveSession] = OrderedDict()
-        self._unauthenticated_from: Counter[str] = Counter()
-        self.evicted = 0
-        self.dropped: Counter[str] = Counter()
         self._buffer = bytearray(MAX_DATAGRAM)
         self._paused = False
-        self._told: dict[tuple[str, int], float] = {}
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
                 udp.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
@@ -171,97 +151,33 @@ class DataEndpoint:
 
         return send
 
-    def datagram(self, data: memoryview, address: tuple[str, int],
-                 send_for: Callable[[tuple[str, int]], SendFunc], transport: str,
+    def datagram(self, data: memoryview, address: Address,
+                 send_for: Callable[[Address], SendFunc], transport: str,
                  now: float) -> ReceiveSession | None:
-        """Route one datagram; the session it touched, if any."""
-        try:
-            kind, session_id = parse_header(data)
-        except Garbage:
-            self.dropped["garbage"] += 1
-            return None
-        session = self.sessions.get(session_id)
-        body = data[HEADER.size:]
-        if session is None:
-            if kind is not Kind.HELLO:
-                self.dropped["unknownSession"] += 1
-                if kind in (Kind.DATA, Kind.PING, Kind.AUTH):
-                    self._tell_unknown(session_id, address, send_for, now)
-                return None
-            if len(self.sessions) - len(self._unauthenticated) >= MAX_SESSIONS:
-                self.dropped["tooManySessions"] += 1
-                return None
-            try:
-                core = ReceiverCore(session_id, decode_hello(body), self.authorizer, now,
-                                    address[0])
-            except Garbage:
-                self.dropped["garbage"] += 1
-                return None
-            session = ReceiveSession(self, core, address, send_for(address), transport)
-            self.sessions[session_id] = session
-            if core.user is None:
-                self._make_room(address[0])
-                self._unauthenticated[session_id] = session
-                self._unauthenticated_from[address[0]] += 1
-            return session
-        if session.address != address:
-            self.dropped["wrongSource"] += 1
-            return None
-        try:
-            session.core.receive(kind, body, len(data), now)
-        except Garbage:
-            self.dropped["garbage"] += 1
-            return None
-        return session
-
-    def _make_room(self, host: str) -> None:
-        """Forget the oldest sessions not logged in while a new one from ``host`` would
-        exceed a limit (see MAX_UNAUTHENTICATED)."""
-        while self._unauthenticated_from[host] >= MAX_UNAUTHENTICATED_PER_ADDRESS:
-            self._evict(next(s for s in self._unauthenticated.values()
-                             if s.address[0] == host))
-        while len(self._unauthenticated) >= MAX_UNAUTHENTICATED:
-            self._evict(next(iter(self._unauthenticated.values())))
-
-    def _evict(self, session: ReceiveSession) -> None:
-        self.evicted += 1
-        session.close()
+        """Route one datagram (see ReceiverEndpoint); the session it touched, if any."""
+        routes = self.routes
+        core = routes.receive_datagram(data, address, now)
+        while routes.events:
+            event = routes.events.popleft()
+            if isinstance(event, Opened):
+                opened = event.core
+                self.sessions[opened.session] = ReceiveSession(
+                    self, opened, opened.address, send_for(opened.address), transport)
+            else:  # forgotten to make room
+                evicted = self.sessions.get(event.core.session)
+                if evicted is not None and evicted.core is event.core:
+                    evicted.close()
+        for reply, to in routes.datagrams_to_send():
+            send_for(to)([reply])
+        return self.sessions.get(core.session) if core is not None else None
 
     def logged_in(self, session: ReceiveSession) -> bool:
-        """``session`` has logged in: False if it must be refused for now (MAX_SESSIONS
-        transfers are being received)."""
-        others = len(self.sessions) - len(self._unauthenticated) - (
-            session.core.session not in self._unauthenticated)  # logged in, but this one
-        if others >= MAX_SESSIONS:
-            return False
-        self._forget_unauthenticated(session)
-        return True
+        return self.routes.logged_in(session.core)
 
     def forget(self, session: ReceiveSession) -> None:
-        """``session`` is closed."""
         if self.sessions.get(session.core.session) is session:
             del self.sessions[session.core.session]
-        self._forget_unauthenticated(session)
-
-    def _forget_unauthenticated(self, session: ReceiveSession) -> None:
-        if self._unauthenticated.get(session.core.session) is session:
-            del self._unauthenticated[session.core.session]
-            host = session.address[0]
-            self._unauthenticated_from[host] -= 1
-            if not self._unauthenticated_from[host]:
-                del self._unauthenticated_from[host]
-
-    def _tell_unknown(self, session_id: int, address: tuple[str, int],
-                      send_for: Callable[[tuple[str, int]], SendFunc], now: float) -> None:
-        """Tell a sender its session is gone (we restarted), at most 10 times a second
-        per address, so that it starts a new one, which resumes."""
-        if now - self._told.get(address, 0.0) < 0.1:
-            return
-        if len(self._told) > 10_000:
-            self._told.clear()
-        self._told[address] = now
-        send_for(address)([encode_error(session_id, Kind.ERROR, "unknown session",
-                                        ERROR_UNKNOWN_SESSION)])
+        self.routes.forget(session.core)
 
     def _apply_backpressure(self) -> None:
         queued = sum(s.queued_bytes for s in self.sessions.values())
@@ -276,10 +192,7 @@ class DataEndpoint:
             self.start()
 
     def stats(self) -> dict[str, Any]:
-        return {"activeSessions": len(self.sessions) - len(self._unauthenticated),
-                "unauthenticatedSessions": len(self._unauthenticated),
-                "unauthenticatedSessionsEvicted": self.evicted,
-                "datagramsDropped": dict(self.dropped)}
+        return self.routes.stats()
 
 
 class StreamWatch(Protocol):
@@ -362,7 +275,7 @@ class DataStream(asyncio.Protocol):
             if len(buffer) < len(TCP_PREFACE):
                 return
             if buffer[:len(TCP_PREFACE)] != TCP_PREFACE:
-                self.endpoint.dropped["garbage"] += 1
+                self.endpoint.routes.dropped["garbage"] += 1
                 self.transport.close()
                 return
             del buffer[:len(TCP_PREFACE)]
@@ -376,7 +289,7 @@ class DataStream(asyncio.Protocol):
                 break
             size = FRAME.unpack_from(buffer, offset)[0]
             if size > (MAX_DATAGRAM if self.authenticated else MAX_UNAUTHENTICATED_FRAME):
-                self.endpoint.dropped["garbage"] += 1
+                self.endpoint.routes.dropped["garbage"] += 1
                 self.transport.close()
                 return
             if len(buffer) - offset - FRAME.size < size:

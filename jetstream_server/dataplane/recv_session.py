@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -18,9 +17,7 @@ from ..core.netaddr import plain_host
 from ..core.receives import ReceiveRecord
 from ..core.throttle import LoginThrottle
 from ..errors import DiskError
-from ..protocol.layout import MAX_BLOCKS, Layout
-from ..protocol.metadata import Metadata, decode_metadata
-from ..protocol.ranges import RangeSet
+from ..protocol.metadata import Metadata
 from ..protocol.receiver import (
     Checkpoint,
     Closed,
@@ -29,7 +26,7 @@ from ..protocol.receiver import (
     ReceiverCore,
     RecvPhase,
 )
-from ..protocol.wire import ERROR_BUSY, VERSION
+from ..protocol.wire import ERROR_BUSY
 from .sink import FileSink
 
 __all__ = ["MAX_QUEUED_WRITE_BYTES", "ReceiveHost", "ReceiveSession", "SendFunc",
@@ -163,7 +160,7 @@ class ReceiveSession:
         while core.events:
             event = core.events.popleft()
             if isinstance(event, MetadataReady):
-                self.host.spawn(self._prepare(event.metadata))
+                self.host.spawn(self._prepare(event))
             elif isinstance(event, FileReady):
                 self._commit(event)
             elif isinstance(event, Closed):
@@ -312,56 +309,37 @@ class ReceiveSession:
 
     # -- metadata, commits, checkpoints ---------------------------------------------------
 
-    async def _prepare(self, raw: bytes) -> None:
-        """Take the metadata (a task of its own: nothing it raises may leave the sender
-        without an answer)."""
+    async def _prepare(self, ready: MetadataReady) -> None:
+        """Prepare the files the metadata describes (a task of its own: nothing it raises
+        may leave the sender without an answer)."""
         try:
-            await self._take_metadata(raw)
+            await self._prepare_files(ready)
         except Exception:
             log.exception("receive %s: the metadata could not be taken", self.transfer_id)
             self.core.fail("The receiving server could not take the transfer's metadata "
                            "(an internal error: its log has the details).")
             self.step(time.monotonic())
 
-    async def _take_metadata(self, raw: bytes) -> None:
-        core, record = self.core, self.record
+    async def _prepare_files(self, ready: MetadataReady) -> None:
+        """The disk work of the core's decisions: an earlier session paused, the record
+        updated, the folders made and the paths checked, the kept files found."""
+        core, record, meta, layout = self.core, self.record, ready.metadata, ready.layout
         assert core.user is not None and record is not None
-        try:
-            meta = decode_metadata(raw)
-            if meta.transfer_id != self.transfer_id:
-                raise ValueError("transfer metadata does not match the handshake")
-            layout = Layout(core.hello.block_size, len(raw), meta.sizes)
-            if layout.total_blocks >= MAX_BLOCKS:
-                raise ValueError(f"it needs {MAX_BLOCKS} blocks or more")
-        except ValueError as exc:
-            core.fail(f"The sender's transfer metadata was refused: {exc}.")
-            self.step(time.monotonic())
-            return
         self.meta = meta
         self.checkpoint_s = float(meta.checkpoint_s or DEFAULT_CHECKPOINT_S)
-        # a checkpoint counts blocks and keeps file digests: it is kept only for the same
-        # metadata, block size and protocol version (version 1 digests were SHA-256)
-        digest = hashlib.sha256(raw + core.hello.block_size.to_bytes(4, "big") +
-                                bytes([VERSION])).hexdigest()
         earlier = self.endpoint.session_of(self.transfer_id, other_than=self)
         if earlier is not None:  # the sender started over: take the earlier one's place
             await earlier.pause("replaced by a new session of the same transfer")
-        resume = record.checkpoint if record.meta_digest == digest else None
-        record.meta_digest = digest
+        resume = record.checkpoint if record.meta_digest == ready.resume_key else None
+        record.meta_digest = ready.resume_key
         record.destination_path = meta.destination_path
         record.total_size = meta.total_size
         record.total_files = sum(1 for f in meta.files if f.size is not None)
         record.input_files = [f.path for f in meta.files if f.size is not None]
         record.user_data = meta.user_data
-        root = self.host.sandbox_root(core.user)
-        keep: set[int] = set()  # files with data on disk from an earlier session
-        if resume is not None:
-            kept = RangeSet()
-            for start, end in resume.ranges:
-                kept.add_range(start, end)
-            keep = {f for f in layout.files
-                    if f not in resume.committed and kept.count_in(*layout.file_range(f))}
-        self.sink = sink = FileSink(root, meta, self.transfer_id, keep)
+        keep = resume.partly_received(layout) if resume is not None else set()
+        self.sink = sink = FileSink(self.host.sandbox_root(core.user), meta, self.transfer_id,
+                                    keep)
         try:
             paths = await self._run(sink.prepare)
         except Exception as exc:
@@ -369,17 +347,16 @@ class ReceiveSession:
             return
         record.output_files = [p for p, f in zip(paths, meta.files, strict=True)
                                if f.size is not None]
-        if resume is not None and sink.lost:  # (put in place after the last checkpoint)
-            resume = resume.without(layout, sink.lost)
         if resume is not None:
-            log.info("transfer %s resumes: %d blocks and %d files kept", self.transfer_id,
-                     sum(e - s for s, e in resume.ranges), len(resume.committed))
+            log.info("transfer %s resumes: %d blocks and %d files kept (%d gone)",
+                     self.transfer_id, sum(e - s for s, e in resume.ranges),
+                     len(resume.committed), len(sink.lost))
         if not record.announced:
             record.announced = True
-            self.host.fire("recv.transferStarted", record.transfer_id,
-                                       record.user, stdin=_trigger_json(record))
+            self.host.fire("recv.transferStarted", record.transfer_id, record.user,
+                           stdin=_trigger_json(record))
         self._save_record()
-        core.metadata_accepted(layout, resume)
+        core.metadata_accepted(layout, resume, sink.lost)
         self._next_checkpoint = time.monotonic() + self.checkpoint_s
         self.step(time.monotonic())
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import socket
 import time
 from collections.abc import Coroutine
@@ -26,27 +25,19 @@ from ..core.lifecycle import CONNECTION, ConnectionState, TransferStatus
 from ..core.netaddr import is_loopback
 from ..core.objects import Destination, Manifest, Transfer
 from ..core.scheduler import Scheduler
-from ..errors import Garbage
 from ..protocol.auth import derive_verifier
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
 from ..protocol.metadata import FileEntry, Metadata, encode_metadata
-from ..protocol.sender import SenderCore, SendPhase
+from ..protocol.sender import SenderCore, SendPhase, WarmUpCore
 from ..protocol.wire import (
-    CLOSE_FINAL,
     DATA_OVERHEAD,
     FRAME,
-    HEADER,
     MAX_DATAGRAM,
     TCP_PREFACE,
     Challenge,
     Hello,
-    Kind,
-    decode_challenge,
-    encode_error,
     encode_frames,
-    encode_hello,
     new_session_id,
-    parse_header,
 )
 from .source import FileSource
 from .udpio import GsoSender
@@ -64,8 +55,6 @@ MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1200, 8960
 #: Retry after network trouble: 1 s, doubling up to 30 s.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
-#: The warm-up's HELLO is sent at most this many times, this long apart.
-WARM_UP_TRIES, WARM_UP_WAIT_S = 3, 1.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
 _IP_MTU, _IPV6_MTU = 14, 24  # from <linux/in.h>, <linux/in6.h>; Python does not name them
 
@@ -157,37 +146,34 @@ class SendingPlane:
             self.host.spawn(self._warm_up(destination))
 
     async def _warm_up(self, destination: Destination) -> None:
-        """Ask the destination for its password challenge (a HELLO on a session of its
-        own, closed once answered) and derive the verifier (scrypt, ~0.1 s of CPU) in a
-        worker thread, so that the first transfer there does not wait for it. Nothing
-        is reported when this fails: the first transfer then derives it itself."""
+        """Ask the destination for its password challenge (see WarmUpCore) and derive the
+        verifier (scrypt, ~0.1 s of CPU) in a worker thread, so that the first transfer
+        there does not wait for it. Nothing is reported when this fails: the first
+        transfer then derives it itself."""
         loop = asyncio.get_running_loop()
-        session = new_session_id()
-        hello = encode_hello(session, Hello(secrets.token_bytes(16), UDP_BLOCK_SIZE, 1, 1,
-                                            destination.remote_user or ""))
-        challenge: Challenge | None = None
+        core = WarmUpCore(destination.remote_user or "", UDP_BLOCK_SIZE, time.monotonic())
         with socket.socket(_family(destination.ip), socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             try:
                 await loop.sock_connect(sock, (destination.ip, destination.port))
-                for _ in range(WARM_UP_TRIES):
-                    await loop.sock_sendall(sock, hello)
+                while True:
+                    for datagram in core.datagrams_to_send(time.monotonic()):
+                        await loop.sock_sendall(sock, datagram)
+                    timer = core.get_timer()
+                    if timer is None:
+                        break
                     try:
                         data = await asyncio.wait_for(loop.sock_recv(sock, MAX_DATAGRAM),
-                                                      WARM_UP_WAIT_S)
+                                                      max(timer - time.monotonic(), 0.0))
                     except TimeoutError:
+                        core.handle_timer(time.monotonic())
                         continue
-                    kind, answered = parse_header(data)
-                    if answered == session and kind is Kind.CHALLENGE:
-                        challenge = decode_challenge(memoryview(data)[HEADER.size:])
-                        await loop.sock_sendall(sock, encode_error(
-                            session, Kind.CLOSE, "verifier derived", CLOSE_FINAL))
-                    break
-            except (OSError, Garbage):
+                    core.receive_datagram(data, time.monotonic())
+            except OSError:
                 return
-        if challenge is not None:
+        if core.challenge is not None:
             try:
-                await loop.run_in_executor(None, self.verifier, destination, challenge)
+                await loop.run_in_executor(None, self.verifier, destination, core.challenge)
             except (ValueError, OverflowError, MemoryError):  # parameters scrypt refuses
                 pass  # (the transfer will say so)
 

@@ -16,6 +16,7 @@ throttle) lets it; until then the session waits, with a timer.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from enum import Enum
 from typing import Protocol
 
 from ..errors import Garbage
-from .layout import DIGEST, Layout
+from .layout import DIGEST, MAX_BLOCKS, Layout
+from .metadata import Metadata, decode_metadata
 from .ranges import RangeSet
 from .wire import (
     ACK_COMPLETE,
@@ -35,6 +37,7 @@ from .wire import (
     ERROR_REFUSED,
     MAX_ACK_RANGES,
     TS_MASK,
+    VERSION,
     Ack,
     Challenge,
     Hello,
@@ -94,7 +97,14 @@ class RecvPhase(Enum):
 
 @dataclass(frozen=True)
 class MetadataReady:
-    metadata: bytes
+    """The metadata is complete, decoded and checked: the adapter prepares the files
+    (and may resume an earlier session), then calls :meth:`ReceiverCore.metadata_accepted`."""
+
+    metadata: Metadata
+    layout: Layout
+    #: names this very transfer (its metadata, block size and protocol version): an
+    #: earlier session's checkpoint is resumed only under the same key
+    resume_key: str
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,15 @@ class Checkpoint:
     digests: dict[int, tuple[bytes, int]]
     committed: set[int]
 
+    def partly_received(self, layout: Layout) -> set[int]:
+        """The files this checkpoint holds some data of, not yet in place: their
+        temporary files are kept and reopened, not truncated."""
+        kept = RangeSet()
+        for start, end in self.ranges:
+            kept.add_range(start, end)
+        return {f for f in layout.files
+                if f not in self.committed and kept.count_in(*layout.file_range(f))}
+
     def without(self, layout: Layout, files: set[int]) -> Checkpoint:
         """This checkpoint with nothing of ``files`` kept (their data is gone)."""
         cuts = sorted(layout.file_range(f) for f in files)
@@ -139,10 +158,10 @@ class Checkpoint:
 
 
 class ReceiverCore:
-    """One incoming session: ``peer`` is the sender's address (for the login throttle)."""
+    """One incoming session; ``address`` is where its datagrams come from."""
 
     def __init__(self, session: int, hello: Hello, authorizer: Authorizer,
-                 now: float, peer: str = "") -> None:
+                 now: float, address: tuple[str, int] = ("", 0)) -> None:
         if not MIN_BLOCK <= hello.block_size <= MAX_BLOCK:
             raise Garbage("block size out of range")
         if not 0 < hello.meta_size <= MAX_METADATA_BYTES or \
@@ -151,7 +170,9 @@ class ReceiverCore:
         self.session = session
         self.hello = hello
         self.authorizer = authorizer
-        self.peer = peer
+        self.address = address
+        #: the sender's host, as the login throttle counts it
+        self.peer = address[0]
         self.user: str | None = None
         self.error: str | None = None
         self.layout: Layout | None = None
@@ -203,10 +224,14 @@ class ReceiverCore:
         self._error_code = code
         self._control.append(encode_error(self.session, Kind.ERROR, message, code))
 
-    def metadata_accepted(self, layout: Layout, resume: Checkpoint | None = None) -> None:
-        """The metadata is accepted; ``resume``: what an earlier session left on disk."""
+    def metadata_accepted(self, layout: Layout, resume: Checkpoint | None = None,
+                          lost: set[int] | None = None) -> None:
+        """The files are ready; ``resume``: what an earlier session left on disk, but for
+        the files in ``lost`` (whose temporary files are gone: received again)."""
         if self.phase is not RecvPhase.PREPARING:
             return
+        if resume is not None and lost:
+            resume = resume.without(layout, lost)
         self.layout = layout
         self.phase = RecvPhase.DATA
         self._ack_now = True
@@ -370,9 +395,28 @@ class ReceiverCore:
         self._metadata[block] = bytes(payload)
         count = self.hello.meta_blocks
         if self.phase is RecvPhase.METADATA and self.received.first_missing(0) >= count:
-            self.phase = RecvPhase.PREPARING
             parts, self._metadata = self._metadata, {}
-            self.events.append(MetadataReady(b"".join(parts[i] for i in range(count))))
+            self._take_metadata(b"".join(parts[i] for i in range(count)))
+
+    def _take_metadata(self, raw: bytes) -> None:
+        """Decode and check the complete metadata: the files to prepare, or a refusal."""
+        hello = self.hello
+        try:
+            meta = decode_metadata(raw)
+            if meta.transfer_id != hello.transfer_id.hex():
+                raise ValueError("transfer metadata does not match the handshake")
+            layout = Layout(hello.block_size, len(raw), meta.sizes)
+            if layout.total_blocks >= MAX_BLOCKS:
+                raise ValueError(f"it needs {MAX_BLOCKS} blocks or more")
+        except ValueError as exc:
+            self.fail(f"The sender's transfer metadata was refused: {exc}.")
+            return
+        self.phase = RecvPhase.PREPARING
+        # (a checkpoint counts blocks and keeps file digests: valid only for the same
+        # metadata, block size and protocol version)
+        key = hashlib.sha256(raw + hello.block_size.to_bytes(4, "big") +
+                             bytes([VERSION])).hexdigest()
+        self.events.append(MetadataReady(meta, layout, key))
 
     def _file_block(self, block: int, payload: memoryview, layout: Layout) -> None:
         if block >= layout.total_blocks:

@@ -13,6 +13,7 @@ ACK that says every file is verified and in place.
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict, deque
 from enum import Enum
 from typing import Protocol
@@ -46,11 +47,13 @@ from .wire import (
     encode_error,
     encode_hello,
     first_byte,
+    new_session_id,
     parse_header,
     seal,
 )
 
-__all__ = ["BlockSource", "SendPhase", "SenderCore"]
+__all__ = ["WARM_UP_TRIES", "WARM_UP_WAIT_S", "BlockSource", "SendPhase", "SenderCore",
+           "WarmUpCore"]
 
 _DATA_FIRST_BYTE = first_byte(Kind.DATA)
 
@@ -448,3 +451,60 @@ class SenderCore:
                 self.lost.appendleft(block)
                 self._pto_count += 1
                 self._last_ack_s = now
+
+
+#: The warm-up's HELLO is sent at most this many times, this long apart.
+WARM_UP_TRIES, WARM_UP_WAIT_S = 3, 1.0
+
+
+class WarmUpCore:
+    """Fetch a destination's password challenge without starting a transfer, sans-I/O: a
+    HELLO of a throwaway session (metadata of one byte, never sent), repeated up to
+    ``tries`` times ``wait_s`` apart until the destination answers; a CHALLENGE is kept in
+    :attr:`challenge` and the session closed at once (the receiver makes no record of it
+    and runs no trigger). :attr:`finished` once answered, or the tries are spent."""
+
+    def __init__(self, user: str, block_size: int, now: float, tries: int = WARM_UP_TRIES,
+                 wait_s: float = WARM_UP_WAIT_S) -> None:
+        self.session = new_session_id()
+        self.challenge: Challenge | None = None
+        self.finished = False
+        self._hello = encode_hello(self.session, Hello(secrets.token_bytes(16), block_size,
+                                                       1, 1, user))
+        self._out = [self._hello]
+        self._tries_left = tries - 1
+        self._wait_s = wait_s
+        self._next_s = now + wait_s
+
+    def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
+        try:
+            kind, session = parse_header(data)
+        except Garbage:
+            return
+        if session != self.session or self.finished:
+            return
+        if kind is Kind.CHALLENGE:
+            try:
+                self.challenge = decode_challenge(memoryview(data)[HEADER.size:])
+            except Garbage:
+                pass
+            self._out.append(encode_error(self.session, Kind.CLOSE, "verifier derived",
+                                          CLOSE_FINAL))
+        self.finished = True  # (an ERROR is an answer too: there is nothing to derive)
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        return None if self.finished else self._next_s
+
+    def handle_timer(self, now: float) -> None:
+        if self.finished or now < self._next_s:
+            return
+        if self._tries_left <= 0:
+            self.finished = True
+            return
+        self._tries_left -= 1
+        self._out.append(self._hello)
+        self._next_s = now + self._wait_s
