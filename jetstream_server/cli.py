@@ -30,6 +30,7 @@ from .core.users import (
     write_users_file,
 )
 from .errors import ConfigError
+from .protocol.wire import DEFAULT_PORT
 from .sdnotify import notify, watchdog
 
 if TYPE_CHECKING:
@@ -300,7 +301,7 @@ class _ApiCommand(click.Command):
                                          "allow_interspersed_args": False})
 @click.option("--host", default="localhost", envvar="JETSTREAM_API_HOST", show_default=True,
               help="Server to connect to.")
-@click.option("--api-control-port", "port", type=int, default=8886,
+@click.option("--api-control-port", "port", type=int, default=DEFAULT_PORT,
               envvar="JETSTREAM_API_CONTROL_PORT", show_default=True,
               help="Its control API port.")
 @click.option("--user", default=None, envvar="JETSTREAM_API_USER",

@@ -29,10 +29,10 @@ import orjson
 
 from .errors import CommandFailed, ConnectionFailed
 from .protocol.lines import MAX_LINE_BYTES
+from .protocol.wire import DEFAULT_PORT as DEFAULT_API_PORT
 
 __all__ = ["DEFAULT_API_PORT", "AsyncClient", "Client", "CommandFailed", "ConnectionFailed"]
 
-DEFAULT_API_PORT = 8886
 _T = TypeVar("_T")
 
 
@@ -73,6 +73,7 @@ class AsyncClient:
     @classmethod
     async def connect(cls, host: str = "localhost", port: int = DEFAULT_API_PORT,
                       timeout_s: float = 10.0) -> AsyncClient:
+        """Open a control connection to ``host``:``port``; ConnectionFailed if it cannot."""
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, limit=MAX_LINE_BYTES + 1), timeout_s)
@@ -127,6 +128,7 @@ class AsyncClient:
         return response.get("result")
 
     async def auth(self, user: str, password: str) -> Any:
+        """Log the connection in."""
         return await self.call("auth", user=user, password=password)
 
     async def wait_for_manifest(self, manifest_id: str, timeout_s: float = 60.0,
@@ -141,6 +143,7 @@ class AsyncClient:
                 await asyncio.sleep(poll_s)
 
     async def close(self) -> None:
+        """Close the connection."""
         self._writer.close()
         try:
             await self._writer.wait_closed()
@@ -171,6 +174,7 @@ class Client:
     @classmethod
     def connect(cls, host: str = "localhost", port: int = DEFAULT_API_PORT,
                 timeout_s: float = 10.0) -> Client:
+        """Open a control connection on a private event loop in a thread."""
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="jetstream-client",
                                   daemon=True)
@@ -189,18 +193,23 @@ class Client:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def call(self, name: str, **parameters: Any) -> Any:
+        """Run a command and return its result; CommandFailed on failure."""
         return self._run(self._inner.call(name, **parameters))
 
     def request(self, name: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one request and return the whole response."""
         return self._run(self._inner.request(name, parameters))
 
     def auth(self, user: str, password: str) -> Any:
+        """Log the connection in."""
         return self.call("auth", user=user, password=password)
 
     def wait_for_manifest(self, manifest_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Poll until the manifest is no longer pending; return it."""
         return self._run(self._inner.wait_for_manifest(manifest_id, timeout_s))
 
     def close(self) -> None:
+        """Close the connection and stop the private loop."""
         if self._loop.is_closed():
             return
         self._run(self._inner.close())

@@ -16,15 +16,15 @@ from ..core.objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer, ch
 from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts
 from ..errors import InvalidParameter, InvalidState, ManifestError, quoted
 from ..protocol.layout import MAX_BLOCKS, Layout
+from ..protocol.metadata import DEFAULT_CHECKPOINT_S
+from ..protocol.wire import DEFAULT_PORT
 from .context import Call
 from .registry import Command, Param, Registry
 
-__all__ = ["DEFAULT_CHECKPOINT_FREQUENCY_S", "DEFAULT_DATA_PORT", "register"]
+__all__ = ["register"]
 
 log = logging.getLogger("jetstream.send")
 
-DEFAULT_DATA_PORT = 8886
-DEFAULT_CHECKPOINT_FREQUENCY_S = 30
 #: Highest accepted sendRateMax: 100 Gbit/s, in kbit/s.
 MAX_RATE_KBPS = 100_000_000
 TRANSPORTS = ("udp", "tcp")
@@ -59,7 +59,7 @@ def parse_address(address: str) -> tuple[str, int]:
         raise InvalidParameter(f"destinationAddress {quoted(address)} is not a host name or "
                                f"address: {problem}.")
     if not port_text:
-        return host, DEFAULT_DATA_PORT
+        return host, DEFAULT_PORT
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise InvalidParameter(f"Port in destinationAddress {quoted(address)} must be "
                                "1-65535.")
@@ -306,7 +306,7 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         destination_id=destination.id, manifest_id=manifest.id,
         destination_path=destination_path, priority=priority,
         send_rate_max_kbps=None if p["sendRateMax"] is None else _rate(p["sendRateMax"]),
-        checkpoint_frequency_s=checkpoint or DEFAULT_CHECKPOINT_FREQUENCY_S,
+        checkpoint_frequency_s=checkpoint or DEFAULT_CHECKPOINT_S,
         data_transport=transport,
         total_bytes=manifest.total_size or 0, total_files=manifest.total_files or 0,
         block_size=block_size, total_blocks=layout.total_blocks,

@@ -28,6 +28,7 @@ _NONCE_BYTES = 12
 
 
 class SecretBox:
+    """Seals and opens stored secrets with AES-256-GCM under one key."""
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
 

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..protocol.wire import DEFAULT_PORT
 
 __all__ = ["SETTINGS", "Setting", "Settings", "default_home", "load_settings"]
 
 
 @dataclass(frozen=True)
 class Setting:
+    """One server setting: its flag, environment variable, TOML key and help."""
     name: str  # the flag without "--"
     kind: type  # str, int, bool, Path or list
     help: str
@@ -31,19 +33,22 @@ class Setting:
 
     @property
     def attr(self) -> str:
+        """Its attribute name in :class:`Settings`."""
         return self.name.replace("-", "_")
 
     @property
     def envvar(self) -> str:
+        """The environment variable that sets it."""
         return "JETSTREAM_" + self.name.upper().replace("-", "_")
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("api-host", str, "Address the control API listens on (default: all interfaces)."),
-    Setting("api-port", int, "TCP port of the control API (default 8886; 0 picks one)."),
+    Setting("api-port", int, f"TCP port of the control API (default {DEFAULT_PORT}; 0 picks "
+                             "one)."),
     Setting("api-allow-remote-control", bool,
             "Accept API connections from addresses other than loopback."),
-    Setting("recv-port", int, "Data port, UDP and TCP (default 8886; 0 picks one)."),
+    Setting("recv-port", int, f"Data port, UDP and TCP (default {DEFAULT_PORT}; 0 picks one)."),
     Setting("recv-allow-anonymous", bool,
             "Accept incoming transfers without credentials, as user 'anonymous'."),
     Setting("udp-offload", bool,
@@ -73,6 +78,8 @@ _BY_KEY = {s.name: s for s in SETTINGS} | {s.attr: s for s in SETTINGS}
 
 
 def default_home() -> Path:
+    """Where the server keeps its files by default (``$JETSTREAM_HOME``, XDG,
+    ~/.local/share)."""
     env = os.environ.get("JETSTREAM_HOME")
     if env:
         return Path(env)
@@ -82,10 +89,11 @@ def default_home() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every server setting, merged from flags, environment, TOML and defaults."""
     api_host: str | None = None
-    api_port: int = 8886
+    api_port: int = DEFAULT_PORT
     api_allow_remote_control: bool = False
-    recv_port: int = 8886
+    recv_port: int = DEFAULT_PORT
     recv_allow_anonymous: bool = False
     udp_offload: bool = True
     users_file: Path = field(default_factory=lambda: default_home() / "users")

@@ -28,6 +28,7 @@ __all__ = ["ConnectionGuard", "ConnectionLimits", "Tracked"]
 
 @dataclass(frozen=True)
 class ConnectionLimits:
+    """The limits a ConnectionGuard keeps (see the module's docstring)."""
     max_total: int = 1024
     max_per_address: int = 128
     max_unauthenticated: int = 256
@@ -61,10 +62,12 @@ class Tracked:
         self.authenticated = self.authenticated or authenticated
 
     def lost(self) -> None:
+        """The connection is gone."""
         self.on_lost()
 
 
 class ConnectionGuard:
+    """Every TCP connection from accept to close, and the limits on them."""
     def __init__(self, limits: ConnectionLimits | None = None) -> None:
         self.limits = limits or ConnectionLimits()
         self._all: OrderedDict[int, Tracked] = OrderedDict()  # oldest first

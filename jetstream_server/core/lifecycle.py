@@ -56,6 +56,7 @@ class Lifecycle(Generic[S]):
 
 
 class TransferStatus(StrEnum):
+    """A sending transfer's status."""
     PENDING = "pending"
     SENDING = "sending"
     SUSPENDED = "suspended"
@@ -65,6 +66,7 @@ class TransferStatus(StrEnum):
 
     @property
     def ended(self) -> bool:
+        """Complete, cancelled or failed."""
         return self in _ENDED
 
 
@@ -90,6 +92,7 @@ TRANSFER: Lifecycle[TransferStatus] = Lifecycle("transfer", {
 
 
 class ReceiveStatus(StrEnum):
+    """An incoming transfer's status."""
     RECEIVING = "receiving"
     COMPLETE = "complete"
     ERROR = "error"
@@ -108,6 +111,7 @@ RECEIVE: Lifecycle[ReceiveStatus] = Lifecycle("incoming transfer", {
 
 
 class ManifestStatus(StrEnum):
+    """A manifest's status."""
     PENDING = "pending"
     COMPLETE = "complete"
     ERROR = "error"
@@ -120,6 +124,7 @@ MANIFEST: Lifecycle[ManifestStatus] = Lifecycle("manifest", {
 
 
 class RequestStatus(StrEnum):
+    """A queued request's status."""
     PENDING = "pending"
     SUCCESS = "success"
     ERROR = "error"

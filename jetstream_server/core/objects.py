@@ -40,6 +40,7 @@ class Owned:
 
 @dataclass
 class Destination(Owned):
+    """A server to send to, with the credentials for it and the state of its connection."""
     address: str  # as given: host or host:port
     host: str
     ip: str
@@ -66,6 +67,7 @@ class Destination(Owned):
             other.remote_user, other.remote_password)
 
     def to_api(self, queued: int) -> dict[str, Any]:
+        """The Destination structure (no stored secret ever appears)."""
         return {
             "destinationId": self.id,
             "destinationAddress": self.address,
@@ -96,6 +98,7 @@ class Destination(Owned):
 
 @dataclass(frozen=True)
 class FileMapping:
+    """One entry of a manifest: a source path, where it goes, and what it is."""
     src_path: str  # as the user named it (inside the sender's sandbox, if any)
     dest_path: str
     file_size: int
@@ -104,6 +107,7 @@ class FileMapping:
     modification_time_us: int
 
     def to_api(self) -> dict[str, Any]:
+        """The structure of one entry of getManifestFiles."""
         return {
             "srcPath": self.src_path,
             "destPath": self.dest_path,
@@ -116,6 +120,7 @@ class FileMapping:
 
 @dataclass
 class Manifest(Owned):
+    """A list of files to send, built in the background."""
     status: ManifestStatus = ManifestStatus.PENDING
     error_message: str | None = None
     files: list[FileMapping] = field(default_factory=list)
@@ -124,12 +129,14 @@ class Manifest(Owned):
 
     @property
     def total_files(self) -> int | None:
+        """Files (empty folders not counted), once built."""
         if self.status is not ManifestStatus.COMPLETE:
             return None
         return sum(1 for f in self.files if not f.is_empty_dir)
 
     @property
     def total_size(self) -> int | None:
+        """Bytes of all files, once built."""
         if self.status is not ManifestStatus.COMPLETE:
             return None
         return sum(f.file_size for f in self.files)
@@ -140,6 +147,7 @@ class Manifest(Owned):
         return [None if f.is_empty_dir else f.file_size for f in self.files]
 
     def to_api(self) -> dict[str, Any]:
+        """The Manifest structure."""
         return {
             "manifestId": self.id,
             "status": self.status.value,
@@ -155,11 +163,13 @@ class Manifest(Owned):
         }
 
     def files_to_api(self) -> dict[str, Any]:
+        """The Manifest Files structure."""
         return {"manifestId": self.id, "fileMappings": [f.to_api() for f in self.files]}
 
 
 @dataclass
 class Transfer(Owned):
+    """A manifest queued for a destination, with its progress."""
     destination_id: str
     manifest_id: str
     destination_path: str | None
@@ -190,6 +200,8 @@ class Transfer(Owned):
     packets_recv: int = 0
 
     def to_api(self, effective_rate_kbps: int) -> dict[str, Any]:
+        """The Transfer structure (``effective_rate_kbps``: its own limit or its
+        destination's)."""
         return {
             "transferId": self.id,
             "destinationId": self.destination_id,

@@ -15,6 +15,7 @@ __all__ = ["LimitedLog"]
 
 
 class LimitedLog:
+    """A logger's warnings of one kind, at most ``burst`` per ``interval_s``."""
     def __init__(self, logger: logging.Logger, interval_s: float = 10.0, burst: int = 5
                  ) -> None:
         self.logger = logger
@@ -24,6 +25,7 @@ class LimitedLog:
         self._kinds: dict[str, tuple[float, int, int]] = {}
 
     def warning(self, kind: str, message: str, *args: object) -> None:
+        """Log a warning of ``kind`` unless too many went out lately."""
         now = time.monotonic()
         start, written, skipped = self._kinds.get(kind, (now, 0, 0))
         if now - start >= self.interval_s:

@@ -47,6 +47,7 @@ class ReceiveRecord:
     checkpoint: Checkpoint | None = None
 
     def to_api(self) -> dict[str, Any]:
+        """The Receive Transfer structure."""
         return {
             "transferId": self.transfer_id,
             "status": self.status,
@@ -71,6 +72,7 @@ class ReceiveRecord:
 
     def to_state(self) -> dict[str, Any]:
         # not asdict(), which copies every path of the file lists one by one
+        """The record as stored."""
         state = {f.name: getattr(self, f.name) for f in fields(self)}
         cp = self.checkpoint
         state["checkpoint"] = None if cp is None else {
@@ -82,6 +84,7 @@ class ReceiveRecord:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ReceiveRecord:
+        """The record stored by :meth:`to_state`."""
         cp = state.pop("checkpoint")
         record = cls(**{**state, "status": ReceiveStatus(state["status"])})
         if cp is not None:

@@ -23,6 +23,7 @@ __all__ = ["RequestBook", "RequestRecord"]
 
 @dataclass
 class RequestRecord:
+    """A queued request: who asked, what, and how it ended."""
     request_id: int
     owner: str | None
     command: str
@@ -34,12 +35,14 @@ class RequestRecord:
     finished_at: float | None = None
 
     def to_state(self) -> dict[str, Any]:
+        """The record as stored."""
         return {"request_id": self.request_id, "owner": self.owner, "command": self.command,
                 "status": self.status, "message": self.message, "result": self.result,
                 "code": self.code}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RequestRecord:
+        """The record stored by :meth:`to_state` (one that was running failed)."""
         record = cls(state["request_id"], state["owner"], state["command"])
         record.status, record.message = RequestStatus(state["status"]), state["message"]
         record.result, record.code = state["result"], state["code"]
@@ -52,6 +55,7 @@ class RequestRecord:
         return record
 
     def to_api(self) -> dict[str, Any]:
+        """What getRequestStatus answers."""
         return {
             "requestId": self.request_id,
             "command": self.command,
@@ -62,6 +66,7 @@ class RequestRecord:
 
 
 class RequestBook:
+    """The queued requests, their tasks and records (see the module's docstring)."""
     def __init__(self, keep_s: float = 3600.0, max_records: int = 10_000,
                  on_change: Callable[[RequestRecord], None] | None = None,
                  on_forget: Callable[[RequestRecord], None] | None = None) -> None:
@@ -75,6 +80,7 @@ class RequestBook:
 
     def submit(self, owner: str | None, command: str,
                run: Callable[[], Awaitable[tuple[str, Any]]]) -> RequestRecord:
+        """Queue ``run``; its record, at once. Raises Busy when the book is full."""
         self._expire()
         if len(self._records) >= self.max_records:
             raise Busy(f"Too many queued requests ({self.max_records}); try again later.")
@@ -112,11 +118,14 @@ class RequestBook:
             self.on_change(record)
 
     def restore(self, records: list[RequestRecord]) -> None:
+        """Take the records kept from before a restart."""
         for record in records:
             self._records[record.request_id] = record
         self._next_id = max([self._next_id, *(r.request_id + 1 for r in records)])
 
     def get(self, request_id: int, visible: Callable[[str | None], bool]) -> RequestRecord:
+        """The record of ``request_id`` if ``visible`` lets the session see it; NotFound
+        otherwise."""
         record = self._records.get(request_id)
         if record is None or not visible(record.owner):
             raise NotFound(f"No request with id {request_id} (records are kept for one hour).")
@@ -140,6 +149,7 @@ class RequestBook:
             self.on_forget(record)
 
     async def close(self) -> None:
+        """Cancel what still runs and wait for it."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -32,6 +32,7 @@ class DataPlane(Protocol):
     """What moves the bytes. ``start`` must not block; the rest act on a running flow."""
 
     def start(self, transfer: Transfer, destination: Destination, manifest: Manifest) -> None:
+        """Start moving ``transfer``'s data (must not block)."""
         ...
 
     def prepare(self, destination: Destination) -> None:
@@ -41,6 +42,7 @@ class DataPlane(Protocol):
         """Stop moving data (suspend, cancel, fail or delete); progress is kept."""
 
     def set_rate(self, transfer_id: str, rate_kbps: int) -> None:
+        """Change a running transfer's rate limit (kbit/s; 0: automatic)."""
         ...
 
     def block_size(self, transport: str, ip: str) -> int:
@@ -53,6 +55,8 @@ class DataPlane(Protocol):
 
 
 class Scheduler:
+    """The transfer queues of every destination, and what starts when (see the module's
+    docstring)."""
     def __init__(
         self,
         transfers: dict[str, Transfer],
@@ -87,12 +91,14 @@ class Scheduler:
         return self.data_plane.block_size(transport, ip)
 
     def effective_rate_kbps(self, transfer: Transfer) -> int:
+        """The transfer's rate limit: its own, else its destination's."""
         if transfer.send_rate_max_kbps is not None:
             return transfer.send_rate_max_kbps
         destination = self.destinations.get(transfer.destination_id)
         return destination.send_rate_max_kbps if destination else 0
 
     def enqueue(self, transfer: Transfer) -> None:
+        """Queue a new transfer (and start it if its destination is free)."""
         self._seq += 1
         transfer.queue_seq = self._seq
         transfer.queue_time_us = now_us()
@@ -113,6 +119,7 @@ class Scheduler:
         self._seq = max([self._seq, *(t.queue_seq for t in self.transfers.values())])
 
     def poke_all(self) -> None:
+        """Start what may start, for every destination."""
         for destination_id in list(self.destinations):
             self.poke(destination_id)
 
@@ -139,26 +146,32 @@ class Scheduler:
     # -- user actions -----------------------------------------------------------------
 
     def suspend(self, transfer: Transfer) -> None:
+        """Stop moving a transfer's data, keeping its progress."""
         self._stop(transfer, "suspend")
 
     def resume(self, transfer: Transfer) -> None:
+        """Put a suspended or failed transfer back in its queue."""
         self._move(transfer, "resume")
         transfer.error_message = transfer.end_time_us = None  # (it may have failed)
         self._changed(transfer)
         self.poke(transfer.destination_id)
 
     def cancel(self, transfer: Transfer) -> None:
+        """End a transfer for good."""
         self._stop(transfer, "cancel")
 
     def fail(self, transfer: Transfer, message: str) -> None:
+        """End a transfer in error with ``message``."""
         self._stop(transfer, "fail", message)
 
     def delete(self, transfer: Transfer) -> None:
+        """Cancel a transfer if unfinished, and forget it."""
         if not transfer.status.ended:
             self._stop(transfer, "cancel")
         del self.transfers[transfer.id]
 
     def set_rate(self, transfer: Transfer, rate_kbps: int) -> None:
+        """Change a transfer's rate limit, at once if it runs."""
         transfer.send_rate_max_kbps = rate_kbps
         if transfer.status is TransferStatus.SENDING and self.data_plane is not None:
             self.data_plane.set_rate(transfer.id, self.effective_rate_kbps(transfer))
@@ -185,6 +198,7 @@ class Scheduler:
             self._move(transfer, "requeue")
 
     def progress(self, transfer: Transfer) -> None:
+        """A transfer's counters changed (keep them)."""
         self._changed(transfer)
 
     # -- internals --------------------------------------------------------------------

@@ -78,14 +78,17 @@ class Session:
 
     @property
     def peer_text(self) -> str:
+        """The peer as ``host:port`` (``[v6]:port``)."""
         host, port = self.peer
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def can_see(self, owner: str | None) -> bool:
+        """Whether the session may see and change what ``owner`` owns."""
         return self.raised or (owner is not None and owner == self.user)
 
 
 class Service:
+    """The control plane's model (see the module's docstring)."""
     def __init__(self, settings: Settings, users: UserStore, fire: Fire = _no_triggers
                  ) -> None:
         self.settings = settings
@@ -158,6 +161,7 @@ class Service:
     # -- objects ----------------------------------------------------------------------
 
     def sandbox_root(self, user: str) -> str:
+        """The folder ``user`` sees as ``/``."""
         return expand_sandbox(self.settings.sandbox_dir, user)
 
     def stored_hash(self, user: str) -> str | None:
@@ -165,6 +169,8 @@ class Service:
         return self.users.stored_hash(user)
 
     def find_object(self, session: Session, object_id: str) -> Owned:
+        """The destination, manifest or transfer of ``object_id`` the session may see;
+        NotFound otherwise."""
         for table in (self.destinations, self.manifests, self.transfers):
             obj = table.get(object_id)
             if obj is not None and session.can_see(obj.owner):
@@ -172,12 +178,15 @@ class Service:
         raise NotFound(f"No destination, manifest or transfer with id {object_id}.")
 
     def find_destination(self, session: Session, destination_id: str) -> Destination:
+        """The destination the session may see; NotFound otherwise."""
         return _visible(self.destinations, session, destination_id, "destination")
 
     def find_manifest(self, session: Session, manifest_id: str) -> Manifest:
+        """The manifest the session may see; NotFound otherwise."""
         return _visible(self.manifests, session, manifest_id, "manifest")
 
     def find_transfer(self, session: Session, transfer_id: str) -> Transfer:
+        """The transfer the session may see; NotFound otherwise."""
         return _visible(self.transfers, session, transfer_id, "transfer")
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -188,6 +197,7 @@ class Service:
         return task
 
     async def close(self) -> None:
+        """Cancel the background tasks and queued requests, flush and close the state."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -198,6 +208,7 @@ class Service:
     # -- persistence ------------------------------------------------------------------
 
     def save_destination(self, destination: Destination) -> None:
+        """Keep a destination (its password sealed), if destinations persist."""
         if not self.settings.persistent_destinations:
             return
         state = {f.name: getattr(destination, f.name) for f in fields(destination)
@@ -226,6 +237,7 @@ class Service:
             self.save_destination(destination)  # sealed from now on
 
     def save_transfer(self, transfer: Transfer) -> None:
+        """Keep a transfer and its manifest, if transfers persist."""
         if not self.settings.persistent_transfers or transfer.id not in self.transfers:
             return
         if transfer.manifest_id not in self._saved_manifests:
@@ -236,10 +248,12 @@ class Service:
         self.state.put("transfer", transfer.id, transfer)
 
     def save_receive(self, record: ReceiveRecord) -> None:
+        """Keep an incoming transfer's record, if transfers persist."""
         if self.settings.persistent_transfers:
             self.state.put("receive", record.transfer_id, record.to_state())
 
     def save_object(self, obj: Owned) -> None:
+        """Keep a changed destination, manifest or transfer."""
         if isinstance(obj, Destination):
             self.save_destination(obj)
         elif isinstance(obj, Transfer):
@@ -303,9 +317,11 @@ class Service:
 
     @property
     def gc_settings(self) -> dict[str, int]:
+        """The garbage collection settings (intervalSeconds, timeLimitSeconds)."""
         return dict(self._gc)
 
     def update_gc_settings(self, settings: dict[str, int]) -> dict[str, int]:
+        """Change them (stored), and start the interval again."""
         self._gc.update(settings)
         self.state.put_setting("gc", self._gc)
         if self._gc_wakeup is not None:
@@ -366,6 +382,7 @@ class Service:
     # -- server information -----------------------------------------------------------
 
     def server_info(self, session: Session) -> dict[str, Any]:
+        """The Server Information structure (with the configuration for a raised session)."""
         info: dict[str, Any] = {
             "allowRemoteControl": self.settings.api_allow_remote_control,
             "apiControlPort": self.api_port,

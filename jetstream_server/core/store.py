@@ -37,6 +37,7 @@ MIGRATIONS: dict[int, list[str]] = {
 
 
 class StateStore:
+    """The server's state in one SQLite file (see the module's docstring)."""
     def __init__(self, folder: Path) -> None:
         self.path = folder / "state.sqlite3"
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "jetstream-state")
@@ -70,12 +71,14 @@ class StateStore:
     # -- reads (at start) -----------------------------------------------------------------
 
     def load(self, kind: str) -> list[dict[str, Any]]:
+        """Every stored object of ``kind``, oldest first (at start)."""
         rows = self._executor.submit(
             lambda: self._db.execute("SELECT body FROM objects WHERE kind = ? ORDER BY rowid",
                                      (kind,)).fetchall()).result()
         return [orjson.loads(body) for (body,) in rows]
 
     def setting(self, key: str) -> Any:
+        """A stored setting, or None."""
         row = self._executor.submit(
             lambda: self._db.execute("SELECT value FROM settings WHERE key = ?",
                                      (key,)).fetchone()).result()
@@ -91,9 +94,11 @@ class StateStore:
                      (kind, object_id, data))
 
     def delete(self, kind: str, object_id: str) -> None:
+        """Remove a stored object (in order, off the event loop)."""
         self._submit("DELETE FROM objects WHERE kind = ? AND id = ?", (kind, object_id))
 
     def put_setting(self, key: str, value: Any) -> None:
+        """Store a setting (in order, off the event loop)."""
         self._submit("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
                      (key, orjson.dumps(value).decode()))
 

@@ -41,6 +41,7 @@ class _Key:
 
 
 class LoginThrottle:
+    """Failed logins per address and per name, and how long the next must wait."""
     def __init__(
         self,
         base_delay_s: float = 0.25,
@@ -73,6 +74,7 @@ class LoginThrottle:
         return True
 
     def leave(self, address: str, user: str) -> None:
+        """An attempt that :meth:`join` let in stops waiting (whatever happened)."""
         for name in _names(address, user):
             key = self._keys.get(name)
             if key is not None and key.waiting:

@@ -38,6 +38,7 @@ _HASH = re.compile(r"^\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A
 
 
 def check_user_name(name: str) -> str:
+    """``name`` if it may name a user; ValueError saying why not."""
     if not _NAME.match(name):
         raise ValueError(
             f"Invalid user name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-', "
@@ -47,6 +48,7 @@ def check_user_name(name: str) -> str:
 
 
 def hash_password(password: str) -> str:
+    """A new salted scrypt hash of ``password``, as the users file stores it."""
     salt = secrets.token_bytes(16)
     digest = derive_verifier(password, salt, _LOG2_N, _R, _P)
     return (f"$scrypt$ln={_LOG2_N},r={_R},p={_P}$"
@@ -167,6 +169,7 @@ class UserStore:
         return self._users.get(name)
 
     def names(self) -> list[str]:
+        """The users' names, sorted."""
         return sorted(self._users)
 
     def verify(self, name: str, password: str) -> bool:

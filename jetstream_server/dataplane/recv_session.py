@@ -17,7 +17,7 @@ from ..core.netaddr import plain_host
 from ..core.receives import ReceiveRecord
 from ..core.throttle import LoginThrottle
 from ..errors import DiskError
-from ..protocol.metadata import Metadata
+from ..protocol.metadata import DEFAULT_CHECKPOINT_S, Metadata
 from ..protocol.receiver import (
     Checkpoint,
     Closed,
@@ -41,7 +41,6 @@ MAX_QUEUED_WRITE_BYTES = 64 * 1024 * 1024
 #: waited, or at once before any other disk operation (commit, sync, close) is queued.
 WRITE_BATCH_BLOCKS = 64
 WRITE_DELAY_S = 0.002
-DEFAULT_CHECKPOINT_S = 30.0
 
 SendFunc = Callable[[list[bytes]], None]
 
@@ -111,7 +110,7 @@ class ReceiveSession:
         self.record: ReceiveRecord | None = None
         self.sink: FileSink | None = None
         self.meta: Metadata | None = None
-        self.checkpoint_s = DEFAULT_CHECKPOINT_S
+        self.checkpoint_s = float(DEFAULT_CHECKPOINT_S)
         self._next_checkpoint: float | None = None
         #: the disk writer's thread, made when the first disk operation is queued (a
         #: session that never logs in costs no thread)

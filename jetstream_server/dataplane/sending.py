@@ -27,7 +27,7 @@ from ..core.objects import Destination, Manifest, Transfer
 from ..core.scheduler import Scheduler
 from ..protocol.auth import derive_verifier
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
-from ..protocol.metadata import FileEntry, Metadata, encode_metadata
+from ..protocol.metadata import DEFAULT_CHECKPOINT_S, FileEntry, Metadata, encode_metadata
 from ..protocol.sender import SenderCore, SendPhase, WarmUpCore
 from ..protocol.wire import (
     DATA_OVERHEAD,
@@ -251,7 +251,8 @@ class SendSession:
         self._refused = 0
         #: stopping to resume later (server shutdown), not for good
         self.pausing = False
-        self._checkpoint_at = time.monotonic() + (transfer.checkpoint_frequency_s or 30)
+        self._checkpoint_at = time.monotonic() + (transfer.checkpoint_frequency_s or
+                                                  DEFAULT_CHECKPOINT_S)
         # counters of earlier sessions of this transfer
         self._base = (transfer.bytes_sent, transfer.bytes_recv, transfer.packets_sent,
                       transfer.packets_recv, transfer.blocks_sent,
@@ -363,7 +364,8 @@ class SendSession:
                 self._send([core.close_datagram(core.error or "failed", pause=core.retry)])
                 return core.error
             if now >= self._checkpoint_at:  # keep the counters for a restart
-                self._checkpoint_at = now + (self.transfer.checkpoint_frequency_s or 30)
+                self._checkpoint_at = now + (self.transfer.checkpoint_frequency_s or
+                                             DEFAULT_CHECKPOINT_S)
                 self.plane.host.save_transfer(self.transfer)
             if not self._pending:
                 while True:

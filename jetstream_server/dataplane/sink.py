@@ -42,7 +42,7 @@ def _allocate(fd: int, size: int) -> None:
     """Reserve the file's blocks up front: a full disk shows at once, not half way, and
     the file system lays the file out in one go. Only where the file system can do it
     without writing (fallocate(2)), and not for a small file (a few blocks, written at
-    once: the call would cost a tenth of its creation for nothing)."""
+    once: the call would cost more than it saves)."""
     if size < _ALLOCATE_FROM or _fallocate is None:
         return
     if _fallocate(fd, 0, 0, ctypes.c_int64(size)) != 0:

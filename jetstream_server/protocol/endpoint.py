@@ -55,6 +55,7 @@ class Evicted:
 
 
 class ReceiverEndpoint:
+    """The data port's sessions and their routing (see the module's docstring)."""
     def __init__(self, authorizer: Authorizer, max_sessions: int = MAX_SESSIONS,
                  max_unauthenticated: int = MAX_UNAUTHENTICATED,
                  max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS

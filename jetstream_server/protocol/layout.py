@@ -38,6 +38,7 @@ class Slot:
 
 
 class Layout:
+    """Where each block of a transfer lies: metadata, a file's data or its digest."""
     def __init__(self, block_size: int, meta_size: int, sizes: list[int | None]) -> None:
         """``sizes``: per manifest entry, the file size, or None for an empty directory."""
         if block_size <= 0:
@@ -68,6 +69,7 @@ class Layout:
         return first, first + self.data_blocks[index] + 1
 
     def locate(self, block: int) -> Slot:
+        """What ``block`` holds: whose bytes, at which offset, how many."""
         if not 0 <= block < self.total_blocks:
             raise IndexError(block)
         if block < self.meta_blocks:

@@ -121,10 +121,12 @@ def _decode_fields(obj: dict[str, Any], request_id: Any) -> Request:
 
 
 def success_response(request_id: Any, message: str, result: Any) -> dict[str, Any]:
+    """The response line of a command that succeeded."""
     return {"id": request_id, "status": "success", "message": message, "result": result}
 
 
 def error_response(request_id: Any, code: str, message: str) -> dict[str, Any]:
+    """The response line of a command that failed, with its stable code."""
     return {"id": request_id, "status": "error", "message": message, "result": None,
             "code": code}
 

@@ -13,6 +13,7 @@ __all__ = ["RangeSet"]
 
 
 class RangeSet:
+    """A set of integers (block numbers) kept as sorted, disjoint [start, end) ranges."""
     def __init__(self) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []
@@ -96,6 +97,7 @@ class RangeSet:
         return (end - start) - sum(e - s for s, e in self.missing(start, end))
 
     def ranges(self) -> list[tuple[int, int]]:
+        """The ranges, in order."""
         return list(zip(self._starts, self._ends, strict=True))
 
     def missing(self, start: int, end: int) -> list[tuple[int, int]]:

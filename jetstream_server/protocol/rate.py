@@ -4,35 +4,17 @@
 most ``burst_s`` worth of data (and at least one datagram), so a limited sender never
 exceeds its limit over any window longer than the burst.
 
-:class:`RateController` finds the rate automatically, in the manner of BBR: it measures the
-delivery rate at the receiver (bytes the receiver got, over the receiver's own clock) and
-the round-trip time, keeps the largest recent delivery rate as the bottleneck estimate,
-and paces at that estimate times a gain that cycles 1.25, 0.75, 1, 1, 1, 1, 1, 1 per
-round trip, so it probes for more room and then drains the queue it made; a probe ends
-early when the round trip shows a queue building (there was no room). Loss is not
-taken for congestion: a rising round trip is. While the round trip stays near its minimum
-(no queue is building at the bottleneck) a delivery-rate sample is divided by (1 - the
-random loss fraction), since the lost datagrams crossed the bottleneck too. That fraction
-is measured only over rounds in which, like the round before, no queue built up: losses
-from an overflowing queue come with a long round trip, so they are never taken for
-random ones, and samples taken while a queue builds count only what arrived. When a
-round with a queue loses more than 2% above the random loss, the bottleneck is shared
-with flows that filled the queue (TCP, other transfers): the estimate is cut by 15% and
-rebuilt from new samples, so a competing TCP flow is not starved. At most 1.5
-bottleneck-delay products are in flight; a sample taken while that window held the
-sender back may raise the estimate but not lower it.
-
-At start the gain is 2/ln 2 (the rate doubles every round, as in BBR, from 20 Mbit/s)
-until the estimate stops growing by 25% for three rounds, or for one round if the round
-trip has grown by a quarter plus 2 ms meanwhile (a queue is building: the bottleneck is
-full; on a short path with a small buffer, two more rounds would overflow it). A round
-of start-up that shows that queue before the estimate has stopped growing, and losses,
-is paced at the estimate for the rest of the round (the estimate lags the path by a
-sample's span; pushing on at 2.885 x it overflowed a 64 KiB buffer for the whole round
-on a 0 ms path). The queue alone is not enough: a busy receiver raises the round trip
-too, and holding back then slowed many small files on loopback. Losses in
-the first cycle after start-up are start-up's own overshoot, never taken for another
-flow's congestion.
+:class:`RateController` finds the rate in the manner of BBR: the bottleneck estimate is
+the largest recent delivery rate the receiver reports (over its own clock), and the
+sender paces at it times a gain that cycles 1.25, 0.75, 1, 1, 1, 1, 1, 1 per round trip
+(a probe ends early when the round trip shows a queue building). Start-up doubles the
+rate every round until the estimate stops growing (sooner, and holding for the rest of a
+round, when the round trip shows a queue while datagrams are lost). Loss is not taken for
+congestion, a rising round trip is: while the round trip stays near its minimum, a
+sample is divided by (1 - the random loss fraction); a round with a queue that loses more
+than that by 2% cuts the estimate by 15%, so a competing flow is not starved. At most
+1.5 bottleneck-delay products are in flight. Why each rule is there, and what it was
+measured to do: docs/protocol.md, "Pacing and rate control".
 """
 
 from __future__ import annotations
@@ -65,6 +47,7 @@ MAX_LOSS_COMPENSATED = 0.25
 
 
 class Pacer:
+    """A token bucket that spaces datagrams out at the pacing rate."""
     def __init__(self, rate_bps: float, burst_s: float = 0.003, min_burst_bytes: int = 1500,
                  now: float = 0.0) -> None:
         self.rate_bps = rate_bps
@@ -75,9 +58,11 @@ class Pacer:
 
     @property
     def burst_bytes(self) -> float:
+        """How many bytes may leave at once."""
         return max(self.rate_bps / 8 * self.burst_s, self.min_burst_bytes)
 
     def set_rate(self, rate_bps: float, now: float) -> None:
+        """Change the rate (the tokens earned so far are kept, up to a burst)."""
         self._refill(now)
         self.rate_bps = rate_bps
         self._tokens = min(self._tokens, self.burst_bytes)
@@ -89,10 +74,12 @@ class Pacer:
             self._last = now
 
     def allows(self, size: int, now: float) -> bool:
+        """Whether ``size`` bytes may leave at ``now``."""
         self._refill(now)
         return self._tokens >= size - 0.5
 
     def consume(self, size: int) -> None:
+        """Account for ``size`` bytes sent."""
         self._tokens -= size
 
     def next_time(self, size: float, now: float) -> float:
@@ -105,6 +92,8 @@ class Pacer:
 
 
 class RateController:
+    """The sender's rate control: the path's delivery rate and round trip, and the pacing
+    rate and window from them."""
     def __init__(self, initial_bps: float = 20e6, max_bps: float = 10e9,
                  min_bps: float = 256e3) -> None:
         self.max_bps = max_bps
@@ -132,9 +121,11 @@ class RateController:
 
     @property
     def round_s(self) -> float:
+        """The round trip the controller works with."""
         return max(self.min_rtt_s, 0.01)
 
     def on_rtt(self, rtt_s: float, now: float) -> None:
+        """A round-trip sample."""
         samples = self._rtt_samples  # a monotonic deque: rising RTTs
         while samples and samples[-1][1] >= rtt_s:
             samples.pop()
@@ -234,6 +225,7 @@ class RateController:
 
     @property
     def gain(self) -> float:
+        """The pacing gain of the current phase."""
         if self.startup:
             return 1.0 if self._holding else STARTUP_GAIN
         return _CYCLE[self._cycle]

@@ -86,6 +86,7 @@ class Authorizer(Protocol):
 
 
 class RecvPhase(Enum):
+    """Where a receiving session is: login, metadata, preparing, data, complete, or over."""
     CHALLENGED = "challenged"
     METADATA = "metadata"
     PREPARING = "preparing"
@@ -109,6 +110,7 @@ class MetadataReady:
 
 @dataclass(frozen=True)
 class FileReady:
+    """Every block of a file has arrived: the adapter verifies and commits it."""
     file: int
     digest: bytes
     size: int
@@ -116,6 +118,7 @@ class FileReady:
 
 @dataclass(frozen=True)
 class Closed:
+    """The sender ended the session, or went silent (``pause``: keep the data)."""
     reason: str
     pause: bool = False  # keep what was received for a later session
 
@@ -275,6 +278,7 @@ class ReceiverCore:
 
     @property
     def committed(self) -> int:
+        """How many files are verified and in place."""
         return len(self.committed_files)
 
     def file_committed(self, file: int) -> None:
@@ -449,6 +453,7 @@ class ReceiverCore:
     # -- outputs and time -------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
+        """The answers and acknowledgements to send now."""
         out, self._control = self._control, []
         if self.phase in (RecvPhase.METADATA, RecvPhase.PREPARING, RecvPhase.DATA,
                           RecvPhase.COMPLETE):
@@ -486,6 +491,7 @@ class ReceiverCore:
         return self.last_recv_s + IDLE_TIMEOUT_S
 
     def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` is due next, if ever."""
         if self.phase is RecvPhase.CLOSED:
             return None
         deadlines = [self._expires_at()]
@@ -496,6 +502,7 @@ class ReceiverCore:
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
+        """Act on time: forget a silent session, check a proof whose turn came."""
         if self.phase is RecvPhase.CLOSED:
             return
         if now >= self._expires_at():

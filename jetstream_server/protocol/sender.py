@@ -73,12 +73,14 @@ RELIABLE_WINDOW_BLOCKS = 65536
 
 
 class BlockSource(Protocol):
+    """Where a sender's file blocks come from (read ahead by the adapter)."""
     def block(self, slot: Slot) -> bytes | memoryview | None:
         """The payload of a file block or digest block; None when not read yet."""
         ...
 
 
 class SendPhase(Enum):
+    """Where a sending session is: handshake, login, metadata, data, done or failed."""
     HANDSHAKE = "handshake"
     NEED_PROOF = "need proof"
     AUTH_SENT = "auth sent"
@@ -95,6 +97,7 @@ _SENDING = (SendPhase.AUTH_SENT, SendPhase.METADATA, SendPhase.DATA)
 
 
 class SenderCore:
+    """The sending end of one transfer session (see the module's docstring)."""
     def __init__(self, session: int, hello: Hello, metadata: bytes, layout: Layout,
                  source: BlockSource, now: float, rate_limit_bps: float | None = None,
                  reliable: bool = False) -> None:
@@ -153,13 +156,16 @@ class SenderCore:
 
     @property
     def blocks_acked(self) -> int:
+        """Distinct blocks the receiver has confirmed."""
         return self.acked.count
 
     @property
     def finished(self) -> bool:
+        """Done or failed: nothing more will be sent."""
         return self.phase in (SendPhase.DONE, SendPhase.FAILED)
 
     def set_rate_limit(self, rate_limit_bps: float | None, now: float) -> None:
+        """Change sendRateMax (bits a second; None: automatic)."""
         self.rate_limit_bps = rate_limit_bps or None
         self.pacer.set_rate(self._rate(), now)
 
@@ -173,10 +179,12 @@ class SenderCore:
         self.phase = SendPhase.AUTH_SENT
 
     def fail(self, message: str) -> None:
+        """End the session with ``message`` (the transfer's errorMessage)."""
         if not self.finished:
             self.phase, self.error = SendPhase.FAILED, message
 
     def close_datagram(self, reason: str, pause: bool = False) -> bytes:
+        """The CLOSE that ends the session (``pause``: the receiver keeps its data)."""
         return encode_error(self.session, Kind.CLOSE, reason,
                             CLOSE_PAUSE if pause else CLOSE_FINAL)
 
@@ -187,6 +195,7 @@ class SenderCore:
             self.fail(message)
 
     def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
+        """One datagram from the receiver."""
         try:
             kind, session = parse_header(data)
         except Garbage:
@@ -289,6 +298,7 @@ class SenderCore:
     # -- outputs ----------------------------------------------------------------------
 
     def datagrams_to_send(self, now: float, limit: int = 64) -> list[bytes | bytearray]:
+        """What may leave now: control datagrams, then paced data, at most ``limit``."""
         out: list[bytes | bytearray] = []
         if self._control:
             out, self._control = list(self._control), []
@@ -369,6 +379,7 @@ class SenderCore:
         return datagram
 
     def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` is due next, if ever."""
         if self.finished:
             return None
         deadlines = [self._last_recv_s + SILENCE_TIMEOUT_S]
@@ -417,6 +428,7 @@ class SenderCore:
         return float(min(base * (2 ** self._pto_count), MAX_RTO_S * 4))
 
     def handle_timer(self, now: float) -> None:
+        """Act on time: repeat the handshake, probe, resend the tail, give up on silence."""
         if self.finished:
             return
         if now - self._last_recv_s >= SILENCE_TIMEOUT_S:
@@ -477,6 +489,7 @@ class WarmUpCore:
         self._next_s = now + wait_s
 
     def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
+        """One datagram from the destination."""
         try:
             kind, session = parse_header(data)
         except Garbage:
@@ -493,13 +506,16 @@ class WarmUpCore:
         self.finished = True  # (an ERROR is an answer too: there is nothing to derive)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
+        """What to send now."""
         out, self._out = self._out, []
         return out
 
     def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` is due next; None once finished."""
         return None if self.finished else self._next_s
 
     def handle_timer(self, now: float) -> None:
+        """Send the HELLO again, or give up after the last try."""
         if self.finished or now < self._next_s:
             return
         if self._tries_left <= 0:

@@ -29,6 +29,7 @@ __all__ = [
     "CLOSE_PAUSE",
     "DATA_HEADER",
     "DATA_OVERHEAD",
+    "DEFAULT_PORT",
     "ERROR_BUSY",
     "ERROR_REFUSED",
     "ERROR_UNKNOWN_SESSION",
@@ -58,9 +59,10 @@ __all__ = [
     "seal",
 ]
 
-#: 4: 18-byte DATA header; 3: 24; 2: CRC-32C per datagram, BLAKE3 per file (1: CRC-32,
-#: SHA-256)
+#: The protocol version (the versions before it: docs/protocol.md).
 VERSION = 4
+#: JetStream's port number, of both the control API (TCP) and the data port (UDP and TCP).
+DEFAULT_PORT = 8886
 _NO_CRC = bytes(4)
 TCP_PREFACE = b"JSTD"
 #: Largest datagram or TCP frame accepted (TCP frames carry bigger blocks).
@@ -84,6 +86,7 @@ _ERROR = struct.Struct("!H")
 
 
 class Kind(IntEnum):
+    """The message types."""
     HELLO = 1
     CHALLENGE = 2
     AUTH = 3
@@ -117,6 +120,7 @@ def first_byte(kind: Kind) -> int:
 
 
 def encode(kind: Kind, session: int, body: bytes = b"") -> bytes:
+    """A datagram of ``kind`` for ``session`` with ``body``, sealed with its CRC."""
     buffer = bytearray(HEADER.size + len(body))
     HEADER.pack_into(buffer, 0, first_byte(kind), session, 0)
     buffer[HEADER.size:] = body
@@ -143,6 +147,7 @@ def parse_header(data: bytes | memoryview) -> tuple[Kind, int]:
 
 @dataclass(frozen=True)
 class Hello:
+    """The sender's first message: the transfer, its block size and metadata size, the user."""
     transfer_id: bytes  # 16 bytes
     block_size: int
     meta_size: int
@@ -152,6 +157,7 @@ class Hello:
 
 
 def encode_hello(session: int, hello: Hello) -> bytes:
+    """A HELLO datagram."""
     user = hello.user.encode()
     body = _HELLO.pack(hello.transfer_id, hello.block_size, hello.meta_size,
                        hello.meta_blocks, hello.flags) + user
@@ -159,6 +165,7 @@ def encode_hello(session: int, hello: Hello) -> bytes:
 
 
 def decode_hello(body: bytes | memoryview) -> Hello:
+    """The HELLO in a datagram's body; Garbage if malformed."""
     if len(body) < _HELLO.size or len(body) > _HELLO.size + 256:
         raise Garbage("bad HELLO length")
     transfer_id, block_size, meta_size, meta_blocks, flags = _HELLO.unpack_from(body, 0)
@@ -171,6 +178,8 @@ def decode_hello(body: bytes | memoryview) -> Hello:
 
 @dataclass(frozen=True)
 class Challenge:
+    """The receiver's answer to a HELLO with a user: a nonce and the password hash's salt and
+    parameters."""
     nonce: bytes
     log2_n: int
     r: int
@@ -179,12 +188,14 @@ class Challenge:
 
 
 def encode_challenge(session: int, challenge: Challenge) -> bytes:
+    """A CHALLENGE datagram."""
     body = _CHALLENGE.pack(challenge.nonce, challenge.log2_n, challenge.r, challenge.p,
                            len(challenge.salt)) + challenge.salt
     return encode(Kind.CHALLENGE, session, body)
 
 
 def decode_challenge(body: bytes | memoryview) -> Challenge:
+    """The CHALLENGE in a datagram's body; Garbage if malformed."""
     if len(body) < _CHALLENGE.size:
         raise Garbage("bad CHALLENGE length")
     nonce, log2_n, r, p, salt_len = _CHALLENGE.unpack_from(body, 0)
@@ -196,6 +207,7 @@ def decode_challenge(body: bytes | memoryview) -> Challenge:
 
 @dataclass
 class Ack:
+    """The receiver's acknowledgement: what it has, its counters and the echoed send time."""
     cum: int  # every block below this is received
     packets: int  # data datagrams received so far in this session
     bytes: int  # datagram bytes received so far
@@ -218,6 +230,7 @@ ACK_DELAY_S = 0.005
 
 
 def encode_ack(session: int, ack: Ack) -> bytes:
+    """An ACK datagram."""
     parts = [_ACK.pack(ack.cum, ack.packets, ack.bytes, ack.recv_ts_us, ack.echo_ts_us,
                        ack.echo_delay_us, ack.committed, ack.flags, len(ack.ranges))]
     previous = ack.cum
@@ -228,6 +241,7 @@ def encode_ack(session: int, ack: Ack) -> bytes:
 
 
 def decode_ack(body: bytes | memoryview) -> Ack:
+    """The ACK in a datagram's body; Garbage if malformed."""
     if len(body) < _ACK.size:
         raise Garbage("bad ACK length")
     cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, count = \
@@ -259,6 +273,7 @@ def encode_error(session: int, kind: Kind, message: str, code: int = 0) -> bytes
 
 
 def decode_error(body: bytes | memoryview) -> tuple[int, str]:
+    """The (code, message) of an ERROR or CLOSE body."""
     if len(body) < _ERROR.size:
         return 0, ""
     return _ERROR.unpack_from(body, 0)[0], bytes(body[_ERROR.size:]).decode(errors="replace")
