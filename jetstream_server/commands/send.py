@@ -6,13 +6,21 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..core.ids import new_id, now_us
 from ..core.lifecycle import MANIFEST, ManifestStatus
 from ..core.manifests import build_file_list, parse_console_mapping
 from ..core.netaddr import host_name_problem
-from ..core.objects import DEFAULT_PRIORITY, Destination, Manifest, Transfer, check_user_data
+from ..core.objects import (
+    DEFAULT_PRIORITY,
+    Destination,
+    Manifest,
+    Owned,
+    Transfer,
+    check_user_data,
+)
 from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts
 from ..errors import InvalidParameter, InvalidState, ManifestError, quoted
 from ..protocol.layout import MAX_BLOCKS, Layout
@@ -22,6 +30,8 @@ from .context import Call
 from .registry import Command, Param, Registry
 
 __all__ = ["register"]
+
+T = TypeVar("T", bound=Owned)
 
 log = logging.getLogger("jetstream.send")
 
@@ -131,6 +141,16 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     return "Destination created.", _destination(call, wanted)
 
 
+def _visible(call: Call, table: dict[str, T]) -> list[T]:
+    """The objects of ``table`` the session may see."""
+    return [obj for obj in table.values() if call.session.can_see(obj.owner)]
+
+
+def _unfinished(call: Call, match: Callable[[Transfer], bool]) -> list[str]:
+    """The ids of the unfinished transfers ``match`` picks."""
+    return [t.id for t in call.service.transfers.values() if match(t) and not t.status.ended]
+
+
 def _peer(call: Call) -> str:
     """The API client that asked, as ``<ip>:<port>``."""
     host, port = call.session.peer
@@ -150,8 +170,7 @@ async def get_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 async def get_destinations(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """The session's destinations."""
-    found = [_destination(call, d) for d in call.service.destinations.values()
-             if call.session.can_see(d.owner)]
+    found = [_destination(call, d) for d in _visible(call, call.service.destinations)]
     return f"{len(found)} destination(s).", found
 
 
@@ -159,8 +178,7 @@ async def delete_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Delete a destination that has no unfinished transfer."""
     service = call.service
     destination = service.find_destination(call.session, p["destinationId"])
-    active = [t.id for t in service.transfers.values()
-              if t.destination_id == destination.id and not t.status.ended]
+    active = _unfinished(call, lambda t: t.destination_id == destination.id)
     if active:
         raise InvalidState(
             f"Destination {destination.id} has {len(active)} unfinished transfer(s); "
@@ -251,8 +269,7 @@ async def get_manifest_files(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 async def get_manifests(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """The session's manifests."""
-    found = [m.to_api() for m in call.service.manifests.values()
-             if call.session.can_see(m.owner)]
+    found = [m.to_api() for m in _visible(call, call.service.manifests)]
     return f"{len(found)} manifest(s).", found
 
 
@@ -260,8 +277,7 @@ async def delete_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Delete a manifest no unfinished transfer uses."""
     service = call.service
     manifest = service.find_manifest(call.session, p["manifestId"])
-    users = [t.id for t in service.transfers.values()
-             if t.manifest_id == manifest.id and not t.status.ended]
+    users = _unfinished(call, lambda t: t.manifest_id == manifest.id)
     if users:
         raise InvalidState(f"Manifest {manifest.id} is used by unfinished transfer(s) "
                            f"{', '.join(users)}.")
@@ -331,9 +347,8 @@ async def get_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """The session's transfers (optionally of one destination)."""
     wanted = p["destinationId"]
-    found = [_transfer(call, t) for t in call.service.transfers.values()
-             if call.session.can_see(t.owner)
-             and (wanted is None or t.destination_id == wanted)]
+    found = [_transfer(call, t) for t in _visible(call, call.service.transfers)
+             if wanted is None or t.destination_id == wanted]
     return f"{len(found)} transfer(s).", found
 
 
