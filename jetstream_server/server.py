@@ -413,13 +413,12 @@ class ControlConnection(asyncio.Protocol):
         host = peer[0]
         self.peer: tuple[str, int] = (plain_host(host), peer[1])
         if not self.serves_data and not self._remote_allowed(host):
-            self._refuse(_remote_refused(), "remote")
+            self._refuse_remote()
             return
         tracked = self.tracked = self.server._track(host, self._close_with)
         if not self.server.admit(tracked):
             self.tracked = None
-            self._refuse(Busy("Too many connections to this server; try again later."),
-                          "busy")
+            self._refuse(Busy("Too many connections to this server; try again later."))
             return
         _keepalive(transport)
         self.server._connections.add(self)
@@ -427,11 +426,16 @@ class ControlConnection(asyncio.Protocol):
     def _remote_allowed(self, host: str) -> bool:
         return self.server.settings.api_allow_remote_control or is_loopback(host)
 
-    def _refuse(self, error: ApiError, kind: str) -> None:
+    def _refuse_remote(self) -> None:
+        limited_log.warning("remote", "refused API connection from %s: remote control is "
+                            "off", self.peer[0])
+        self._refuse(RemoteControlRefused(
+            "API connections are accepted only from this machine; the operator can allow "
+            "others with --api-allow-remote-control."))
+
+    def _refuse(self, error: ApiError) -> None:
+        """Answer one error line and close (the connection is not served)."""
         assert self.transport is not None
-        if kind == "remote":
-            limited_log.warning("remote", "refused API connection from %s: remote control "
-                                "is off", self.peer[0])
         self.transport.write(encode_message(error_response(None, error.code, error.message)))
         self.transport.close()
 
@@ -473,7 +477,7 @@ class ControlConnection(asyncio.Protocol):
             return False
         if not self._remote_allowed(self.peer[0]):
             self._forget()
-            self._refuse(_remote_refused(), "remote")
+            self._refuse_remote()
             return False
         self.session = Session(self.peer)
         self._task = asyncio.get_running_loop().create_task(self._serve())
@@ -585,8 +589,3 @@ class ControlConnection(asyncio.Protocol):
         if self._task is not None:
             await asyncio.wait({self._task})
 
-
-def _remote_refused() -> RemoteControlRefused:
-    return RemoteControlRefused(
-        "API connections are accepted only from this machine; the operator can allow "
-        "others with --api-allow-remote-control.")

@@ -162,7 +162,7 @@ class DataEndpoint:
             if isinstance(event, Opened):
                 opened = event.core
                 self.sessions[opened.session] = ReceiveSession(
-                    self, opened, opened.address, send_for(opened.address), transport)
+                    self, opened, send_for(opened.address), transport)
             else:  # forgotten to make room
                 evicted = self.sessions.get(event.core.session)
                 if evicted is not None and evicted.core is event.core:

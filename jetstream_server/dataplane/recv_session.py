@@ -17,7 +17,7 @@ from ..core.netaddr import plain_host
 from ..core.receives import ReceiveRecord
 from ..core.throttle import LoginThrottle
 from ..errors import DiskError
-from ..protocol.metadata import DEFAULT_CHECKPOINT_S, Metadata
+from ..protocol.metadata import DEFAULT_CHECKPOINT_S
 from ..protocol.receiver import (
     Checkpoint,
     Closed,
@@ -98,18 +98,17 @@ class SessionOwner(Protocol):
 
 
 class ReceiveSession:
-    def __init__(self, endpoint: SessionOwner, core: ReceiverCore, address: tuple[str, int],
-                 send: SendFunc, transport: str) -> None:
+    def __init__(self, endpoint: SessionOwner, core: ReceiverCore, send: SendFunc,
+                 transport: str) -> None:
         self.endpoint = endpoint
         self.host = endpoint.host
         self.core = core
-        self.address = address
+        self.address = core.address
         self.send = send
         self.transport = transport
         self.transfer_id = core.hello.transfer_id.hex()
         self.record: ReceiveRecord | None = None
         self.sink: FileSink | None = None
-        self.meta: Metadata | None = None
         self.checkpoint_s = float(DEFAULT_CHECKPOINT_S)
         self._next_checkpoint: float | None = None
         #: the disk writer's thread, made when the first disk operation is queued (a
@@ -324,7 +323,6 @@ class ReceiveSession:
         updated, the folders made and the paths checked, the kept files found."""
         core, record, meta, layout = self.core, self.record, ready.metadata, ready.layout
         assert core.user is not None and record is not None
-        self.meta = meta
         self.checkpoint_s = float(meta.checkpoint_s or DEFAULT_CHECKPOINT_S)
         earlier = self.endpoint.session_of(self.transfer_id, other_than=self)
         if earlier is not None:  # the sender started over: take the earlier one's place

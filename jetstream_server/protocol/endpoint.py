@@ -20,6 +20,7 @@ endpoint of a session's login (:meth:`logged_in`) and end (:meth:`forget`).
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,8 +145,10 @@ class ReceiverEndpoint:
         self._replies.append((encode_error(session_id, Kind.ERROR, "unknown session",
                                            ERROR_UNKNOWN_SESSION), address))
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(self) -> Sequence[tuple[bytes, Address]]:
         """The endpoint's own answers (not of a session), with where they go."""
+        if not self._replies:  # (asked after every datagram: nothing made, most times)
+            return ()
         out, self._replies = self._replies, []
         return out
 
