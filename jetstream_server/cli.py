@@ -306,14 +306,27 @@ class _ApiCommand(click.Command):
               help="Its control API port.")
 @click.option("--user", default=None, envvar="JETSTREAM_API_USER",
               help="Log in as this user (password from JETSTREAM_API_PASSWORD, else asked).")
+@click.option("--api-fingerprint", "fingerprint", default=None,
+              envvar="JETSTREAM_API_FINGERPRINT",
+              help="Trust the server whose TLS certificate has this fingerprint "
+                   "(certificateFingerprint in its getServerInfo).")
+@click.option("--api-ca-file", "ca_file", type=click.Path(path_type=Path), default=None,
+              envvar="JETSTREAM_API_CA_FILE",
+              help="Trust the server's certificate if this CA (PEM) signed it for --host.")
+@click.option("--api-tls/--no-api-tls", "tls", default=None,
+              help="TLS even to this machine (default: TLS to any other host; plain text "
+                   "to this one). Other hosts' servers are remembered on first use in "
+                   "~/.config/jetstream/known_servers ($JETSTREAM_KNOWN_SERVERS).")
 @click.argument("command")
 @click.argument("parameters", nargs=-1, type=click.UNPROCESSED)
-def api_cli(host: str, port: int, user: str | None, command: str,
+def api_cli(host: str, port: int, user: str | None, fingerprint: str | None,
+            ca_file: Path | None, tls: bool | None, command: str,
             parameters: tuple[str, ...]) -> None:
     """Send COMMAND with --param=value parameters and print the result as JSON."""
     from .console import run_console
 
-    sys.exit(run_console(host, port, user, command, list(parameters)))
+    sys.exit(run_console(host, port, user, command, list(parameters),
+                         {"tls": tls, "fingerprint": fingerprint, "ca_file": ca_file}))
 
 
 def _main(group: click.Group, prog_name: str) -> None:

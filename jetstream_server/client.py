@@ -15,23 +15,36 @@ Commands are reached as ``api.call(name, **parameters)`` or through the namespac
 ``message``; a server that cannot be reached, or closes the connection,
 :class:`~jetstream_server.errors.ConnectionFailed` (both are RemoteErrors of the package's
 one exception tree).
+
+To any host but this machine the connection is TLS 1.3, and the server is verified: by
+the certificate fingerprint given (``fingerprint``), by a CA (``ca_file``), or else as
+ssh does, by the fingerprint remembered the first time in a known-servers file
+(``$JETSTREAM_KNOWN_SERVERS``, else ``~/.config/jetstream/known_servers``); a server whose
+certificate is not the one trusted raises
+:class:`~jetstream_server.errors.UntrustedServer`, whose message says how to proceed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
+import os
+import ssl
 import threading
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from .errors import CommandFailed, ConnectionFailed
+from .errors import CommandFailed, ConnectionFailed, UntrustedServer
 from .protocol.lines import MAX_LINE_BYTES
+from .protocol.tls import certificate_fingerprint, normalize_fingerprint
 from .protocol.wire import DEFAULT_PORT as DEFAULT_API_PORT
 
-__all__ = ["DEFAULT_API_PORT", "AsyncClient", "Client", "CommandFailed", "ConnectionFailed"]
+__all__ = ["DEFAULT_API_PORT", "AsyncClient", "Client", "CommandFailed", "ConnectionFailed",
+           "KnownServers", "UntrustedServer", "is_local"]
 
 _T = TypeVar("_T")
 
@@ -56,6 +69,114 @@ class _Namespace:
         return command
 
 
+def is_local(host: str) -> bool:
+    """Whether ``host`` is this machine (``localhost`` or a loopback address): plain text
+    is allowed there, TLS everywhere else."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class KnownServers:
+    """The fingerprints of the servers trusted on first use, one ``host:port SHA256:...``
+    a line, as ssh's known_hosts."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        if path is None:
+            env = os.environ.get("JETSTREAM_KNOWN_SERVERS")
+            config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+            path = Path(env) if env else Path(config) / "jetstream" / "known_servers"
+        self.path = path
+
+    def get(self, server: str) -> tuple[str, int] | None:
+        """(fingerprint, line number) remembered for ``server`` (``host:port``)."""
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConnectionFailed(f"Cannot read the known servers file {self.path}: "
+                                   f"{exc.strerror}.") from None
+        for number, line in enumerate(lines, 1):
+            fields = line.split()
+            if len(fields) == 2 and fields[0] == server:
+                return fields[1], number
+        return None
+
+    def add(self, server: str, fingerprint: str) -> None:
+        """Remember ``server``'s fingerprint."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as stream:
+                stream.write(f"{server} {fingerprint}\n")
+        except OSError as exc:
+            raise ConnectionFailed(f"Cannot write the known servers file {self.path}: "
+                                   f"{exc.strerror}.") from None
+
+
+async def _open_tls(host: str, port: int, timeout_s: float, fingerprint: str | None,
+                    ca_file: str | Path | None, known: KnownServers
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None]:
+    """A verified TLS connection (see the module's docstring), and the note to show when
+    the server was trusted just now on first use."""
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    wanted = normalize_fingerprint(fingerprint) if fingerprint is not None else None
+    if ca_file is not None:
+        context = ssl.create_default_context(cafile=str(ca_file))
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # (verified below, by its fingerprint)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            host, port, ssl=context, limit=MAX_LINE_BYTES + 1), timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        raise UntrustedServer(
+            f"The TLS certificate of {server} is not trusted by the CA in {ca_file}: "
+            f"{exc.verify_message}. Check that the server uses a certificate this CA signed "
+            f"(--api-cert) for the name {host!r}, or connect with --api-fingerprint "
+            "instead.") from None
+    except ssl.SSLError as exc:
+        raise ConnectionFailed(f"TLS with {server} failed ({exc.reason or exc}): is it a "
+                               "jetstream-server that accepts API connections from this "
+                               "machine (--api-allow-remote-control)?") from None
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionFailed(f"Cannot connect to {server}: {exc}") from None
+    if ca_file is not None:
+        return reader, writer, None
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    seen = certificate_fingerprint(der)
+    note = None
+    if wanted is not None:
+        if wanted != seen:
+            writer.close()
+            raise UntrustedServer(
+                f"The TLS certificate of {server} has fingerprint {seen}, not "
+                f"{wanted} as given: this may be another server. "
+                "Compare with certificateFingerprint in getServerInfo on the server itself.")
+    else:
+        remembered = known.get(server)
+        if remembered is None:
+            known.add(server, seen)
+            note = (f"The server {server} is trusted from now on: its certificate "
+                    f"fingerprint {seen} was added to {known.path}.")
+        elif remembered[0] != seen:
+            writer.close()
+            raise UntrustedServer(
+                f"REFUSED: the TLS certificate of {server} has CHANGED: it was "
+                f"{remembered[0]}, it is now {seen}. Someone may be intercepting this "
+                "connection, or the server's certificate was replaced. Check the new "
+                "fingerprint with the server's operator (certificateFingerprint in "
+                "getServerInfo, on the server itself); if it is right, remove line "
+                f"{remembered[1]} of {known.path}, or connect with "
+                f"--api-fingerprint={seen}.")
+    return reader, writer, note
+
+
 class AsyncClient:
     """One control connection. Requests may be sent concurrently; ids pair the answers."""
 
@@ -69,11 +190,25 @@ class AsyncClient:
         self.server = _Namespace(self.call, "")
         self.send = _Namespace(self.call, "send.")
         self.recv = _Namespace(self.call, "recv.")
+        #: set when the server's certificate was trusted on first use by this connection
+        self.trust_note: str | None = None
 
     @classmethod
     async def connect(cls, host: str = "localhost", port: int = DEFAULT_API_PORT,
-                      timeout_s: float = 10.0) -> AsyncClient:
-        """Open a control connection to ``host``:``port``; ConnectionFailed if it cannot."""
+                      timeout_s: float = 10.0, *, tls: bool | None = None,
+                      fingerprint: str | None = None, ca_file: str | Path | None = None,
+                      known_servers: Path | None = None) -> AsyncClient:
+        """Open a control connection to ``host``:``port`` (TLS unless ``host`` is this
+        machine, or as ``tls`` says); ConnectionFailed if it cannot, UntrustedServer if
+        its certificate is not the one trusted; ValueError for a malformed
+        ``fingerprint``. :attr:`trust_note` says when the server was trusted on first use
+        just now."""
+        if tls if tls is not None else not is_local(host):
+            reader, writer, note = await _open_tls(host, port, timeout_s, fingerprint,
+                                                   ca_file, KnownServers(known_servers))
+            client = cls(reader, writer)
+            client.trust_note = note
+            return client
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, limit=MAX_LINE_BYTES + 1), timeout_s)
@@ -173,15 +308,16 @@ class Client:
 
     @classmethod
     def connect(cls, host: str = "localhost", port: int = DEFAULT_API_PORT,
-                timeout_s: float = 10.0) -> Client:
-        """Open a control connection on a private event loop in a thread."""
+                timeout_s: float = 10.0, **tls: Any) -> Client:
+        """Open a control connection on a private event loop in a thread (``tls``: the
+        keyword arguments of :meth:`AsyncClient.connect`)."""
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="jetstream-client",
                                   daemon=True)
         thread.start()
         try:
             inner = asyncio.run_coroutine_threadsafe(
-                AsyncClient.connect(host, port, timeout_s), loop).result()
+                AsyncClient.connect(host, port, timeout_s, **tls), loop).result()
         except BaseException:
             loop.call_soon_threadsafe(loop.stop)
             thread.join()

@@ -2,6 +2,9 @@
 
     jetstream api [--host H] [--api-control-port P] [--user U] COMMAND [--param=value ...]
 
+To any host but this machine it connects with TLS and verifies the server (see
+``jetstream_server.client``: --api-fingerprint, --api-ca-file, or the known-servers file).
+
 Parameters are the API's camelCase names, as ``--name=value`` or ``--name value``; a
 parameter given without a value is ``true``. Scalars are converted to the parameter's
 type, ``null`` clears a parameter that may be null, dict and list parameters take a JSON
@@ -30,9 +33,11 @@ from .errors import (
     CommandFailed,
     ConnectionFailed,
     RemoteControlRefused,
+    TlsRequired,
     UnknownCommand,
     UsageError,
 )
+from .protocol.tls import normalize_fingerprint
 
 __all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "REGISTRY", "command_help",
            "commands_help", "parse_parameters", "run_console"]
@@ -167,11 +172,13 @@ def parse_parameters(command_name: str, args: list[str]) -> dict[str, Any]:
 
 
 async def _run(host: str, port: int, user: str | None, password: str | None,
-               command: str, params: dict[str, Any]) -> tuple[int, Any]:
+               command: str, params: dict[str, Any], tls: dict[str, Any]) -> tuple[int, Any]:
     try:
-        client = await AsyncClient.connect(host, port)
+        client = await AsyncClient.connect(host, port, **tls)
     except ConnectionFailed as exc:
         return EXIT_CONNECT, str(exc)
+    if client.trust_note is not None:
+        print(f"jetstream api: {client.trust_note}", file=sys.stderr)
     async with client:
         try:
             if user is not None:
@@ -182,7 +189,7 @@ async def _run(host: str, port: int, user: str | None, password: str | None,
                     return EXIT_CONNECT, exc.message
             result = await client.call(command, **params)
         except CommandFailed as exc:
-            if exc.code == RemoteControlRefused.code:
+            if exc.code in (RemoteControlRefused.code, TlsRequired.code):
                 return EXIT_CONNECT, exc.message
             return EXIT_API_ERROR, exc.message
         except ConnectionFailed as exc:
@@ -190,12 +197,20 @@ async def _run(host: str, port: int, user: str | None, password: str | None,
     return 0, result
 
 
-def run_console(host: str, port: int, user: str | None, command: str, args: list[str]) -> int:
+def run_console(host: str, port: int, user: str | None, command: str, args: list[str],
+                tls: dict[str, Any] | None = None) -> int:
+    """Run one command (``tls``: AsyncClient.connect's tls, fingerprint and ca_file)."""
+    tls = tls or {}
     try:
         if "--help" in args or "-h" in args:
             print(command_help(command))
             return 0
         params = parse_parameters(command, args)
+        if tls.get("fingerprint") is not None:
+            try:
+                normalize_fingerprint(tls["fingerprint"])
+            except ValueError as exc:
+                raise UsageError(f"--api-fingerprint: {exc}.") from None
     except UsageError as exc:
         print(f"jetstream api: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -209,7 +224,7 @@ def run_console(host: str, port: int, user: str | None, command: str, args: list
                 print("jetstream api: no password: set JETSTREAM_API_PASSWORD",
                       file=sys.stderr)
                 return EXIT_CONNECT
-    status, value = asyncio.run(_run(host, port, user, password, command, params))
+    status, value = asyncio.run(_run(host, port, user, password, command, params, tls))
     if status == 0:
         print(json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False))
     else:

@@ -21,6 +21,7 @@ API errors a response carries, in one place (``commands/dispatch.py``)::
     │   │   ├── AuthFailed            auth_failed
     │   │   ├── PermissionDenied      permission_denied
     │   │   ├── RemoteControlRefused  remote_control_refused
+    │   │   ├── TlsRequired           tls_required       plain text from another machine
     │   │   ├── NotFound              not_found
     │   │   ├── InvalidState          invalid_state
     │   │   ├── Busy                  busy
@@ -36,7 +37,11 @@ API errors a response carries, in one place (``commands/dispatch.py``)::
     └── RemoteError
         ├── CommandFailed             (the server's)     an API server answered an error
         ├── ConnectionFailed          unreachable        it cannot be reached, or closed
+        │   └── UntrustedServer       untrusted_server   its certificate is not the one trusted
         └── Garbage                   garbage            bytes that are not of the protocol
+            ├── Truncated             truncated          a message cut short
+            ├── Replayed              replayed           a sealed message seen before
+            └── Unauthenticated       unauthenticated    a sealed message that fails its tag
 """
 
 from __future__ import annotations
@@ -70,9 +75,14 @@ __all__ = [
     "PermissionDenied",
     "RemoteControlRefused",
     "RemoteError",
+    "Replayed",
     "SourceError",
+    "TlsRequired",
+    "Truncated",
+    "Unauthenticated",
     "UnknownCommand",
     "UnreadableSecret",
+    "UntrustedServer",
     "UsageError",
     "quoted",
 ]
@@ -166,6 +176,12 @@ class RemoteControlRefused(ApiError):
     code = "remote_control_refused"
 
 
+class TlsRequired(ApiError):
+    """A plain-text API connection from another machine: it must use TLS."""
+
+    code = "tls_required"
+
+
 class NotFound(ApiError):
     code = "not_found"
 
@@ -203,6 +219,7 @@ ERROR_CODES: dict[str, type[ApiError]] = {
         AuthFailed,
         PermissionDenied,
         RemoteControlRefused,
+        TlsRequired,
         NotFound,
         InvalidState,
         Busy,
@@ -288,7 +305,36 @@ class ConnectionFailed(RemoteError):
     code = "unreachable"
 
 
+class UntrustedServer(ConnectionFailed):
+    """A TLS server whose certificate is not the one trusted (pinned, remembered, or
+    signed by the CA given): the message says how to proceed."""
+
+    code = "untrusted_server"
+
+
 class Garbage(RemoteError):
-    """The bytes a peer sent are not a valid message of the data protocol."""
+    """The bytes a peer sent are not a valid message of the data protocol;
+    ``counter``: the name under which such drops are counted."""
 
     code = "garbage"
+    counter = "garbage"
+
+
+class Truncated(Garbage):
+    """A message shorter than its kind's fixed part."""
+
+    code = counter = "truncated"
+
+
+class Replayed(Garbage):
+    """A sealed message whose packet number was seen before, or is too old to tell."""
+
+    code = counter = "replayed"
+
+
+class Unauthenticated(Garbage):
+    """A sealed message (or handshake) whose authentication tag does not verify: changed,
+    forged, or sealed with other keys."""
+
+    code = "unauthenticated"
+    counter = "failedAuthentication"

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -34,7 +35,14 @@ from .core.service import Service, Session
 from .core.users import UserStore, write_users_file
 from .dataplane.receiving import DataEndpoint, DataStream, StreamWatch
 from .dataplane.sending import SendingPlane
-from .errors import ApiError, Busy, ConfigError, ConnectionDropped, RemoteControlRefused
+from .errors import (
+    ApiError,
+    Busy,
+    ConfigError,
+    ConnectionDropped,
+    RemoteControlRefused,
+    TlsRequired,
+)
 from .protocol.lines import (
     MAX_LINE_BYTES,
     LineDecoder,
@@ -42,6 +50,8 @@ from .protocol.lines import (
     encode_message,
     error_response,
 )
+from .protocol.noise import CIPHERS
+from .protocol.tls import TLS_RECORD_HANDSHAKE, TlsPipe
 from .protocol.wire import TCP_PREFACE
 from .triggers import TriggerRunner
 
@@ -174,6 +184,8 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._drain: asyncio.Task[None] | None = None
+        #: the control port's TLS (its certificate: the service's)
+        self.tls_context: ssl.SSLContext | None = None
 
     @property
     def api_port(self) -> int:
@@ -198,9 +210,6 @@ class Server:
     async def _start(self) -> None:
         settings = self.settings
         users = prepare_settings(settings)
-        triggers = self.triggers = TriggerRunner(settings.trigger_dir, settings.trigger_log)
-        service = self.service = Service(settings, users, triggers.fire)
-        service.restore()
         api_sock = _bind(socket.SOCK_STREAM, settings.api_host, settings.api_port, "API TCP")
         try:
             api_port = api_sock.getsockname()[1]
@@ -212,6 +221,12 @@ class Server:
         self._udp = udp
         loop = asyncio.get_running_loop()
         try:
+            # (the ports first: a port in use is told before any file is made)
+            triggers = self.triggers = TriggerRunner(settings.trigger_dir,
+                                                     settings.trigger_log)
+            service = self.service = Service(settings, users, triggers.fire)
+            self.tls_context = service.api_certificate.server_context()
+            service.restore()
             self._api_server = await loop.create_server(
                 lambda: ControlConnection(self, serves_data=tcp_data is None),
                 sock=api_sock, backlog=1024)
@@ -220,10 +235,12 @@ class Server:
             if tcp_data is not None:
                 tcp_data.close()
             raise
-        endpoint = self.endpoint = DataEndpoint(service, udp, settings.recv_allow_anonymous,
+        encrypts = not settings.no_data_encryption
+        endpoint = self.endpoint = DataEndpoint(service, udp, service.identity, encrypts,
                                                 settings.udp_offload)
-        plane = self._data_plane or SendingPlane(service, settings.server_name,
-                                                 settings.udp_offload)
+        plane = self._data_plane or SendingPlane(
+            service, settings.server_name, service.identity, CIPHERS[settings.data_cipher],
+            encrypts, settings.udp_offload)
         service.attach(plane, endpoint, api_port, udp.getsockname()[1])
         self.dispatcher = Dispatcher(service, build_registry(), triggers.fire,
                                      settings.trigger_on_api)
@@ -403,6 +420,10 @@ class ControlConnection(asyncio.Protocol):
         self._reading = True
         self._lingering = False
         self._task: asyncio.Task[None] | None = None
+        #: the TLS of a connection that began with a TLS handshake
+        self._tls: TlsPipe | None = None
+        #: a remote TLS client to refuse once its handshake is done (remote control off)
+        self._refusal = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
@@ -433,17 +454,41 @@ class ControlConnection(asyncio.Protocol):
             "API connections are accepted only from this machine; the operator can allow "
             "others with --api-allow-remote-control."))
 
-    def _refuse(self, error: ApiError) -> None:
-        """Answer one error line and close (the connection is not served)."""
+    def _refuse_plain(self) -> None:
+        limited_log.warning("plain", "refused a plain-text API connection from %s: TLS is "
+                            "required from other machines", self.peer[0])
+        self._refuse(TlsRequired(
+            "Plain-text API connections are accepted only from this machine: connect with "
+            "TLS (jetstream api and the Python client use TLS to any host but this one)."))
+
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` to the peer (through TLS, on a TLS connection)."""
         assert self.transport is not None
-        self.transport.write(encode_message(error_response(None, error.code, error.message)))
-        self.transport.close()
+        if self._tls is not None:
+            self._tls.send(data)
+            data = self._tls.data_to_send()
+        self.transport.write(data)
+
+    def _refuse(self, error: ApiError) -> None:
+        """Answer one error line and close (the connection is not served): at once
+        before a byte was read, else after the peer has read it (see _linger)."""
+        assert self.transport is not None
+        self._write(encode_message(error_response(None, error.code, error.message)))
+        if self.session is None and self._tls is None:
+            self.transport.close()
+        else:
+            self._linger()
+
+    def _close_tls(self) -> None:
+        """Send TLS's close_notify, on a TLS connection."""
+        if self._tls is not None and self.transport is not None:
+            self._tls.close()
+            self.transport.write(self._tls.data_to_send())
 
     def _close_with(self, reason: str) -> None:
         """Close, telling the peer why (an evicted or timed-out connection)."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_message(
-                error_response(None, ConnectionDropped.code, reason)))
+            self._write(encode_message(error_response(None, ConnectionDropped.code, reason)))
             self._linger()
         if self._task is not None:
             self._task.cancel()
@@ -458,13 +503,15 @@ class ControlConnection(asyncio.Protocol):
         if self._lingering:
             return
         self._reading, self._lingering = False, True
+        self._close_tls()
         if transport.can_write_eof():
             transport.write_eof()
         transport.resume_reading()
         asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     def _first_data(self, data: bytes) -> bool:
-        """Tell a data stream from an API client by its first byte; False if handed off."""
+        """Tell a data stream, a TLS client and a plain-text API client apart by the first
+        byte; False if the connection was handed off or refused."""
         assert self.transport is not None and self.tracked is not None
         transport = self.transport
         endpoint = self.server.endpoint
@@ -475,19 +522,51 @@ class ControlConnection(asyncio.Protocol):
             transport.set_protocol(stream)
             stream.connection_made(transport)
             return False
-        if not self._remote_allowed(self.peer[0]):
+        tls = data[0] == TLS_RECORD_HANDSHAKE
+        if tls:
+            assert self.server.tls_context is not None
+            self._tls = TlsPipe(self.server.tls_context)
+            if not self._remote_allowed(self.peer[0]):
+                self._refusal = True  # (told once the TLS handshake is done)
+                return True
+        elif not is_loopback(self.peer[0]):
             self._forget()
-            self._refuse_remote()
+            if self._remote_allowed(self.peer[0]):
+                self._refuse_plain()
+            else:
+                self._refuse_remote()
             return False
         self.session = Session(self.peer)
         self._task = asyncio.get_running_loop().create_task(self._serve())
         return True
 
     def data_received(self, data: bytes) -> None:
-        tracked, transport = self.tracked, self.transport
-        if tracked is None or transport is None or not self._reading:
+        transport = self.transport
+        if transport is None or not self._reading:
             return  # refused, or answering its last requests before closing
-        if self.session is None and not self._first_data(data):
+        if self.session is None and self._tls is None and (
+                self.tracked is None or not self._first_data(data)):
+            return
+        if self._tls is not None:
+            try:
+                data = self._tls.receive(data)
+            except ssl.SSLError as exc:
+                limited_log.warning("tls", "TLS from %s failed: %s", self.peer[0],
+                                    exc.reason or exc)
+                self._reading = False
+                transport.close()
+                return
+            transport.write(self._tls.data_to_send())
+            if self._refusal and self._tls.handshake_done:
+                self._forget()
+                self._refuse_remote()
+                return
+            if self._tls.closed:
+                self.eof_received()
+            if not data:
+                return
+        tracked = self.tracked
+        if tracked is None or self.session is None:
             return
         try:
             lines: list[bytes | ApiError | None] = list(self.decoder.feed(data))
@@ -498,8 +577,7 @@ class ControlConnection(asyncio.Protocol):
         if lines:
             tracked.spoke(time.monotonic(), False)
         room = UNAUTHENTICATED_QUEUED_LINES - self._lines.qsize()
-        if self._reading and self.session is not None and self.session.user is None and \
-                len(lines) > room:
+        if self._reading and self.session.user is None and len(lines) > room:
             self._reading = False  # answer what came first, then close
             transport.pause_reading()
             lines[max(room, 0):] = [Busy(
@@ -570,6 +648,7 @@ class ControlConnection(asyncio.Protocol):
                 await self._writable.wait()
         finally:
             if self._reading or self.transport.is_closing():
+                self._close_tls()
                 self.transport.close()
             else:  # stopped reading on an error: the rest of the stream was not read
                 self._linger()
@@ -577,7 +656,7 @@ class ControlConnection(asyncio.Protocol):
     def _send(self, response: dict[str, Any]) -> None:
         assert self.transport is not None
         if not self.transport.is_closing():
-            self.transport.write(encode_message(response))
+            self._write(encode_message(response))
 
     def close(self) -> None:
         if self.transport is not None:

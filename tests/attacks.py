@@ -39,6 +39,13 @@ def churn(port: int, count: int, how: str, host: str = "127.0.0.1") -> None:
             sock.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) process ``pid`` has used."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of process ``pid``."""
     with open(f"/proc/{pid}/status") as status:
@@ -48,33 +55,53 @@ def rss_bytes(pid: int) -> int:
     raise ValueError("no VmRSS")
 
 
+def server_key(port: int, host: str = "127.0.0.1") -> bytes:
+    """The public key a data port gives a KEY_REQUEST (as any attacker may ask it)."""
+    from jetstream_server.protocol.sender import KeyProbe
+
+    probe = KeyProbe(0.0, tries=10, wait_s=0.5)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, port))
+        sock.settimeout(0.5)
+        while not probe.finished:
+            for datagram in probe.datagrams_to_send(0.0):
+                sock.send(datagram)
+            try:
+                probe.receive_datagram(sock.recv(2048), 0.0)
+            except TimeoutError:
+                pass
+    assert probe.key is not None, "the data port gave no key"
+    return probe.key
+
+
 def hello_flood(port: int, rate: float, seconds: float, addresses: int = 32,
-                user: str = "bob", meta_size: int = 256 * 1024 * 1024) -> int:
-    """Send bogus HELLOs (each a new session, announcing ``meta_size`` bytes of metadata)
-    to ``port`` at ``rate`` a second for ``seconds``, from ``addresses`` loopback source
-    addresses (127.0.0.2 and up); how many were sent."""
+                pool: int = 2048) -> int:
+    """Send HELLOs that open sessions (each a valid handshake, sealed to the server's real
+    key, made ahead: ``pool`` of them, sent again and again) to ``port`` at ``rate`` a
+    second for ``seconds``, from ``addresses`` loopback source addresses (127.0.0.2 and
+    up) that never read an answer, so never show a cookie; how many were sent."""
     import secrets
     import time
 
-    from jetstream_server.protocol.wire import Hello, encode_hello
+    from tests.protocol_link import make_hello
 
+    key = server_key(port)
+    hellos = [make_hello(secrets.randbits(32), key, user="bob")[0] for _ in range(pool)]
     socks = []
     for i in range(addresses):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((f"127.0.0.{2 + i}", 0))
         sock.setblocking(False)
         socks.append(sock)
-    block = 1400
-    hello = Hello(secrets.token_bytes(16), block, meta_size, -(-meta_size // block), user)
     sent = 0
     start = time.monotonic()
     try:
         while (elapsed := time.monotonic() - start) < seconds:
             due = int(elapsed * rate)
             while sent < due:
+                index = sent % pool
                 try:
-                    socks[sent % addresses].sendto(
-                        encode_hello(secrets.randbits(32), hello), ("127.0.0.1", port))
+                    socks[index % addresses].sendto(hellos[index], ("127.0.0.1", port))
                 except BlockingIOError:
                     pass
                 sent += 1
@@ -122,8 +149,8 @@ def run_all(guesses: int) -> list[tuple[str, str]]:
     import time
     from pathlib import Path
 
-    from jetstream_server.protocol.wire import Hello, encode_hello
     from tests.conftest import PASSWORDS, ServerProcess, make_home
+    from tests.protocol_link import make_hello
     from tests.raw_sender import raw_send
 
     out: list[tuple[str, str]] = []
@@ -148,11 +175,10 @@ def run_all(guesses: int) -> list[tuple[str, str]]:
                         f"{close_wait(b.api_port)} in CLOSE-WAIT"))
             rss = rss_bytes(pid)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            hello = Hello(secrets.token_bytes(16), 1400, 256 * 2**20,
-                          -(-256 * 2**20 // 1400), "bob")
+            key = server_key(b.recv_port)
             for _ in range(16):
-                sock.sendto(encode_hello(secrets.randbits(32), hello), ("127.0.0.1",
-                                                                       b.recv_port))
+                sock.sendto(make_hello(secrets.randbits(32), key, user="bob",
+                                       meta_size=256 * 2**20)[0], ("127.0.0.1", b.recv_port))
             sock.close()
             time.sleep(1)
             out.append(("memory before login: 16 HELLOs each announcing 256 MiB of "
@@ -167,6 +193,7 @@ def run_all(guesses: int) -> list[tuple[str, str]]:
             manifest = api(a, "createManifest", "--fileMappings=/big.bin:/big.bin")
             time.sleep(0.5)
             rss = rss_bytes(pid)
+            cpu_before = cpu_seconds(pid)
             flood = subprocess.Popen(
                 [sys.executable, "-m", "tests.attacks", "hello-flood", "--port",
                  str(b.recv_port), "--rate", "10000", "--seconds", "15"],
@@ -182,15 +209,19 @@ def run_all(guesses: int) -> list[tuple[str, str]]:
                 time.sleep(0.05)
             seconds = (int(str(got["endTime"])) - int(str(got["requestTime"]))) / 1e6
             sent = flood.communicate()[0].split()[0]
+            cpu = cpu_seconds(pid) - cpu_before
             info = api(b, "getServerInfo", user=None)["receiver"]
             assert isinstance(info, dict)
             same = (homes[1] / "sandbox" / "big.bin").read_bytes() == data
-            out.append(("slot exhaustion: 10,000 bogus HELLOs a second from 32 addresses, "
-                        "a 20 MiB transfer started 3 s into it",
+            out.append(("slot exhaustion: 10,000 HELLOs a second (valid handshakes sealed "
+                        "to the server's key) from 32 addresses, a 20 MiB transfer started 3 s "
+                        "into it",
                         f"{got['status']} ({'identical' if same else 'DIFFERENT'}) in "
                         f"{seconds:.2f} s from createTransfer; {sent} HELLOs, "
-                        f"{info['unauthenticatedSessionsEvicted']} sessions evicted; "
-                        f"receiver RSS {rss / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"))
+                        f"{info['datagramsDropped'].get('cookieRequired', 0)} answered with "
+                        f"a cookie, {info['unauthenticatedSessionsEvicted']} sessions "
+                        f"evicted; receiver RSS {rss / 2**20:.0f} MiB, peak "
+                        f"{peak / 2**20:.0f} MiB, CPU {cpu:.1f} s"))
 
             async def guess_data(count: int) -> float:
                 started = time.monotonic()

@@ -3,7 +3,6 @@ reordering and corruption, on a simulated clock. No sockets, no disk."""
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import random
 import secrets
@@ -11,24 +10,35 @@ from dataclasses import dataclass, field
 
 from blake3 import blake3
 
-from jetstream_server.core.throttle import LoginThrottle
-from jetstream_server.core.users import StoredHash, hash_password, parse_hash
-from jetstream_server.protocol.auth import auth_proof
 from jetstream_server.protocol.endpoint import ReceiverEndpoint
 from jetstream_server.protocol.layout import DIGEST, Layout, Slot
 from jetstream_server.protocol.metadata import FileEntry, Metadata, encode_metadata
+from jetstream_server.protocol.noise import CIPHERS, Handshake, KeyPair
 from jetstream_server.protocol.receiver import (
     Checkpoint,
     Closed,
     FileReady,
+    Login,
     MetadataReady,
     ReceiverCore,
 )
 from jetstream_server.protocol.sender import SenderCore
-from jetstream_server.protocol.wire import Hello, Kind, parse_header
+from jetstream_server.protocol.wire import (
+    HELLO_ENCRYPT,
+    HELLO_PASSWORD,
+    Hello,
+    Kind,
+    encode_hello,
+    encode_hello_payload,
+    hello_prologue,
+    parse_header,
+)
 
 #: Where the simulated sender's datagrams come from.
 SENDER_ADDRESS = ("192.0.2.1", 40000)
+#: The two servers' keys (made once: a key pair costs nothing to use, but tests make many).
+RECEIVER_KEY = KeyPair.generate()
+SENDER_KEY = KeyPair.generate()
 
 
 class MemorySource:
@@ -44,36 +54,25 @@ class MemorySource:
         return data[slot.offset:slot.offset + slot.length]
 
 
-class MemoryAuthorizer:
-    def __init__(self, users: dict[str, str], allow_anonymous: bool = False) -> None:
+class MemoryLogins:
+    """Decides logins as the server does, from a dict of passwords (no slow hash)."""
+
+    def __init__(self, users: dict[str, str], allow_anonymous: bool = False,
+                 trusted: tuple[bytes, ...] = ()) -> None:
+        self.users = users
         self.allow_anonymous = allow_anonymous
-        self.users = {name: hash_password(pw) for name, pw in users.items()}
-        self.throttle = LoginThrottle()
+        self.trusted = trusted
 
-    def _parts(self, user: str) -> StoredHash:
-        parts = parse_hash(self.users.get(user, self.users.get("alice", "")))
-        assert parts is not None
-        return parts
-
-    def challenge(self, user: str) -> tuple[bytes, int, int, int]:
-        parts = self._parts(user)
-        return parts.salt, parts.log2_n, parts.r, parts.p
-
-    def wait_s(self, user: str, peer: str, now: float) -> float:
-        return self.throttle.wait_s(peer, user, now)
-
-    def verify(self, user: str, peer: str, proof: bytes, nonce: bytes, session: int,
-               transfer_id: bytes, now: float) -> bool:
-        self.throttle.begin(peer, user, now)
-        expected = auth_proof(self._parts(user).digest, nonce, session, transfer_id)
-        ok = user in self.users and secrets.compare_digest(expected, proof)
-        self.throttle.end(peer, user, ok, now)
-        return ok
-
-
-def verifier_for(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password.encode(), salt=salt, n=1 << log2_n, r=r, p=p,
-                          maxmem=64 * 1024 * 1024, dklen=32)
+    def decide(self, login: Login) -> tuple[str | None, str]:
+        if login.password is not None:
+            if self.users.get(login.user) == login.password:
+                return login.user, ""
+            return None, f"The receiving server refused user {login.user!r}: wrong password."
+        if login.client_key in self.trusted:
+            return login.user, ""
+        if self.allow_anonymous:
+            return "anonymous", ""
+        return None, "The receiving server accepts transfers only from its users."
 
 
 @dataclass
@@ -100,6 +99,9 @@ class Outcome:
     blocks_sent: int
     blocks_retransmitted: int
     corrupted_dropped: int = 0
+    #: datagrams each end dropped (failed authentication, replays, garbage)
+    dropped_by_sender: int = 0
+    dropped_by_receiver: int = 0
     datagrams_to_sender: int = 0
     events: list[object] = field(default_factory=list)
     seconds: float = 0.0  # simulated time until the sender finished
@@ -112,12 +114,14 @@ class Outcome:
 
 
 def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
-        user: str = "alice", password: str = "pw", users: dict[str, str] | None = None,
-        allow_anonymous: bool = False, rate_limit_bps: float | None = None,
-        max_time_s: float = 600.0, resume: Checkpoint | None = None,
-        start_s: float = 0.0) -> Outcome:
+        user: str = "alice", password: str | None = "pw", users: dict[str, str] | None = None,
+        allow_anonymous: bool = False, trusted: tuple[bytes, ...] = (),
+        rate_limit_bps: float | None = None, max_time_s: float = 600.0,
+        resume: Checkpoint | None = None, start_s: float = 0.0,
+        cipher: str = "aes-256-gcm", encrypt: bool = True) -> Outcome:
     """``resume``: what the receiver kept from an earlier session (its files already
-    hold the data of those blocks). ``start_s``: both clocks' reading at the start."""
+    hold the data of those blocks). ``start_s``: both clocks' reading at the start.
+    ``password`` None: the sender has no credentials (``trusted`` keys, or anonymous)."""
     rng = random.Random(link.seed)
     entries = [FileEntry(f"/f{i}", f"/src{i}", None if d is None else len(d), 0, False)
                for i, d in enumerate(files)]
@@ -127,10 +131,12 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
     hello = Hello(bytes.fromhex("ab" * 16), block_size, len(meta), layout.meta_blocks, user)
     now = start_s
     sender = SenderCore(session, hello, meta, layout, MemorySource(files), now,
+                        static=SENDER_KEY, remote_key=RECEIVER_KEY.public,
+                        cipher=CIPHERS[cipher], password=password, encrypt_data=encrypt,
                         rate_limit_bps=rate_limit_bps)
-    authorizer = MemoryAuthorizer(users if users is not None else {"alice": "pw"},
-                                  allow_anonymous)
-    endpoint = ReceiverEndpoint(authorizer)  # the very routing the server runs
+    logins = MemoryLogins(users if users is not None else {"alice": "pw"}, allow_anonymous,
+                          trusted)
+    endpoint = ReceiverEndpoint(RECEIVER_KEY, encrypt)  # the very routing the server runs
     receiver: ReceiverCore | None = None
     logged_in = False
     received: list[bytearray | None] = [
@@ -181,7 +187,9 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         while receiver.events:
             event = receiver.events.popleft()
             events.append(event)
-            if isinstance(event, MetadataReady):
+            if isinstance(event, Login):
+                receiver.login_decided(*logins.decide(event))
+            elif isinstance(event, MetadataReady):
                 receiver.metadata_accepted(event.layout, resume)
             elif isinstance(event, FileReady):
                 data = bytes(received[event.file] or b"")
@@ -226,9 +234,6 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
             if not logged_in and core.user is not None:
                 logged_in = endpoint.logged_in(core)
             receiver_step()
-        if sender.challenge is not None and sender.phase.value == "need proof":
-            c = sender.challenge
-            sender.provide_proof(verifier_for(password, c.salt, c.log2_n, c.r, c.p))
         timer = sender.get_timer()
         if timer is not None and now >= timer:
             sender.handle_timer(now)
@@ -248,6 +253,8 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         blocks_sent=sender.blocks_sent,
         blocks_retransmitted=sender.blocks_retransmitted,
         corrupted_dropped=corrupted,
+        dropped_by_sender=sum(sender.dropped.values()),
+        dropped_by_receiver=sum(endpoint.dropped.values()),
         datagrams_to_sender=sender.packets_recv,
         events=events,
         seconds=now - start_s,
@@ -256,3 +263,19 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         mixed_batches=mixed,
         unsorted_batches=unsorted,
     )
+
+
+def make_hello(session: int, receiver: bytes = RECEIVER_KEY.public, *,
+               sender: KeyPair = SENDER_KEY, user: str = "alice", password: bool = True,
+               meta_size: int = 10_000, block_size: int = 1400, cookie: bytes = bytes(16),
+               cipher: str = "aes-256-gcm") -> tuple[bytes, Handshake]:
+    """A HELLO as a sending server makes it, sealed to ``receiver``'s key; and the
+    handshake, to read the REPLY with."""
+    suite = CIPHERS[cipher]
+    handshake = Handshake(suite, sender, hello_prologue(session, suite.code),
+                          remote_static=receiver)
+    hello = Hello(secrets.token_bytes(16), block_size, meta_size,
+                  -(-meta_size // block_size), user,
+                  (HELLO_PASSWORD if password else 0) | HELLO_ENCRYPT)
+    message = handshake.write_message_1(encode_hello_payload(hello))
+    return encode_hello(session, suite.code, cookie, message), handshake

@@ -4,7 +4,6 @@ would (hostile paths, forged metadata) at a real receiving server over real UDP.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import socket
 import time
@@ -12,18 +11,22 @@ from collections.abc import Callable
 
 from jetstream_server.protocol.layout import Layout
 from jetstream_server.protocol.metadata import FileEntry, Metadata, encode_metadata
-from jetstream_server.protocol.sender import SenderCore, SendPhase
+from jetstream_server.protocol.noise import CIPHERS, KeyPair
+from jetstream_server.protocol.sender import SenderCore
 from jetstream_server.protocol.wire import Hello, new_session_id
 from tests.protocol_link import MemorySource
 
 
 async def raw_send(port: int, files: list[tuple[str, bytes | None]], *,
                    destination_path: str | None = None, user: str = "bob",
-                   password: str = "bob-pw", rate_bps: float | None = None,
+                   password: str | None = "bob-pw", rate_bps: float | None = None,
                    timeout_s: float = 30.0, block_size: int = 1400,
-                   forge: Callable[[str], bytes] | None = None) -> SenderCore:
+                   forge: Callable[[str], bytes] | None = None,
+                   static: KeyPair | None = None, remote_key: bytes | None = None,
+                   encrypt: bool = True) -> SenderCore:
     """``forge``: makes the metadata sent instead of the files' (a forged sender's), given
-    the transfer id."""
+    the transfer id. ``static``: the sender's key (a new one by default); ``remote_key``:
+    the receiver's (None: learned as a first contact does)."""
     transfer_id = secrets.token_bytes(16)
     entries = [FileEntry(path, path, None if data is None else len(data), 1_000_000, False)
                for path, data in files]
@@ -31,9 +34,11 @@ async def raw_send(port: int, files: list[tuple[str, bytes | None]], *,
         Metadata(transfer_id.hex(), destination_path, entries))
     layout = Layout(block_size, len(meta), [e.size for e in entries])
     core = SenderCore(new_session_id(), Hello(transfer_id, block_size, len(meta),
-                                                  layout.meta_blocks, user),
+                                              layout.meta_blocks, user),
                       meta, layout, MemorySource([d for _, d in files]), time.monotonic(),
-                      rate_bps)
+                      static=static or KeyPair.generate(), remote_key=remote_key,
+                      cipher=CIPHERS["aes-256-gcm"], password=password,
+                      encrypt_data=encrypt, rate_limit_bps=rate_bps)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     sock.connect(("127.0.0.1", port))
@@ -46,11 +51,6 @@ async def raw_send(port: int, files: list[tuple[str, bytes | None]], *,
                         core.receive_datagram(sock.recv(70000), now)
                     except (BlockingIOError, ConnectionRefusedError):
                         break
-                if core.phase is SendPhase.NEED_PROOF and core.challenge is not None:
-                    c = core.challenge
-                    core.provide_proof(hashlib.scrypt(password.encode(), salt=c.salt,
-                                                      n=1 << c.log2_n, r=c.r, p=c.p,
-                                                      maxmem=2**26, dklen=32))
                 timer = core.get_timer()
                 if timer is not None and now >= timer:
                     core.handle_timer(now)
@@ -58,7 +58,7 @@ async def raw_send(port: int, files: list[tuple[str, bytes | None]], *,
                     sock.send(datagram)
                 await asyncio.sleep(0.001)
     finally:
-        if core.finished:
-            sock.send(core.close_datagram("done"))
+        for datagram in core.close_datagrams("done"):
+            sock.send(datagram)
         sock.close()
     return core

@@ -10,24 +10,24 @@ from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jetstream_server.errors import Garbage
+from jetstream_server.protocol.channel import DATA_OVERHEAD, Channel
 from jetstream_server.protocol.layout import DIGEST, Layout, Slot
 from jetstream_server.protocol.metadata import FileEntry, Metadata, decode_metadata, encode_metadata
+from jetstream_server.protocol.noise import CIPHERS
 from jetstream_server.protocol.ranges import RangeSet
 from jetstream_server.protocol.receiver import Checkpoint, ReceiverCore
 from jetstream_server.protocol.wire import (
-    DATA_OVERHEAD,
-    HEADER,
+    PLAIN_DATA_OVERHEAD,
     Ack,
-    Garbage,
     Hello,
     Kind,
     decode_ack,
-    encode,
     encode_ack,
+    encode_plain,
     parse_header,
-    seal,
 )
-from tests.protocol_link import LinkConfig, MemoryAuthorizer, run
+from tests.protocol_link import SENDER_KEY, LinkConfig, run
 
 files_strategy = st.lists(
     st.one_of(st.none(), st.binary(max_size=20_000)), min_size=1, max_size=5)
@@ -50,9 +50,9 @@ def test_retransmission_stays_bounded(loss: float) -> None:
     data = bytes(range(256)) * 4000  # ~1 MB
     outcome = run([data], LinkConfig(loss=loss, seed=7), block_size=1024)
     assert outcome.complete and outcome.files == [data]
-    # every datagram carries 24 header bytes per 1024 payload bytes (2.3 %), plus the
-    # handshake and metadata: the small constant overhead
-    overhead = 0.04
+    # every datagram carries 36 bytes of header and tag per 1024 payload bytes (3.5 %),
+    # plus the handshake and metadata: the small constant overhead
+    overhead = 0.05
     assert outcome.wire_bytes_sender <= (1 + 2 * loss + overhead) * len(data) + 20_000
 
 
@@ -66,13 +66,23 @@ def test_corrupted_datagrams_are_never_written() -> None:
 def test_wrong_password_and_anonymous_are_refused_unless_allowed() -> None:
     wrong = run([b"data"], LinkConfig(), password="nope")
     assert not wrong.complete
-    assert wrong.sender_error is not None and "wrong user name or password" in \
-        wrong.sender_error
+    assert wrong.sender_error is not None and "wrong password" in wrong.sender_error
     assert wrong.files == [bytes(4)]  # nothing was accepted
-    anonymous = run([b"data"], LinkConfig(), user="")
-    assert not anonymous.complete and "destinationUser" in (anonymous.sender_error or "")
-    allowed = run([b"data"], LinkConfig(), user="", allow_anonymous=True)
+    anonymous = run([b"data"], LinkConfig(), password=None)
+    assert not anonymous.complete and "only from its users" in (anonymous.sender_error or "")
+    allowed = run([b"data"], LinkConfig(), password=None, allow_anonymous=True)
     assert allowed.complete and allowed.files == [b"data"]
+    trusted = run([b"data"], LinkConfig(), password=None, trusted=(SENDER_KEY.public,))
+    assert trusted.complete and trusted.files == [b"data"]
+
+
+@pytest.mark.parametrize("cipher", ["aes-256-gcm", "chacha20-poly1305"])
+def test_either_cipher_and_no_encryption_deliver_the_same(cipher: str) -> None:
+    data = bytes(range(256)) * 300
+    for encrypt in (True, False):
+        outcome = run([data, b"", None], LinkConfig(loss=0.02, corrupt=0.02, seed=3),
+                      cipher=cipher, encrypt=encrypt)
+        assert outcome.complete and outcome.files == [data, b"", None], (cipher, encrypt)
 
 
 def test_a_rate_limited_sender_stays_under_its_limit() -> None:
@@ -185,31 +195,36 @@ def test_send_times_wrapping_at_32_bits_change_nothing() -> None:
 def test_ack_round_trip_and_garbage_detection() -> None:
     base = 2**40  # block numbers are 64-bit
     ack = Ack(base, 5, 6000, 123, 456, 7, 2, 3, [(base + 5, base + 10), (base + 99, base + 2**31)])
-    datagram = encode_ack(99, ack)
-    assert decode_ack(memoryview(datagram)[HEADER.size:]) == ack
-    assert parse_header(datagram)[1] == 99
+    key = bytes(32)
+    sending = Channel(CIPHERS["aes-256-gcm"], 99, key, key)
+    receiving = Channel(CIPHERS["aes-256-gcm"], 99, key, key)
+    datagram = sending.seal(Kind.ACK, encode_ack(ack))
+    assert parse_header(datagram) == (Kind.ACK, 99)
     broken = bytearray(datagram)
     broken[20] ^= 1
     with pytest.raises(Garbage):
-        parse_header(bytes(broken))
-    for junk in (b"", b"JS", b"\x00" * 64, datagram[:15]):
+        receiving.open(Kind.ACK, bytes(broken))
+    assert decode_ack(receiving.open(Kind.ACK, datagram)[1]) == ack
+    for junk in (b"", b"JS", b"\x00" * 64, datagram[:4]):
         with pytest.raises(Garbage):
             parse_header(junk)
 
 
 def test_version_and_type_share_the_first_byte_and_other_versions_are_garbage() -> None:
-    """Version 4: the first byte is the version (high 4 bits) and the type (low 4), then
-    a 32-bit session id and the CRC; DATA adds 9 bytes. A message of version 3 (first
-    byte 3) or 1-2 (magic 0x4A53) is refused even with a correct CRC."""
-    datagram = encode(Kind.ACK, 0xDEADBEEF)
-    assert datagram[:5] == bytes.fromhex("47deadbeef") and len(datagram) == HEADER.size == 9
-    assert DATA_OVERHEAD == 18  # 1454 bytes of file in a 1500-byte packet
-    assert parse_header(datagram) == (Kind.ACK, 0xDEADBEEF)
-    for first, error in ((0x03, "bad version"), (0x37, "bad version"),
-                         (0x4A, "unknown type"), (0x40, "unknown type")):
+    """Version 5: the first byte is the version (high 4 bits) and the type (low 4), then
+    a 32-bit session id; a sealed message adds a 48-bit packet number and a 16-byte tag,
+    a DATA 9 clear bytes more. A message of version 4 (first byte 0x4_), 3 (0x03) or 1-2
+    (magic 0x4A53) is refused whatever follows."""
+    datagram = encode_plain(Kind.UNKNOWN, 0xDEADBEEF)
+    assert datagram[:5] == bytes.fromhex("5ddeadbeef")
+    assert DATA_OVERHEAD == 36  # 1436 bytes of file in a 1500-byte packet
+    assert PLAIN_DATA_OVERHEAD == 18  # without encryption, as version 4
+    assert parse_header(datagram) == (Kind.UNKNOWN, 0xDEADBEEF)
+    for first, error in ((0x03, "bad version"), (0x47, "bad version"),
+                         (0x4A, "bad version"), (0x50, "unknown type"),
+                         (0x5F, "unknown type")):
         forged = bytearray(datagram)
-        forged[0], forged[5:9] = first, bytes(4)
-        seal(forged, len(forged))
+        forged[0] = first
         with pytest.raises(Garbage, match=error):
             parse_header(bytes(forged))
 
@@ -367,8 +382,9 @@ def test_a_checkpoint_without_some_files_and_what_is_durable_after_a_failure() -
     cut = checkpoint.without(layout, {0, 3})
     assert cut.ranges == [(0, 1), (5, 6)]
     assert cut.digests == {2: (b"e", 100)} and cut.committed == {2}
-    core = ReceiverCore(1, Hello(bytes(16), 256, 256, 1, ""),
-                        MemoryAuthorizer({}, allow_anonymous=True), 0.0)
+    key = bytes(32)
+    core = ReceiverCore(1, Hello(bytes(16), 256, 256, 1, "", flags=2), bytes(32),
+                        Channel(CIPHERS["aes-256-gcm"], 1, key, key), b"reply", 0.0)
     core.layout = layout
     core.file_committed(3)  # in place after the checkpoint was made
     durable = core.durable(Checkpoint([(0, 3)], {0: (b"d", 600)}, set()))
@@ -376,26 +392,27 @@ def test_a_checkpoint_without_some_files_and_what_is_durable_after_a_failure() -
     assert durable.committed == {3} and durable.digests == {0: (b"d", 600)}
 
 
-def test_the_warm_up_asks_three_times_and_closes_the_session_once_answered() -> None:
-    from jetstream_server.protocol.sender import WarmUpCore
-    from jetstream_server.protocol.wire import Challenge, decode_error, encode_challenge
+def test_the_key_probe_asks_three_times_and_keeps_the_key_once_answered() -> None:
+    from jetstream_server.protocol.sender import KeyProbe
+    from jetstream_server.protocol.wire import KEY_ENCRYPTS, encode_key
 
-    silent = WarmUpCore("bob", 1400, now=0.0, tries=3, wait_s=1.0)
+    silent = KeyProbe(now=0.0, tries=3, wait_s=1.0)
     sent = len(silent.datagrams_to_send(0.0))
     for t in (1.0, 2.0, 3.0):
         assert silent.get_timer() == t
         silent.handle_timer(t)
         sent += len(silent.datagrams_to_send(t))
-    assert sent == 3 and silent.finished and silent.challenge is None
-    asked = WarmUpCore("bob", 1400, now=0.0)
-    [hello] = asked.datagrams_to_send(0.0)
-    assert parse_header(hello) == (Kind.HELLO, asked.session)
-    asked.receive_datagram(encode(Kind.PING, asked.session + 1), 0.1)  # not its session
+    assert sent == 3 and silent.finished and silent.key is None
+    asked = KeyProbe(now=0.0)
+    [request] = asked.datagrams_to_send(0.0)
+    assert parse_header(request) == (Kind.KEY_REQUEST, asked.session)
+    key = SENDER_KEY.public
+    asked.receive_datagram(encode_key(asked.session + 1, key, KEY_ENCRYPTS), 0.1)  # not its
     assert not asked.finished
-    challenge = Challenge(b"n" * 16, 14, 8, 1, b"salt")
-    asked.receive_datagram(encode_challenge(asked.session, challenge), 0.2)
-    assert asked.finished and asked.challenge == challenge
-    [close] = asked.datagrams_to_send(0.2)
-    assert parse_header(close) == (Kind.CLOSE, asked.session)
-    assert decode_error(memoryview(close)[HEADER.size:]) == (0, "verifier derived")
-    assert asked.get_timer() is None
+    damaged = bytearray(encode_key(asked.session, key, KEY_ENCRYPTS))
+    damaged[9] ^= 1
+    asked.receive_datagram(bytes(damaged), 0.15)  # its CRC catches an accident
+    assert not asked.finished
+    asked.receive_datagram(encode_key(asked.session, key, KEY_ENCRYPTS), 0.2)
+    assert asked.finished and asked.key == key and asked.encrypts
+    assert asked.datagrams_to_send(0.2) == [] and asked.get_timer() is None

@@ -21,7 +21,7 @@ import pytest
 
 from jetstream_server.core.netaddr import is_loopback
 from jetstream_server.server import Server
-from tests.conftest import make_settings
+from tests.conftest import command, make_ca_signed_certificate, make_settings
 
 NETWORK = "198.18.0.0/15"
 
@@ -99,19 +99,83 @@ async def _remote_answer(namespace: str, host: str, port: int, *how: str
     return answer
 
 
-async def test_remote_clients_are_refused_unless_allowed(
-        home: Path, namespace: tuple[str, str, str]) -> None:
+async def _remote_console(namespace: str, host: str, port: int, known: Path, *args: str
+                          ) -> subprocess.CompletedProcess[str]:
+    """``jetstream api --host HOST ...`` run in the namespace, as a user elsewhere would."""
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", namespace, command("jetstream"), "api", "--host", host,
+        "--api-control-port", str(port), *args,
+        env={**os.environ, "JETSTREAM_KNOWN_SERVERS": str(known)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess([], proc.returncode, out.decode(), err.decode())
+
+
+async def test_remote_clients_are_refused_unless_allowed_and_then_must_use_tls(
+        home: Path, tmp_path: Path, namespace: tuple[str, str, str]) -> None:
     name, host_ip, _ = namespace
+    known = tmp_path / "known_servers"
     async with Server(make_settings(home, api_host=host_ip)) as closed:
         refused = await _remote_answer(name, host_ip, closed.api_port)
         assert refused["status"] == "error"
         assert refused["code"] == "remote_control_refused"
         assert "--api-allow-remote-control" in str(refused["message"])
+        over_tls = await _remote_console(name, host_ip, closed.api_port, known,
+                                         "getServerInfo")
+        assert over_tls.returncode == 3 and "--api-allow-remote-control" in over_tls.stderr
     async with Server(make_settings(home, api_host=host_ip,
                                     api_allow_remote_control=True)) as open_:
-        accepted = await _remote_answer(name, host_ip, open_.api_port)
-        assert accepted["status"] == "success"
-        assert accepted["result"]["allowRemoteControl"] is True  # type: ignore[index]
+        assert open_.service is not None
+        plain = await _remote_answer(name, host_ip, open_.api_port)
+        assert plain["code"] == "tls_required"
+        assert "connect with TLS" in str(plain["message"])
+        first = await _remote_console(name, host_ip, open_.api_port, known, "getServerInfo")
+        assert first.returncode == 0, first.stderr
+        fingerprint = open_.service.api_certificate.fingerprint
+        assert orjson.loads(first.stdout)["certificateFingerprint"] == fingerprint
+        assert f"{fingerprint} was added to {known}" in first.stderr
+        again = await _remote_console(name, host_ip, open_.api_port, known, "getServerInfo")
+        assert again.returncode == 0 and again.stderr == ""
+        port = open_.api_port
+    for made in ("api-cert.pem", "api-key.pem"):  # the server's certificate is replaced
+        (home / "state" / made).unlink()
+    async with Server(make_settings(home, api_host=host_ip, api_port=port,
+                                    api_allow_remote_control=True)) as replaced:
+        assert replaced.service is not None
+        new = replaced.service.api_certificate.fingerprint
+        changed = await _remote_console(name, host_ip, replaced.api_port, known,
+                                        "getServerInfo")
+        assert changed.returncode == 3
+        assert f"has CHANGED: it was {fingerprint}, it is now {new}" in changed.stderr
+        line = known.read_text().splitlines().index(f"{host_ip}:{port} {fingerprint}") + 1
+        assert f"remove line {line} of {known}" in changed.stderr
+        assert f"--api-fingerprint={new}" in changed.stderr
+        pinned = await _remote_console(name, host_ip, replaced.api_port, known,
+                                       f"--api-fingerprint={new}", "getServerInfo")
+        assert pinned.returncode == 0, pinned.stderr
+        wrong = await _remote_console(name, host_ip, replaced.api_port, known,
+                                      f"--api-fingerprint={fingerprint}", "getServerInfo")
+        assert wrong.returncode == 3 and f"has fingerprint {new}, not {fingerprint}" in \
+            wrong.stderr
+
+
+async def test_a_certificate_signed_by_a_ca_is_verified_with_the_ca_file(
+        home: Path, tmp_path: Path, namespace: tuple[str, str, str]) -> None:
+    name, host_ip, _ = namespace
+    ca, cert, key = make_ca_signed_certificate(tmp_path, host_ip)
+    other_ca, _, _ = make_ca_signed_certificate(tmp_path / "other", host_ip)
+    known = tmp_path / "known_servers"
+    async with Server(make_settings(home, api_host=host_ip, api_allow_remote_control=True,
+                                    api_cert=cert, api_key=key)) as server:
+        trusted = await _remote_console(name, host_ip, server.api_port, known,
+                                        f"--api-ca-file={ca}", "getServerInfo")
+        assert trusted.returncode == 0, trusted.stderr
+        assert not known.exists()  # (a CA needs no remembering)
+        untrusted = await _remote_console(name, host_ip, server.api_port, known,
+                                          f"--api-ca-file={other_ca}", "getServerInfo")
+        assert untrusted.returncode == 3
+        assert "is not trusted by the CA" in untrusted.stderr
 
 
 async def test_with_the_data_port_apart_remote_clients_are_refused_at_accept(

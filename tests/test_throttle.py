@@ -116,7 +116,7 @@ async def test_transfer_logins_wait_in_line_are_logged_and_slow_api_logins(
     async with Server(make_settings(tmp_path)) as srv:
         assert srv.service is not None
         throttle = srv.service.throttle = LoginThrottle(base_delay_s=0.1, max_delay_s=0.4)
-        caplog.set_level(logging.WARNING, logger="jetstream.recv")
+        caplog.set_level(logging.WARNING, logger="jetstream.api")
         started = time.monotonic()
         cores = await asyncio.gather(*(
             raw_send(srv.recv_port, [("a.txt", b"x")], user="bob", password="guess",

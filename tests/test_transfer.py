@@ -16,10 +16,11 @@ import pytest
 from jetstream_server.client import AsyncClient
 from jetstream_server.commands import send as commands_send
 from jetstream_server.core.sandbox import written_path
-from jetstream_server.dataplane.sending import LOOPBACK_BLOCK_SIZE, SendingPlane
+from jetstream_server.dataplane.sending import LOOPBACK_BLOCK_SIZE
 from jetstream_server.errors import CommandFailed, PathRefused
+from jetstream_server.protocol.noise import public_key_text
 from jetstream_server.protocol.sender import SendPhase
-from jetstream_server.protocol.wire import TCP_PREFACE, Kind, encode
+from jetstream_server.protocol.wire import TCP_PREFACE, Kind, encode_hello, encode_plain
 from jetstream_server.server import Server
 from tests.conftest import PASSWORDS, make_home, make_settings
 from tests.raw_sender import raw_send
@@ -139,13 +140,15 @@ async def test_garbage_at_the_data_port_is_dropped_and_counted(
     junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     target = ("127.0.0.1", b.recv_port)
     for datagram in (b"", b"x" * 10, os.urandom(1400), b"JS\x01\x06" + os.urandom(40),
-                     encode(Kind.DATA, 12345, os.urandom(100)),  # unknown session
-                     encode(Kind.HELLO, 999, b"short")):  # malformed HELLO
+                     encode_plain(Kind.KEY, 999, b"\0" * 33)[:-1],  # bad CRC
+                     encode_hello(999, 7, bytes(16), b"short")):  # an unknown cipher
         junk.sendto(datagram, target)
+    junk.sendto(b"\x56\0\0\x30\x39" + os.urandom(100), target)  # DATA, unknown session
+    junk.sendto(encode_hello(998, 1, bytes(16), os.urandom(200)), target)  # fails its tag
     # a datagram of a live session from the wrong address (forged)
     session_id = next(iter(b.endpoint.sessions)) if b.endpoint and b.endpoint.sessions \
         else 1
-    junk.sendto(encode(Kind.CLOSE, session_id, b"\0\0forged"), target)
+    junk.sendto(b"\x58" + session_id.to_bytes(4, "big") + os.urandom(40), target)
     junk.close()
     for payload in (TCP_PREFACE + b"\xff\xff\xff\xff", TCP_PREFACE + b"\0\0\0\x05abcde"):
         _, writer = await asyncio.open_connection("127.0.0.1", b.recv_port)
@@ -160,6 +163,7 @@ async def test_garbage_at_the_data_port_is_dropped_and_counted(
     await viewer.close()
     dropped = info["receiver"]["datagramsDropped"]
     assert dropped["garbage"] >= 6 and dropped["unknownSession"] >= 1
+    assert dropped["failedAuthentication"] >= 1 and dropped["truncated"] >= 1
 
 
 async def _rates(client: AsyncClient, transfer_id: str, seconds: float) -> list[float]:
@@ -396,27 +400,26 @@ async def test_outcomes_are_logged_once_and_abandoned_partial_files_are_collecte
     assert sum(f"transfer {small['transferId']} complete:" in line for line in lines) == 1
 
 
-async def test_a_new_destination_has_its_password_verifier_derived_ahead(
+async def test_a_new_destination_learns_and_pins_the_receivers_key_ahead(
         pair: tuple[Server, Server, AsyncClient, Path, Path]) -> None:
-    """createDestination asks the destination for its challenge and derives the scrypt
-    verifier in the background (the first transfer does not wait ~0.1 s for it); the
-    exchange leaves nothing behind on the receiving side."""
-    a, b, client, a_box, b_box = pair
-    assert a.service is not None and b.service is not None and b.endpoint is not None
-    plane = a.service.scheduler.data_plane
-    assert isinstance(plane, SendingPlane)
+    """createDestination without destinationPublicKey asks the destination for its key in
+    the background and pins it (ssh's known_hosts, on first contact); the exchange leaves
+    nothing behind on the receiving side, and the transfers then use that key."""
+    _, b, client, a_box, b_box = pair
+    assert b.service is not None and b.endpoint is not None
     destination = await _destination(client, b)
     async with asyncio.timeout(10):
-        while not plane.verifiers or b.endpoint.sessions:
+        while (await client.call("getDestination", destinationId=destination))[
+                "destinationPublicKey"] is None:
             await asyncio.sleep(0.02)
-    [(password, *_)] = plane.verifiers
-    assert password == PASSWORDS["bob"]
-    assert b.service.receives == {}  # not a transfer: no record, no trigger
+    got = await client.call("getDestination", destinationId=destination)
+    assert got["destinationPublicKey"] == public_key_text(b.service.identity.public)
+    assert got["encryptionEnabled"] is True
+    assert b.service.receives == {} and not b.endpoint.sessions  # no record, no trigger
     (a_box / "f.txt").write_text("data")
     transfer = await send(client, destination, {"/f.txt": "/f.txt"})
     assert (await wait_transfer(client, transfer["transferId"]))["status"] == "complete"
     assert (b_box / "f.txt").read_text() == "data"
-    assert len(plane.verifiers) == 1  # the transfer found it there
 
 
 async def test_a_transfer_of_too_many_blocks_is_refused_at_creation(

@@ -25,6 +25,7 @@ from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts
 from ..errors import InvalidParameter, InvalidState, ManifestError, quoted
 from ..protocol.layout import MAX_BLOCKS, Layout
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S
+from ..protocol.noise import public_key_bytes, public_key_text
 from ..protocol.wire import DEFAULT_PORT
 from .context import Call
 from .registry import Command, Param, Registry
@@ -109,7 +110,9 @@ def _transport(value: str | None, default: str) -> str:
 
 
 async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
-    """Make (or find, for the same parameters) a server to send to."""
+    """Make (or find, for the same parameters) a server to send to.
+
+    Its public key (destinationPublicKey) is pinned: given, or learned on first contact."""
     service = call.service
     host, port = parse_address(p["destinationAddress"])
     if p["destinationPassword"] is not None and p["destinationUser"] is None:
@@ -117,8 +120,15 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     if p["destinationToken"] is not None:
         raise InvalidParameter("destinationToken: API tokens are not supported yet; give "
                                "destinationUser and destinationPassword.")
+    public_key = p["destinationPublicKey"]
+    if public_key is not None:
+        try:
+            public_key = public_key_text(public_key_bytes(public_key))
+        except ValueError as exc:
+            raise InvalidParameter(f"destinationPublicKey {quoted(public_key)}: {exc} (the "
+                                   "publicKey of the destination's getServerInfo).") from None
     wanted = Destination(
-        id=new_id(), owner=call.user, create_time_us=now_us(),
+        id=new_id(), owner=call.user, create_time_us=now_us(), public_key=public_key,
         user_data=check_user_data(p["userData"] or {}),
         address=p["destinationAddress"], host=host, ip="", port=port,
         send_rate_max_kbps=_rate(p["sendRateMax"]),
@@ -159,7 +169,7 @@ def _peer(call: Call) -> str:
 
 def _destination(call: Call, destination: Destination) -> dict[str, Any]:
     queued = len(call.service.scheduler.queue(destination.id))
-    return destination.to_api(queued)
+    return destination.to_api(queued, not call.service.settings.no_data_encryption)
 
 
 async def get_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
@@ -442,6 +452,7 @@ def register(registry: Registry) -> None:
             Param("destinationUser", str, nullable=True),
             Param("destinationPassword", str, nullable=True),
             Param("destinationToken", str, nullable=True),
+            Param("destinationPublicKey", str, nullable=True),
             user_data)),
         ("getDestination", get_destination, (dest_id,)),
         ("getDestinations", get_destinations, ()),

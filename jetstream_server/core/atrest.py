@@ -10,16 +10,14 @@ database.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import ConfigError, UnreadableSecret
-from .private import private_dir, private_file
+from .private import read_private_file, write_private_file
 
 __all__ = ["SecretBox"]
 
@@ -37,25 +35,18 @@ class SecretBox:
         """The box of the key in ``path``, made (64 hex digits, mode 0600) if it does not
         exist. Raises :class:`ConfigError` when it cannot be read, is malformed, or is
         readable by anyone but its owner."""
+        if not path.exists():
+            try:
+                write_private_file(path, (secrets.token_hex(32) + "\n").encode())
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise ConfigError(f"Cannot make the secret key file {path}: "
+                                  f"{exc.strerror}.") from None
+        raw = read_private_file(path, "the secret key file")
         try:
-            if not path.exists():
-                private_dir(path.parent)
-                if private_file(path):
-                    with open(path, "w", encoding="ascii") as stream:
-                        stream.write(secrets.token_hex(32) + "\n")
-                        stream.flush()
-                        os.fsync(stream.fileno())
-            mode = stat.S_IMODE(os.stat(path).st_mode)
-            text = path.read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"Cannot read the secret key file {path}: "
-                              f"{getattr(exc, 'strerror', None) or exc}.") from None
-        if mode & 0o077:
-            raise ConfigError(f"The secret key file {path} is readable by others (mode "
-                              f"{mode:04o}): chmod 600 {path}.")
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
+            key = bytes.fromhex(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
             key = b""
         if len(key) != 32:
             raise ConfigError(f"The secret key file {path} must hold 64 hexadecimal digits "

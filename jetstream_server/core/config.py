@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..protocol.noise import CIPHERS
 from ..protocol.wire import DEFAULT_PORT
 
 __all__ = ["SETTINGS", "Setting", "Settings", "default_home", "load_settings"]
@@ -47,10 +48,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api-port", int, f"TCP port of the control API (default {DEFAULT_PORT}; 0 picks "
                              "one)."),
     Setting("api-allow-remote-control", bool,
-            "Accept API connections from addresses other than loopback."),
+            "Accept API connections from addresses other than loopback (over TLS only)."),
+    Setting("api-cert", Path, "TLS certificate (PEM) of the control port, with --api-key "
+                              "(default: one the server makes, in the state folder)."),
+    Setting("api-key", Path, "Private key (PEM) of --api-cert."),
     Setting("recv-port", int, f"Data port, UDP and TCP (default {DEFAULT_PORT}; 0 picks one)."),
     Setting("recv-allow-anonymous", bool,
             "Accept incoming transfers without credentials, as user 'anonymous'."),
+    Setting("no-data-encryption", bool,
+            "Do not encrypt file data between servers (trusted networks only): such a "
+            "server sends to, and receives from, only servers that do not encrypt either."),
+    Setting("data-cipher", str,
+            "AEAD of the data sessions this server starts: 'aes-256-gcm' (default) or "
+            "'chacha20-poly1305'."),
     Setting("udp-offload", bool,
             "Send and receive UDP data in batches with Linux GSO/GRO where the kernel "
             "allows: true (default) or false.", flag=False),
@@ -93,8 +103,12 @@ class Settings:
     api_host: str | None = None
     api_port: int = DEFAULT_PORT
     api_allow_remote_control: bool = False
+    api_cert: Path | None = None
+    api_key: Path | None = None
     recv_port: int = DEFAULT_PORT
     recv_allow_anonymous: bool = False
+    no_data_encryption: bool = False
+    data_cipher: str = "aes-256-gcm"
     udp_offload: bool = True
     users_file: Path = field(default_factory=lambda: default_home() / "users")
     superuser: tuple[str, ...] = ()
@@ -134,7 +148,8 @@ def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
     for key, value in given.items():
         if value is not None and value != ():
             values[_BY_KEY[key].attr] = value
-    for key in ("users_file", "persistent_state_dir", "secret_key_file", "trigger_dir", "log"):
+    for key in ("users_file", "persistent_state_dir", "secret_key_file", "trigger_dir", "log",
+                "api_cert", "api_key"):
         if values.get(key) is not None:
             values[key] = Path(values[key]).expanduser()
     if "superuser" in values:
@@ -145,6 +160,8 @@ def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
             raise ConfigError(f"--{key.replace('_', '-')} must be between 0 and 65535.")
     if values.get("log_format", "text") not in ("text", "json"):
         raise ConfigError("--log-format must be 'text' or 'json'.")
+    if values.get("data_cipher", "aes-256-gcm") not in CIPHERS:
+        raise ConfigError(f"--data-cipher must be one of {', '.join(CIPHERS)}.")
     defaulted = frozenset(s.attr for s in SETTINGS if s.attr not in values)
     return Settings(**values, defaulted=defaulted)
 

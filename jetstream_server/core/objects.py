@@ -53,21 +53,27 @@ class Destination(Owned):
     last_error_message: str | None = None
     last_recv_time_us: int | None = None
     last_send_time_us: int | None = None
+    #: the receiving server's public key (text): given to createDestination, or pinned
+    #: at the first contact; a server with another key is refused
+    public_key: str | None = None
     #: why the stored password could not be read back at start (the secret key changed);
     #: its transfers fail with this message. Not stored.
     credentials_error: str | None = field(default=None, repr=False)
     #: the state of its data connection (moved by the data plane; not stored)
     connection: ConnectionState = ConnectionState.DISCONNECTED
 
-    def same_parameters(self, other: Destination) -> bool:
-        """True when ``other`` was created with the same parameters (idempotent create)."""
+    def same_parameters(self, wanted: Destination) -> bool:
+        """True when ``wanted`` asks for this destination (idempotent create): the same
+        parameters, and its key if it names one (this one's may have been pinned)."""
         return (self.owner, self.host, self.port, self.send_rate_max_kbps, self.data_transport,
                 self.remote_user, self.remote_password) == (
-            other.owner, other.host, other.port, other.send_rate_max_kbps, other.data_transport,
-            other.remote_user, other.remote_password)
+            wanted.owner, wanted.host, wanted.port, wanted.send_rate_max_kbps,
+            wanted.data_transport, wanted.remote_user, wanted.remote_password) and \
+            wanted.public_key in (None, self.public_key)
 
-    def to_api(self, queued: int) -> dict[str, Any]:
-        """The Destination structure (no stored secret ever appears)."""
+    def to_api(self, queued: int, encrypts: bool = True) -> dict[str, Any]:
+        """The Destination structure (no stored secret ever appears); ``encrypts``: this
+        server encrypts the data it sends."""
         return {
             "destinationId": self.id,
             "destinationAddress": self.address,
@@ -79,9 +85,9 @@ class Destination(Owned):
             "sendRateMax": self.send_rate_max_kbps,
             "dataTransport": self.data_transport,
             "connectionId": None,
-            "encryptionEnabled": False,
+            "encryptionEnabled": encrypts,
             "encryptedConnectionState": self.connection,
-            "destinationPublicKey": None,
+            "destinationPublicKey": self.public_key,
             "lastDestinationServerId": None,
             "lastError": self.last_error,
             "lastErrorMessage": self.last_error_message,

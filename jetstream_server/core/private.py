@@ -2,15 +2,18 @@
 
 :func:`private_file` and :func:`private_dir` create files 0600 and folders 0700 whatever
 the process umask (one that exists is left as it is): the state, the log, the users file
-and the secret key.
+and the keys. :func:`read_private_file` reads a secret, refusing one others may read.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
-__all__ = ["private_dir", "private_file"]
+from ..errors import ConfigError
+
+__all__ = ["private_dir", "private_file", "read_private_file", "write_private_file"]
 
 
 def private_dir(path: Path) -> None:
@@ -39,3 +42,30 @@ def private_file(path: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (0600, in a 0700 folder made if missing) holding ``data``, flushed
+    to disk; FileExistsError if it exists."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_private_file(path: Path, what: str) -> bytes:
+    """The bytes of ``path``, a secret (``what`` names it in errors). Raises ConfigError
+    when it cannot be read, or when anyone but its owner may read it."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {what} {path}: {exc.strerror}.") from None
+    if mode & 0o077:
+        raise ConfigError(f"{what[:1].upper()}{what[1:]} {path} is readable by others (mode "
+                          f"{mode:04o}): chmod 600 {path}.")
+    return data

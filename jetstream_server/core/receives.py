@@ -45,6 +45,10 @@ class ReceiveRecord:
     meta_digest: str = ""
     #: blocks durable on disk, digests and files in place, for a later session
     checkpoint: Checkpoint | None = None
+    #: the sending server's public key (as text), proven in the session's handshake
+    client_key: str | None = None
+    #: the session's data was encrypted (else both servers run --no-data-encryption)
+    encrypted: bool = True
 
     def to_api(self) -> dict[str, Any]:
         """The Receive Transfer structure."""
@@ -56,6 +60,8 @@ class ReceiveRecord:
             "sourceIP": self.source_ip,
             "sourcePort": self.source_port,
             "dataTransport": self.transport,
+            "sourcePublicKey": self.client_key,
+            "encryptionEnabled": self.encrypted,
             "destinationPath": self.destination_path,
             "totalSize": self.total_size,
             "totalFiles": self.total_files,

@@ -20,8 +20,10 @@ from typing import Any, Protocol, TypeVar
 
 from .. import __version__
 from ..errors import AuthFailed, NotFound, UnreadableSecret
+from ..protocol.noise import CIPHERS, public_key_text
 from .atrest import SecretBox
 from .config import Settings
+from .identity import load_api_certificate, load_server_key
 from .ids import new_id, now_us
 from .lifecycle import MANIFEST, RECEIVE, TRANSFER, ManifestStatus, ReceiveStatus, TransferStatus
 from .objects import Destination, FileMapping, Manifest, Owned, Transfer
@@ -32,7 +34,8 @@ from .sandbox import expand_sandbox
 from .scheduler import DataPlane, Scheduler
 from .store import StateStore
 from .throttle import LoginThrottle
-from .users import UserStore
+from .trust import AuthorizedClients
+from .users import UserStore, check_user_name
 
 __all__ = ["API_VERSION", "Fire", "Receiver", "Service", "Session"]
 
@@ -109,7 +112,14 @@ class Service:
                                    on_change=self.save_transfer)
         #: seals the destination passwords the state database holds
         self.secrets = SecretBox.from_key_file(settings.secret_key_file)
+        #: this server's long-term key: its identity to other servers
+        self.identity = load_server_key(settings.persistent_state_dir / "server.key")
+        #: the control port's TLS certificate
+        self.api_certificate = load_api_certificate(settings.api_cert, settings.api_key,
+                                                    settings.persistent_state_dir)
         self.state = StateStore(settings.persistent_state_dir)
+        #: the sending servers trusted by their keys
+        self.trust = AuthorizedClients(self.state)
         self._saved_manifests: set[str] = set()
         self.requests = RequestBook(
             on_change=lambda r: self.state.put("request", str(r.request_id), r.to_state()),
@@ -129,12 +139,15 @@ class Service:
 
     # -- authentication ---------------------------------------------------------------
 
-    async def authenticate(self, session: Session, user: str, password: str) -> None:
-        """Check a password, in turn with every other login (see throttle.py)."""
-        address, throttle = session.peer[0], self.throttle
+    async def check_login(self, address: str, user: str, password: str, where: str) -> bool:
+        """Check a password against the users file's slow hash, in turn with every other
+        login (see throttle.py): the API's ``auth`` and a transfer's login alike. A failure
+        is logged (``where``: "login" or "transfer login"), without the password, and the
+        name only if it exists. AuthFailed when too many attempts wait already."""
+        throttle = self.throttle
         if not throttle.join(address, user, time.monotonic()):
             limited_log.warning("busy", "refused a login from %s: too many attempts waiting",
-                                session.peer_text)
+                                address)
             raise AuthFailed("Too many login attempts for this user or from this address "
                              "at once; try again later.")
         try:
@@ -152,21 +165,56 @@ class Service:
             throttle.leave(address, user)
         if not ok:
             known = self.users.stored_hash(user) is not None
-            limited_log.warning("login", "failed login from %s for %s", session.peer_text,
-                                user if known else "an unknown user")
+            limited_log.warning(where, "failed %s from %s for %s%s", where, address,
+                                user if known else "an unknown user",
+                                " (data port)" if where == "transfer login" else "")
+        return ok
+
+    async def authenticate(self, session: Session, user: str, password: str) -> None:
+        """Log an API session in (AuthFailed if the password is wrong)."""
+        if not await self.check_login(session.peer[0], user, password, "login"):
             raise AuthFailed("Authentication failed: wrong user name or password.")
         session.user, session.raised = user, False
         log.info("%s logged in from %s", user, session.peer_text)
+
+    async def authorize_sender(self, address: str, user: str, password: str | None,
+                               client_key: bytes) -> str:
+        """The user an incoming transfer is received as (contract section 10): the
+        account ``user`` when ``password`` is its password; else, when the sending
+        server's key is authorized, ``user`` (the sending user's name); else
+        ``anonymous`` where the operator allows it. With only authorized clients allowed,
+        a key not authorized is refused whatever it brings. AuthFailed with the message
+        the sender's transfer fails with."""
+        key = public_key_text(client_key)
+        trusted = self.trust.trusts(key)
+        authorize = f"recv.addAuthorizedClientAsync --clientPublicKey={key}"
+        if self.trust.only_authorized and not trusted:
+            raise AuthFailed(f"The receiving server accepts transfers only from servers it "
+                             f"has authorized, and this server's key {key} is not one of "
+                             f"them: its operator can authorize it with {authorize}.")
+        if password is not None:
+            if not await self.check_login(address, user, password, "transfer login"):
+                raise AuthFailed(f"The receiving server refused user {user!r}: wrong user "
+                                 "name or password.")
+            return user
+        if trusted:
+            try:
+                return check_user_name(user)
+            except ValueError as exc:
+                raise AuthFailed(f"The receiving server refused the sending user's name: "
+                                 f"{exc}") from None
+        if self.settings.recv_allow_anonymous:
+            return "anonymous"
+        raise AuthFailed("The receiving server accepts transfers only from its users and "
+                         "from servers it has authorized: give the destination the "
+                         "destinationUser and destinationPassword of an account on it, or "
+                         f"have its operator authorize this server's key {key} ({authorize}).")
 
     # -- objects ----------------------------------------------------------------------
 
     def sandbox_root(self, user: str) -> str:
         """The folder ``user`` sees as ``/``."""
         return expand_sandbox(self.settings.sandbox_dir, user)
-
-    def stored_hash(self, user: str) -> str | None:
-        """The user's stored password hash: the data port's login verifier."""
-        return self.users.stored_hash(user)
 
     def find_object(self, session: Session, object_id: str) -> Owned:
         """The destination, manifest or transfer of ``object_id`` the session may see;
@@ -389,13 +437,20 @@ class Service:
             "apiVersion": API_VERSION,
             "APITokensAvailable": False,
             "authRequired": True,
-            "encryptionAvailable": False,
+            "certificateFingerprint": self.api_certificate.fingerprint,
+            "certificateValidation": self.api_certificate.days_left(),
+            "dataCipher": self.settings.data_cipher,
+            "dataCiphers": list(CIPHERS),
+            "encryptionAvailable": True,
+            "encryptionEnabled": not self.settings.no_data_encryption,
             "eventLogAvailable": False,
             "hostName": socket.gethostname(),
-            "publicKey": None,
+            "minCipher": "none" if self.settings.no_data_encryption else "aes-256-gcm",
+            "publicKey": public_key_text(self.identity.public),
             "receiver": {
                 "recvPort": self.recv_port,
                 "allowAnonymous": self.settings.recv_allow_anonymous,
+                "allowOnlyAuthorizedClients": self.trust.only_authorized,
                 "dataTransports": ["udp", "tcp"],
                 **(self.receiver.stats() if self.receiver is not None else {}),
             },

@@ -137,13 +137,23 @@ def write_users_file(path: Path, users: dict[str, str]) -> None:
         raise
 
 
+#: Passwords remembered as checked (see UserStore.verify).
+_VERIFIED_CACHE = 1024
+
+
 class UserStore:
-    """The server's view of the users file, re-read whenever the file changes."""
+    """The server's view of the users file, re-read whenever the file changes.
+
+    A password that checked out is remembered (in memory only, as an HMAC under a key of
+    this process's, with the stored hash it matched), so that the next login with it,
+    a transfer's say, costs no scrypt while the user's hash is unchanged."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, str] = {}
+        self._pepper = secrets.token_bytes(32)
+        self._verified: dict[tuple[str, bytes], str] = {}
         self.reload()
 
     def reload(self) -> None:
@@ -179,5 +189,13 @@ class UserStore:
         except ConfigError:
             pass  # keep the last good copy; the operator sees the error in the log
         stored = self._users.get(name)
+        key = (name, hmac.new(self._pepper, password.encode("utf-8", "surrogatepass"),
+                              "sha256").digest())
+        if stored is not None and self._verified.get(key) == stored:
+            return True
         ok = verify_password(password, stored if stored is not None else _dummy_hash())
+        if ok and stored is not None:
+            if len(self._verified) >= _VERIFIED_CACHE:
+                self._verified.clear()
+            self._verified[key] = stored
         return ok and stored is not None

@@ -12,21 +12,15 @@ datagrams as frames. Each session's :class:`ReceiveSession` drives its
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-import secrets
 import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..core.netaddr import plain_host
-from ..core.ratelog import LimitedLog
-from ..core.users import StoredHash, parse_hash
-from ..protocol.auth import auth_proof
 from ..protocol.endpoint import Address, Opened, ReceiverEndpoint
 from ..protocol.lines import encode_message, error_response
+from ..protocol.noise import KeyPair
 from ..protocol.receiver import RecvPhase
 from ..protocol.wire import (
     FRAME,
@@ -37,59 +31,22 @@ from ..protocol.wire import (
 from .recv_session import MAX_QUEUED_WRITE_BYTES, ReceiveHost, ReceiveSession, SendFunc
 from .udpio import enable_gro, receive_batches
 
-__all__ = ["DataEndpoint", "DataStream", "StreamWatch", "UserAuthorizer"]
+__all__ = ["DataEndpoint", "DataStream", "StreamWatch"]
 
 log = logging.getLogger("jetstream.recv")
-limited_log = LimitedLog(log)
-
-class UserAuthorizer:
-    """Checks a sender's proof against the users file (see docs/protocol.md), in turn
-    with every other login (the host's one login throttle)."""
-
-    def __init__(self, host: ReceiveHost, allow_anonymous: bool) -> None:
-        self.host = host
-        self.allow_anonymous = allow_anonymous
-        self._secret = secrets.token_bytes(32)
-
-    def _parts(self, user: str) -> StoredHash | None:
-        return parse_hash(self.host.stored_hash(user) or "")
-
-    def challenge(self, user: str) -> tuple[bytes, int, int, int]:
-        parts = self._parts(user)
-        if parts is None:  # the same shape of answer for a name that does not exist
-            fake = hmac.new(self._secret, user.encode(), hashlib.sha256).digest()[:16]
-            return fake, 14, 8, 1
-        return parts.salt, parts.log2_n, parts.r, parts.p
-
-    def wait_s(self, user: str, peer: str, now: float) -> float:
-        return self.host.throttle.wait_s(plain_host(peer), user, now)
-
-    def verify(self, user: str, peer: str, proof: bytes, nonce: bytes, session: int,
-               transfer_id: bytes, now: float) -> bool:
-        address = plain_host(peer)
-        throttle = self.host.throttle
-        throttle.begin(address, user, now)
-        parts = self._parts(user)
-        expected = auth_proof(parts.digest if parts else self._secret, nonce, session,
-                              transfer_id)
-        ok = hmac.compare_digest(expected, proof) and parts is not None
-        throttle.end(address, user, ok, now)
-        if not ok:
-            limited_log.warning("login", "failed transfer login from %s for %s (data port)",
-                                address, user if parts is not None else "an unknown user")
-        return ok
 
 
 class DataEndpoint:
-    """The data port: ``udp`` is its bound socket; ``allow_anonymous``: accept senders
-    without credentials; ``udp_offload``: GRO where the kernel allows."""
+    """The data port: ``udp`` is its bound socket; ``identity`` this server's key pair;
+    ``encrypts``: it encrypts data (not --no-data-encryption); ``udp_offload``: GRO where
+    the kernel allows."""
 
-    def __init__(self, host: ReceiveHost, udp: socket.socket, allow_anonymous: bool = False,
-                 udp_offload: bool = True) -> None:
+    def __init__(self, host: ReceiveHost, udp: socket.socket, identity: KeyPair,
+                 encrypts: bool = True, udp_offload: bool = True) -> None:
         self.host = host
         self.udp = udp
-        #: the sans-I/O routing: sessions, the limits before login, unknown sessions
-        self.routes = ReceiverEndpoint(UserAuthorizer(host, allow_anonymous))
+        #: the sans-I/O routing: handshakes, sessions, the limits before login
+        self.routes = ReceiverEndpoint(identity, encrypts)
         #: this adapter's object of each session the routing has open, by session id
         self.sessions: dict[int, ReceiveSession] = {}
         self._buffer = bytearray(MAX_DATAGRAM)
@@ -154,9 +111,10 @@ class DataEndpoint:
     def datagram(self, data: memoryview, address: Address,
                  send_for: Callable[[Address], SendFunc], transport: str,
                  now: float) -> ReceiveSession | None:
-        """Route one datagram (see ReceiverEndpoint); the session it touched, if any."""
+        """Route one datagram (see ReceiverEndpoint); the session it touched, if any. A
+        TCP connection's source address is proven by TCP's own handshake."""
         routes = self.routes
-        core = routes.receive_datagram(data, address, now)
+        core = routes.receive_datagram(data, address, now, verified=transport == "tcp")
         while routes.events:
             event = routes.events.popleft()
             if isinstance(event, Opened):
@@ -284,9 +242,6 @@ class DataStream(asyncio.Protocol):
         offset = 0
         touched: dict[int, ReceiveSession] = {}
         while len(buffer) - offset >= FRAME.size:
-            if self._session is not None and self._session.core.auth_waiting:
-                self._hold(self._session)  # TCP data is never sent again: keep it
-                break
             size = FRAME.unpack_from(buffer, offset)[0]
             if size > (MAX_DATAGRAM if self.authenticated else MAX_UNAUTHENTICATED_FRAME):
                 self.endpoint.routes.dropped["garbage"] += 1
@@ -312,20 +267,6 @@ class DataStream(asyncio.Protocol):
                 MAX_QUEUED_WRITE_BYTES:
             self.transport.pause_reading()
             self._session.on_drained = self._resume
-
-    def _hold(self, session: ReceiveSession) -> None:
-        """Read no more until the session's login, waiting its turn, is decided."""
-        assert self.transport is not None
-        self.transport.pause_reading()
-        session.on_auth_decided = self._unhold_soon
-
-    def _unhold_soon(self) -> None:
-        asyncio.get_running_loop().call_soon(self._unhold)  # (not inside the session's step)
-
-    def _unhold(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-            self._process()
 
     def _session_closed(self) -> None:
         """The stream's session ended (complete, failed, or its sender silent): the

@@ -1,4 +1,5 @@
-"""One incoming transfer session: the receiver core, its disk writer, checkpoints, triggers."""
+"""One incoming transfer session: the receiver core, its login, its disk writer,
+checkpoints, triggers."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from ..core.ids import now_us
 from ..core.lifecycle import RECEIVE, ReceiveStatus
 from ..core.netaddr import plain_host
 from ..core.receives import ReceiveRecord
-from ..core.throttle import LoginThrottle
-from ..errors import DiskError
+from ..errors import AuthFailed, DiskError
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S
+from ..protocol.noise import public_key_text
 from ..protocol.receiver import (
     Checkpoint,
     Closed,
     FileReady,
+    Login,
     MetadataReady,
     ReceiverCore,
     RecvPhase,
@@ -50,11 +52,13 @@ class ReceiveHost(Protocol):
 
     #: incoming transfers by id, kept (and stored) by the host
     receives: dict[str, ReceiveRecord]
-    #: the one login throttle of every way of logging in
-    throttle: LoginThrottle
 
-    def stored_hash(self, user: str) -> str | None:
-        """The user's stored password hash (the login's verifier), if the user exists."""
+    async def authorize_sender(self, address: str, user: str, password: str | None,
+                               client_key: bytes) -> str:
+        """The user a sending server at ``address``, whose key is ``client_key``, may send
+        as (``user`` with its ``password``, or by its key, or anonymous); AuthFailed with
+        the message for the sender if none. Slow (a password's hash), and in turn with
+        every other login."""
         ...
 
     def sandbox_root(self, user: str) -> str:
@@ -128,8 +132,6 @@ class ReceiveSession:
         self.on_drained: Callable[[], None] | None = None
         #: called once the session is closed (its TCP data connection then closes)
         self.on_closed: Callable[[], None] | None = None
-        #: called once a login waiting its turn is decided
-        self.on_auth_decided: Callable[[], None] | None = None
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._writer is None:
@@ -157,7 +159,9 @@ class ReceiveSession:
         self._flush_writes(force=bool(core.events))
         while core.events:
             event = core.events.popleft()
-            if isinstance(event, MetadataReady):
+            if isinstance(event, Login):
+                self.host.spawn(self._login(event))
+            elif isinstance(event, MetadataReady):
                 self.host.spawn(self._prepare(event))
             elif isinstance(event, FileReady):
                 self._commit(event)
@@ -175,9 +179,6 @@ class ReceiveSession:
                 now >= self._next_checkpoint:
             self._next_checkpoint = now + self.checkpoint_s
             self.host.spawn(self.make_checkpoint())
-        if self.on_auth_decided is not None and not core.auth_waiting:
-            decided, self.on_auth_decided = self.on_auth_decided, None
-            decided()
         if core.phase is RecvPhase.CLOSED and self.paused is None:
             self.close()
             return
@@ -257,6 +258,19 @@ class ReceiveSession:
         self.core.fail(message)
         self.step(time.monotonic())
 
+    async def _login(self, login: Login) -> None:
+        """Decide who the sender may send as (a task: a password's hash is slow, and waits
+        its turn in the login throttle)."""
+        try:
+            user: str | None = await self.host.authorize_sender(
+                plain_host(self.address[0]), login.user, login.password, login.client_key)
+            refusal = ""
+        except AuthFailed as exc:
+            user, refusal = None, exc.message
+        if not self._closed:
+            self.core.login_decided(user, refusal)
+            self.step(time.monotonic())
+
     # -- records ----------------------------------------------------------------------------
 
     def _start_record(self) -> None:
@@ -273,6 +287,8 @@ class ReceiveSession:
                                         plain_host(self.address[0]), self.address[1],
                                         self.transport)
             self.host.receives[self.transfer_id] = self.record
+        self.record.client_key = public_key_text(core.client_key)
+        self.record.encrypted = core.channel.encrypt_data
         log.info("receiving transfer %s from %s:%d for %s", self.transfer_id,
                  self.record.source_ip, self.address[1], core.user)
 

@@ -25,16 +25,15 @@ from ..core.lifecycle import CONNECTION, ConnectionState, TransferStatus
 from ..core.netaddr import is_loopback
 from ..core.objects import Destination, Manifest, Transfer
 from ..core.scheduler import Scheduler
-from ..protocol.auth import derive_verifier
+from ..protocol.channel import DATA_OVERHEAD
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S, FileEntry, Metadata, encode_metadata
-from ..protocol.sender import SenderCore, SendPhase, WarmUpCore
+from ..protocol.noise import Cipher, KeyPair, public_key_bytes, public_key_text
+from ..protocol.sender import KeyProbe, SenderCore, SendPhase
 from ..protocol.wire import (
-    DATA_OVERHEAD,
     FRAME,
     MAX_DATAGRAM,
     TCP_PREFACE,
-    Challenge,
     Hello,
     encode_frames,
     new_session_id,
@@ -102,10 +101,6 @@ def block_size_for(transport: str, ip: str) -> int:
     return max(MIN_BLOCK_SIZE, min(mtu - overhead, MAX_BLOCK_SIZE))
 
 
-#: The phases in which the receiver has accepted the session.
-_ACCEPTED = frozenset({SendPhase.METADATA, SendPhase.DATA, SendPhase.DONE})
-
-
 class SendHost(Protocol):
     """What the sending side needs of the server around it."""
 
@@ -123,35 +118,41 @@ class SendHost(Protocol):
         """Keep the transfer's progress (for a restart)."""
         ...
 
+    def save_destination(self, destination: Destination) -> None:
+        """Keep a destination (its key, pinned on first contact)."""
+        ...
+
 
 class SendingPlane:
     """The scheduler's data plane: one :class:`SendSession` per transfer sending.
 
-    ``server_name`` goes into each transfer's metadata; ``udp_offload``: GSO where the
-    kernel allows."""
+    ``server_name`` goes into each transfer's metadata; ``identity`` is this server's key
+    pair, ``cipher`` the AEAD its sessions use, ``encrypts`` False with
+    --no-data-encryption; ``udp_offload``: GSO where the kernel allows."""
 
-    def __init__(self, host: SendHost, server_name: str, udp_offload: bool = True) -> None:
+    def __init__(self, host: SendHost, server_name: str, identity: KeyPair, cipher: Cipher,
+                 encrypts: bool = True, udp_offload: bool = True) -> None:
         self.host = host
         self.server_name = server_name
+        self.identity = identity
+        self.cipher = cipher
+        self.encrypts = encrypts
         self.udp_offload = udp_offload
-        #: scrypt verifiers by (password, salt, log2 n, r, p): see SendSession._verifier
-        self.verifiers: dict[tuple[str, bytes, int, int, int], bytes] = {}
         self.sessions: dict[str, SendSession] = {}
         #: failed attempts in a row, per transfer, for the retry back-off
         self.attempts: dict[str, int] = {}
 
     def prepare(self, destination: Destination) -> None:
-        """A new destination: derive its password's verifier now, in the background."""
-        if destination.data_transport == "udp" and destination.remote_user:
-            self.host.spawn(self._warm_up(destination))
+        """A new destination with no key given: learn its key now, in the background."""
+        if destination.data_transport == "udp" and destination.public_key is None:
+            self.host.spawn(self._learn_key(destination))
 
-    async def _warm_up(self, destination: Destination) -> None:
-        """Ask the destination for its password challenge (see WarmUpCore) and derive the
-        verifier (scrypt, ~0.1 s of CPU) in a worker thread, so that the first transfer
-        there does not wait for it. Nothing is reported when this fails: the first
-        transfer then derives it itself."""
+    async def _learn_key(self, destination: Destination) -> None:
+        """Ask the destination for its public key (see KeyProbe) and pin it, as ssh's
+        known_hosts does on first contact. Nothing is reported when it does not answer:
+        the first transfer asks again."""
         loop = asyncio.get_running_loop()
-        core = WarmUpCore(destination.remote_user or "", UDP_BLOCK_SIZE, time.monotonic())
+        core = KeyProbe(time.monotonic())
         with socket.socket(_family(destination.ip), socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             try:
@@ -171,25 +172,17 @@ class SendingPlane:
                     core.receive_datagram(data, time.monotonic())
             except OSError:
                 return
-        if core.challenge is not None:
-            try:
-                await loop.run_in_executor(None, self.verifier, destination, core.challenge)
-            except (ValueError, OverflowError, MemoryError):  # parameters scrypt refuses
-                pass  # (the transfer will say so)
+        if core.key is not None:
+            self.pin(destination, core.key)
 
-    def verifier(self, destination: Destination, challenge: Challenge) -> bytes:
-        """scrypt of the destination's password under the receiver's salt (blocking: for
-        a worker thread); remembered, so later transfers to the account skip it."""
-        password = destination.remote_password or ""
-        key = (password, challenge.salt, challenge.log2_n, challenge.r, challenge.p)
-        verifier = self.verifiers.get(key)
-        if verifier is None:
-            verifier = derive_verifier(password, challenge.salt, challenge.log2_n,
-                                       challenge.r, challenge.p)
-            if len(self.verifiers) >= 256:
-                self.verifiers.clear()
-            self.verifiers[key] = verifier
-        return verifier
+    def pin(self, destination: Destination, key: bytes) -> None:
+        """Remember ``key`` as the destination's, unless one is pinned already."""
+        if destination.public_key is None:
+            destination.public_key = public_key_text(key)
+            self.host.save_destination(destination)
+            log.info("destination %s (%s:%d): pinned its public key %s on first contact",
+                     destination.id, destination.ip, destination.port,
+                     destination.public_key)
 
     def retry_later(self, transfer: Transfer, reason: str) -> None:
         """Network trouble: back to the queue, tried again after a back-off."""
@@ -294,12 +287,18 @@ class SendSession:
 
             source = FileSource(root, self.manifest.files, block_size, wake_from_thread)
             session_id = new_session_id()
+            destination, plane = self.destination, self.plane
             hello = Hello(bytes.fromhex(transfer.id), block_size, len(metadata),
-                          layout.meta_blocks, self.destination.remote_user or "")
-            rate = self.plane.host.scheduler.effective_rate_kbps(transfer)
-            self.core = core = SenderCore(session_id, hello, metadata, layout, source,
-                                          time.monotonic(), rate * 1000 or None,
-                                          reliable=tcp)
+                          layout.meta_blocks, destination.remote_user or transfer.owner)
+            rate = plane.host.scheduler.effective_rate_kbps(transfer)
+            pinned = destination.public_key
+            self.core = core = SenderCore(
+                session_id, hello, metadata, layout, source, time.monotonic(),
+                static=plane.identity,
+                remote_key=public_key_bytes(pinned) if pinned is not None else None,
+                cipher=plane.cipher, password=destination.remote_password,
+                encrypt_data=plane.encrypts, rate_limit_bps=rate * 1000 or None,
+                reliable=tcp)
             self._connection("connect")
             if tcp:
                 await self._connect_tcp()
@@ -328,6 +327,10 @@ class SendSession:
             return
         if self.core is not None and self.core.retry:
             retry = self.core.error
+        if self.core is not None and self.core.key_mismatch is not None:
+            error = (f"{error} If you trust the new key, delete destination "
+                     f"{self.destination.id} and create it again with "
+                     f"--destinationPublicKey={public_key_text(self.core.key_mismatch)}.")
         if retry is not None:
             self.destination.last_error_message = retry
             self.plane.retry_later(transfer, retry)
@@ -337,31 +340,24 @@ class SendSession:
         scheduler.finished(transfer, error)
 
     async def _loop(self, core: SenderCore) -> str | None:
-        loop = asyncio.get_running_loop()
-        proof: asyncio.Future[bytes] | None = None
         while True:
             now = time.monotonic()
             if self._stopped:
                 pause = self.pausing or self.transfer.status is TransferStatus.SUSPENDED
                 reason = "The sending server is stopping." if self.pausing else \
                     f"Transfer {self.transfer.status.value} by the sender."
-                self._send([core.close_datagram(reason, pause=pause)])
+                self._send(core.close_datagrams(reason, pause=pause))
                 return None
-            if core.phase is SendPhase.NEED_PROOF and proof is None:
-                assert core.challenge is not None
-                proof = loop.run_in_executor(None, self.plane.verifier, self.destination,
-                                             core.challenge)
-                proof.add_done_callback(lambda _: self.wake())
-            if proof is not None and proof.done() and core.phase is SendPhase.NEED_PROOF:
-                core.provide_proof(proof.result())
             timer = core.get_timer()
             if timer is not None and now >= timer:
                 core.handle_timer(now)
+            if core.learned_key is not None and core.handshake_done:
+                self.plane.pin(self.destination, core.learned_key)
             if core.phase is SendPhase.DONE:
-                self._send([core.close_datagram("complete")])
+                self._send(core.close_datagrams("complete"))
                 return None
             if core.phase is SendPhase.FAILED:
-                self._send([core.close_datagram(core.error or "failed", pause=core.retry)])
+                self._send(core.close_datagrams(core.error or "failed", pause=core.retry))
                 return core.error
             if now >= self._checkpoint_at:  # keep the counters for a restart
                 self._checkpoint_at = now + (self.transfer.checkpoint_frequency_s or
@@ -428,7 +424,7 @@ class SendSession:
         if core.packets_recv:
             self.destination.last_recv_time_us = now_us()
         self.destination.last_send_time_us = now_us()
-        if core.phase in _ACCEPTED and \
+        if core.handshake_done and \
                 self.destination.connection is ConnectionState.NEGOTIATING:
             self._connection("accepted")
 

@@ -60,6 +60,9 @@ def receive_batches(sock: socket.socket, buffer: bytearray, gro: bool, limit: in
             if level == SOL_UDP and kind == UDP_GRO and len(data) >= _INT.size:
                 segment = _INT.unpack_from(data)[0] or size
         peer = (address[0], address[1])
+        if not size:  # an empty datagram (garbage, for the caller to count)
+            yield view[:0], peer
+            continue
         for start in range(0, size, segment):
             yield view[start:min(start + segment, size)], peer
 

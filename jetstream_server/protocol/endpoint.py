@@ -1,16 +1,31 @@
 """The receiving side of a data port, sans-I/O: datagrams in, routed to their sessions.
 
 :meth:`ReceiverEndpoint.receive_datagram` checks a datagram's header and hands it to the
-:class:`~jetstream_server.protocol.receiver.ReceiverCore` of its session, opening one on a
-HELLO. It drops and counts what belongs nowhere (``dropped``: garbage, unknown sessions,
-datagrams of a session from another source address, HELLOs beyond the limit), and answers
-a DATA, PING or AUTH of a session it does not know with ERROR "unknown session" (at most
-ten times a second per address), so that the sender starts again, which resumes.
+:class:`~jetstream_server.protocol.receiver.ReceiverCore` of its session, opened and
+checked by the session's channel. A HELLO of a new session is answered here: the Noise IK
+handshake's first message is opened with this server's static key (a HELLO sealed to
+another key is answered with a KEY, so that its sender can name the mismatch), and a
+session is made with the handshake's reply. A KEY_REQUEST is answered with a KEY.
+
+It drops and counts what belongs nowhere (``dropped``: garbage, messages that fail
+authentication, replays, truncated messages, unknown sessions, datagrams of a session
+from another source address, HELLOs beyond the limits), and answers a message of a
+session it does not know with UNKNOWN, so that the sender starts again, which resumes.
+What it sends outside sessions (KEY, UNKNOWN, COOKIE) is at most as long as what asked
+for it, and KEY and UNKNOWN at most ten times a second per address.
 
 Before its sender has logged in, a session costs a few kilobytes and counts among
 ``max_unauthenticated`` (``max_unauthenticated_per_address`` from one address): a HELLO
 beyond either limit makes the endpoint forget the oldest such session, so that bogus
 HELLOs cannot keep a real sender out. At most ``max_sessions`` may be logged in.
+
+Opening a handshake costs a few X25519 operations (about 0.2 ms of CPU). So that a flood
+of HELLOs from forged addresses cannot take the CPU, a :class:`HandshakeGate` counts them:
+past :data:`LOAD_HANDSHAKES_PER_S` a second the endpoint is *under load*, and answers a
+HELLO (of a UDP sender) with a COOKIE, a 16-byte MAC of its address, instead of opening
+it; the sender repeats its HELLO with the cookie, which proves it receives at that
+address, and only then is the handshake opened, at most :data:`HANDSHAKES_PER_ADDRESS_S`
+a second per address (WireGuard's cookie reply, in its simplest form).
 
 The adapter drains :attr:`ReceiverEndpoint.events` (:class:`Opened`, :class:`Evicted`) to
 keep its own per-session objects, sends what :meth:`datagrams_to_send` gives, and tells the
@@ -19,16 +34,35 @@ endpoint of a session's login (:meth:`logged_in`) and end (:meth:`forget`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Garbage
-from .receiver import Authorizer, ReceiverCore
-from .wire import ERROR_UNKNOWN_SESSION, HEADER, Kind, decode_hello, encode_error, parse_header
+from .channel import Channel
+from .noise import Handshake, KeyPair, cipher_by_code
+from .receiver import ReceiverCore
+from .wire import (
+    COOKIE_LEN,
+    HEADER,
+    HELLO_ENCRYPT,
+    KEY_ENCRYPTS,
+    Kind,
+    check_key_request,
+    decode_hello,
+    decode_hello_payload,
+    encode_key,
+    encode_plain,
+    first_byte,
+    hello_prologue,
+    parse_header,
+)
 
-__all__ = ["Address", "Evicted", "Opened", "ReceiverEndpoint"]
+__all__ = ["Address", "Evicted", "HandshakeGate", "Opened", "ReceiverEndpoint"]
 
 Address = tuple[str, int]
 
@@ -37,8 +71,14 @@ MAX_SESSIONS = 256
 #: Sessions not logged in yet, in all and per source address.
 MAX_UNAUTHENTICATED = 1024
 MAX_UNAUTHENTICATED_PER_ADDRESS = 64
-#: An address that sends datagrams of unknown sessions is told so at most this often.
-TELL_UNKNOWN_S = 0.1
+#: An address is answered outside a session (KEY, UNKNOWN) at most this often.
+TELL_S = 0.1
+#: Handshakes opened in a second beyond which HELLOs must bring a cookie.
+LOAD_HANDSHAKES_PER_S = 200
+#: Under load, handshakes opened per second for one address (with a valid cookie).
+HANDSHAKES_PER_ADDRESS_S = 20
+#: The cookie secret changes this often (a cookie of the one before is still good).
+COOKIE_SECRET_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -55,16 +95,72 @@ class Evicted:
     core: ReceiverCore
 
 
+class HandshakeGate:
+    """Whether a HELLO may cost a handshake now (see the module's docstring): counts the
+    handshakes opened per second, and makes and checks the cookies of addresses."""
+
+    def __init__(self, load_per_s: int = LOAD_HANDSHAKES_PER_S,
+                 per_address_per_s: int = HANDSHAKES_PER_ADDRESS_S) -> None:
+        self.load_per_s = load_per_s
+        self.per_address_per_s = per_address_per_s
+        self._secrets = [secrets.token_bytes(32)] * 2  # the current one, the one before
+        self._secret_until = 0.0
+        self._second = 0
+        self._counts = [0, 0]  # handshakes opened this second, and the second before
+        self._per_host: Counter[str] = Counter()
+
+    def _tick(self, now: float) -> None:
+        second = int(now)
+        if second != self._second:
+            self._counts = [0, self._counts[0] if second == self._second + 1 else 0]
+            self._per_host.clear()
+            self._second = second
+        if now >= self._secret_until:
+            self._secrets = [secrets.token_bytes(32), self._secrets[0]]
+            self._secret_until = now + COOKIE_SECRET_S
+
+    def under_load(self, now: float) -> bool:
+        """Whether HELLOs must bring a cookie now."""
+        self._tick(now)
+        return max(self._counts) >= self.load_per_s
+
+    def cookie(self, address: Address, now: float, previous: bool = False) -> bytes:
+        """The cookie of ``address`` (a MAC of it under a secret of this server's)."""
+        self._tick(now)
+        key = self._secrets[1 if previous else 0]
+        return hmac.new(key, f"{address[0]}|{address[1]}".encode(),
+                        hashlib.sha256).digest()[:COOKIE_LEN]
+
+    def admits(self, cookie: bytes, address: Address, now: float) -> bool:
+        """Under load: whether a HELLO with ``cookie`` from ``address`` may be opened."""
+        if not any(hmac.compare_digest(cookie, self.cookie(address, now, previous))
+                   for previous in (False, True)):
+            return False
+        return self._per_host[address[0]] < self.per_address_per_s
+
+    def opened(self, address: Address, now: float) -> None:
+        """A handshake was opened (or tried) for ``address``."""
+        self._tick(now)
+        self._counts[0] += 1
+        self._per_host[address[0]] += 1
+
+
 class ReceiverEndpoint:
-    """The data port's sessions and their routing (see the module's docstring)."""
-    def __init__(self, authorizer: Authorizer, max_sessions: int = MAX_SESSIONS,
+    """The data port's sessions and their routing (see the module's docstring).
+    ``static``: this server's key pair; ``encrypts``: it encrypts data (else it runs
+    with --no-data-encryption)."""
+
+    def __init__(self, static: KeyPair, encrypts: bool = True,
+                 max_sessions: int = MAX_SESSIONS,
                  max_unauthenticated: int = MAX_UNAUTHENTICATED,
-                 max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS
-                 ) -> None:
-        self.authorizer = authorizer
+                 max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS,
+                 gate: HandshakeGate | None = None) -> None:
+        self.static = static
+        self.encrypts = encrypts
         self.max_sessions = max_sessions
         self.max_unauthenticated = max_unauthenticated
         self.max_unauthenticated_per_address = max_unauthenticated_per_address
+        self.gate = gate or HandshakeGate()
         self.sessions: dict[int, ReceiverCore] = {}
         self.events: deque[Opened | Evicted] = deque()
         self.dropped: Counter[str] = Counter()
@@ -75,47 +171,82 @@ class ReceiverEndpoint:
         self._replies: list[tuple[bytes, Address]] = []
         self._told: dict[Address, float] = {}
 
-    def receive_datagram(self, data: bytes | memoryview, address: Address, now: float
-                         ) -> ReceiverCore | None:
-        """Route one datagram; the session it touched (or opened), if any."""
+    def receive_datagram(self, data: bytes | memoryview, address: Address, now: float,
+                         verified: bool = False) -> ReceiverCore | None:
+        """Route one datagram; the session it touched (or opened), if any.
+        ``verified``: its source address is proven (a TCP connection's): no cookie."""
         try:
             kind, session_id = parse_header(data)
-        except Garbage:
-            self.dropped["garbage"] += 1
-            return None
-        core = self.sessions.get(session_id)
-        body = memoryview(data)[HEADER.size:]
-        if core is None:
+            core = self.sessions.get(session_id)
+            if core is None:
+                return self._outside_session(kind, session_id, data, address, now,
+                                             verified)
+            if core.address != address:
+                self.dropped["wrongSource"] += 1
+                return None
             if kind is Kind.HELLO:
-                return self._open(session_id, body, address, now)
-            self.dropped["unknownSession"] += 1
-            if kind in (Kind.DATA, Kind.PING, Kind.AUTH):
-                self._tell_unknown(session_id, address, now)
+                core.hello_again()
+                return core
+            head, body = core.channel.open(kind, data)
+            core.receive(kind, head, body, len(data), now)
+            return core
+        except Garbage as exc:
+            self.dropped[exc.counter] += 1
             return None
-        if core.address != address:
-            self.dropped["wrongSource"] += 1
-            return None
-        try:
-            core.receive(kind, body, len(data), now)
-        except Garbage:
-            self.dropped["garbage"] += 1
-            return None
-        return core
 
-    def _open(self, session_id: int, body: memoryview, address: Address, now: float
-              ) -> ReceiverCore | None:
+    def _outside_session(self, kind: Kind, session_id: int, data: bytes | memoryview,
+                         address: Address, now: float, verified: bool
+                         ) -> ReceiverCore | None:
+        if kind is Kind.HELLO:
+            return self._hello(session_id, data, address, now, verified)
+        if kind is Kind.KEY_REQUEST:
+            check_key_request(data)
+            self._tell(self._key(session_id), address, now)
+            return None
+        self.dropped["unknownSession"] += 1
+        if kind in (Kind.DATA, Kind.PLAIN_DATA, Kind.PING, Kind.AUTH):
+            self._tell(encode_plain(Kind.UNKNOWN, session_id), address, now)
+        return None
+
+    def _key(self, session_id: int) -> bytes:
+        return encode_key(session_id, self.static.public,
+                          KEY_ENCRYPTS if self.encrypts else 0)
+
+    def _hello(self, session_id: int, data: bytes | memoryview, address: Address,
+               now: float, verified: bool) -> ReceiverCore | None:
         if len(self.sessions) - len(self._unauthenticated) >= self.max_sessions:
             self.dropped["tooManySessions"] += 1
             return None
+        cipher_code, cookie, message = decode_hello(data)
+        cipher = cipher_by_code(cipher_code)
+        gate = self.gate
+        if not verified and gate.under_load(now):
+            if not gate.admits(cookie, address, now):
+                self.dropped["cookieRequired"] += 1  # (the cookie costs no handshake)
+                self._replies.append((encode_plain(Kind.COOKIE, session_id,
+                                                   gate.cookie(address, now)), address))
+                return None
+        gate.opened(address, now)
+        handshake = Handshake(cipher, self.static, hello_prologue(session_id, cipher_code))
         try:
-            core = ReceiverCore(session_id, decode_hello(body), self.authorizer, now, address)
+            hello = decode_hello_payload(handshake.read_message_1(message))
         except Garbage:
-            self.dropped["garbage"] += 1
+            # sealed to another key (the sender pinned another server's), or damaged:
+            # tell it this server's key, so that it can say which
+            self.dropped["failedAuthentication"] += 1
+            self._tell(self._key(session_id), address, now)
             return None
-        if core.user is None:
-            self._make_room(address[0])
-            self._unauthenticated[session_id] = core
-            self._unauthenticated_from[address[0]] += 1
+        assert handshake.remote_static is not None
+        encrypt_data = self.encrypts and bool(hello.flags & HELLO_ENCRYPT)
+        reply = HEADER.pack(first_byte(Kind.REPLY), session_id) + \
+            handshake.write_message_2(bytes([HELLO_ENCRYPT if self.encrypts else 0]))
+        initiator_key, responder_key = handshake.split()
+        channel = Channel(cipher, session_id, responder_key, initiator_key, encrypt_data)
+        core = ReceiverCore(session_id, hello, handshake.remote_static, channel, reply, now,
+                            address, self.encrypts)
+        self._make_room(address[0])
+        self._unauthenticated[session_id] = core
+        self._unauthenticated_from[address[0]] += 1
         self.sessions[session_id] = core
         self.events.append(Opened(core))
         return core
@@ -134,16 +265,16 @@ class ReceiverEndpoint:
         self.forget(core)
         self.events.append(Evicted(core))
 
-    def _tell_unknown(self, session_id: int, address: Address, now: float) -> None:
-        """Tell a sender its session is gone (this server restarted, or forgot it before
-        its login), at most ten times a second per address, so that it starts a new one."""
-        if now - self._told.get(address, -TELL_UNKNOWN_S) < TELL_UNKNOWN_S:
+    def _tell(self, reply: bytes, address: Address, now: float) -> None:
+        """Answer ``address`` outside a session (its key; that a session is unknown, after
+        this server restarted or forgot it before its login, so that the sender starts a
+        new one), at most ten times a second per address."""
+        if now - self._told.get(address, -TELL_S) < TELL_S:
             return
         if len(self._told) > 10_000:
             self._told.clear()
         self._told[address] = now
-        self._replies.append((encode_error(session_id, Kind.ERROR, "unknown session",
-                                           ERROR_UNKNOWN_SESSION), address))
+        self._replies.append((reply, address))
 
     def datagrams_to_send(self) -> Sequence[tuple[bytes, Address]]:
         """The endpoint's own answers (not of a session), with where they go."""

@@ -1,29 +1,32 @@
 """The receiving end of one transfer session, sans-I/O.
 
-The endpoint parses each datagram's header and hands the body to
-:meth:`ReceiverCore.receive`. The core answers the handshake, collects the metadata, hands
-file data out as :attr:`ReceiverCore.writes` (file, offset, bytes) for the adapter to write,
-raises events (:class:`MetadataReady`, :class:`FileReady`, :class:`Closed`) for the adapter
-to act on, and acknowledges. The adapter reports back with :meth:`metadata_accepted`,
+The endpoint (``protocol/endpoint.py``) answers a sender's HELLO: it completes the Noise
+handshake, which authenticates both servers' keys and keys the session's
+:class:`~jetstream_server.protocol.channel.Channel`, and makes a :class:`ReceiverCore`
+with the handshake's reply to send. The endpoint opens each later message with the
+channel and hands its body to :meth:`ReceiverCore.receive`. The core asks who the sender
+may send as (:class:`Login`: its user, the password it proved in AUTH if any, its key),
+collects the metadata, hands file data out as :attr:`ReceiverCore.writes` (file, offset,
+bytes) for the adapter to write, raises events (:class:`MetadataReady`,
+:class:`FileReady`, :class:`Closed`) for the adapter to act on, and acknowledges. The
+adapter reports back with :meth:`login_decided`, :meth:`metadata_accepted`,
 :meth:`file_committed` and :meth:`fail`.
 
-Before the sender has logged in, a session holds only its HELLO, its challenge and a
-pending proof: metadata blocks are kept only once it has, as they arrive. A session that
-has not logged in within ``UNAUTHENTICATED_TIMEOUT_S`` of its HELLO is forgotten (a HELLO
-repeated does not extend it). A proof is checked when the :class:`Authorizer` (the login
-throttle) lets it; until then the session waits, with a timer.
+Before the sender has logged in, a session holds only its handshake's reply and keys:
+metadata blocks are kept only once it has, as they arrive. A session that has not logged
+in within ``UNAUTHENTICATED_TIMEOUT_S`` of its HELLO is forgotten (a HELLO repeated does
+not extend it).
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
 
 from ..errors import Garbage
+from .channel import Channel
 from .layout import DIGEST, MAX_BLOCKS, Layout
 from .metadata import Metadata, decode_metadata
 from .ranges import RangeSet
@@ -35,21 +38,20 @@ from .wire import (
     CLOSE_PAUSE,
     DATA_HEADER,
     ERROR_REFUSED,
+    HELLO_ENCRYPT,
+    HELLO_PASSWORD,
     MAX_ACK_RANGES,
     TS_MASK,
     VERSION,
     Ack,
-    Challenge,
     Hello,
     Kind,
     decode_error,
-    encode,
     encode_ack,
-    encode_challenge,
     encode_error,
 )
 
-__all__ = ["Authorizer", "Checkpoint", "Closed", "FileReady", "MetadataReady", "ReceiverCore",
+__all__ = ["Checkpoint", "Closed", "FileReady", "Login", "MetadataReady", "ReceiverCore",
            "RecvPhase"]
 
 #: Data datagrams between two acknowledgements (more often when blocks go missing).
@@ -62,38 +64,31 @@ MAX_METADATA_BYTES = 256 * 1024 * 1024
 MIN_BLOCK, MAX_BLOCK = 256, 1024 * 1024
 #: ACK datagrams sent at once when many ranges are missing.
 MAX_ACK_DATAGRAMS = 4
+#: The longest password a sender may prove (the users file takes 4096 bytes and more).
+MAX_PASSWORD_BYTES = 8192
 _U32 = 2**32
-
-
-class Authorizer(Protocol):
-    """Who may send: the receiver's users, and its login throttle."""
-
-    allow_anonymous: bool
-
-    def challenge(self, user: str) -> tuple[bytes, int, int, int]:
-        """(salt, log2 n, r, p) of the user's password hash; made up for unknown users."""
-        ...
-
-    def wait_s(self, user: str, peer: str, now: float) -> float:
-        """How long a login of ``user`` from address ``peer`` must still wait before its
-        proof is checked (failed logins slow the next ones); 0: check it now."""
-        ...
-
-    def verify(self, user: str, peer: str, proof: bytes, nonce: bytes, session: int,
-               transfer_id: bytes, now: float) -> bool:
-        """Check the proof (when :meth:`wait_s` says 0) and count the outcome."""
-        ...
 
 
 class RecvPhase(Enum):
     """Where a receiving session is: login, metadata, preparing, data, complete, or over."""
-    CHALLENGED = "challenged"
+    LOGIN = "login"
     METADATA = "metadata"
     PREPARING = "preparing"
     DATA = "data"
     COMPLETE = "complete"
     FAILED = "failed"
     CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Login:
+    """The sender asks to send as ``user``: with the ``password`` it proved (None: it has
+    none, and may be authorized by its ``client_key``, or be anonymous). The adapter
+    decides, then calls :meth:`ReceiverCore.login_decided`."""
+
+    user: str
+    password: str | None = None
+    client_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -123,7 +118,7 @@ class Closed:
     pause: bool = False  # keep what was received for a later session
 
 
-Event = MetadataReady | FileReady | Closed
+Event = Login | MetadataReady | FileReady | Closed
 
 
 @dataclass
@@ -161,10 +156,15 @@ class Checkpoint:
 
 
 class ReceiverCore:
-    """One incoming session; ``address`` is where its datagrams come from."""
+    """One incoming session (see the module's docstring): ``hello`` as the handshake
+    carried it, ``client_key`` the sending server's public key it proved, ``channel``
+    its sealed messages, ``reply`` the handshake's answer (sent again for a HELLO
+    repeated), ``address`` where its datagrams come from, ``encrypts`` whether this
+    server encrypts data (and so refuses a sender that does not)."""
 
-    def __init__(self, session: int, hello: Hello, authorizer: Authorizer,
-                 now: float, address: tuple[str, int] = ("", 0)) -> None:
+    def __init__(self, session: int, hello: Hello, client_key: bytes, channel: Channel,
+                 reply: bytes, now: float, address: tuple[str, int] = ("", 0),
+                 encrypts: bool = True) -> None:
         if not MIN_BLOCK <= hello.block_size <= MAX_BLOCK:
             raise Garbage("block size out of range")
         if not 0 < hello.meta_size <= MAX_METADATA_BYTES or \
@@ -172,10 +172,9 @@ class ReceiverCore:
             raise Garbage("bad metadata size")
         self.session = session
         self.hello = hello
-        self.authorizer = authorizer
+        self.client_key = client_key
+        self.channel = channel
         self.address = address
-        #: the sender's host, as the login throttle counts it
-        self.peer = address[0]
         self.user: str | None = None
         self.error: str | None = None
         self.layout: Layout | None = None
@@ -187,12 +186,11 @@ class ReceiverCore:
         self.committed_files: set[int] = set()
         self._file_blocks: dict[int, int] = {}
         self._digests: dict[int, tuple[bytes, int]] = {}
-        self._control: list[bytes] = []
-        self._nonce = secrets.token_bytes(16)
+        self._reply = reply
+        self._control: list[bytes] = [reply]
         self._started_s = now
-        #: a proof waiting for its turn (see Authorizer.wait_s), checked at _proof_at
-        self._proof: bytes | None = None
-        self._proof_at: float | None = None
+        #: a Login event is with the adapter, not yet decided
+        self.login_pending = False
         self._unacked = 0
         self._ack_now = False
         self._ack_due: float | None = None
@@ -202,19 +200,14 @@ class ReceiverCore:
         self.packets = 0
         self.bytes = 0
         self.duplicates = 0
-        self.phase = RecvPhase.CHALLENGED
+        self.phase = RecvPhase.LOGIN
         self._error_code = ERROR_REFUSED
-        if hello.user:
-            salt, log2_n, r, p = authorizer.challenge(hello.user)
-            self._challenge = encode_challenge(
-                session, Challenge(self._nonce, log2_n, r, p, salt))
-            self._control.append(self._challenge)
-        elif authorizer.allow_anonymous:
-            self._accept("anonymous")
-        else:
-            self.fail("This server accepts transfers only from its users: give the "
-                      "destination the destinationUser and destinationPassword of an "
-                      "account on it.")
+        if encrypts and not hello.flags & HELLO_ENCRYPT:
+            self.fail("This server encrypts every transfer, and the sending server has "
+                      "data encryption turned off (--no-data-encryption): turn it on there "
+                      "to send here.")
+        elif not hello.flags & HELLO_PASSWORD:
+            self._ask_login(None)
 
     # -- from the adapter -------------------------------------------------------------
 
@@ -225,7 +218,18 @@ class ReceiverCore:
         self.phase = RecvPhase.FAILED
         self.error = message
         self._error_code = code
-        self._control.append(encode_error(self.session, Kind.ERROR, message, code))
+        self._control.append(self.channel.seal(Kind.ERROR, encode_error(message, code)))
+
+    def login_decided(self, user: str | None, refusal: str = "") -> None:
+        """The adapter's answer to :class:`Login`: the user the transfer is received as,
+        or None and the ``refusal`` the sender gets."""
+        self.login_pending = False
+        if self.phase is not RecvPhase.LOGIN:
+            return
+        if user is None:
+            self.fail(refusal or "The receiving server refused the transfer.")
+        else:
+            self._accept(user)
 
     def metadata_accepted(self, layout: Layout, resume: Checkpoint | None = None,
                           lost: set[int] | None = None) -> None:
@@ -295,37 +299,53 @@ class ReceiverCore:
         self.phase = RecvPhase.COMPLETE
         self._ack_now = True
 
+    def _ask_login(self, password: str | None) -> None:
+        self.login_pending = True
+        self.events.append(Login(self.hello.user, password, self.client_key))
+
     def _accept(self, user: str) -> None:
         self.user = user
         self.phase = RecvPhase.METADATA
-        self._control.append(encode(Kind.ACCEPT, self.session))
+        self._control.append(self.channel.seal(Kind.ACCEPT))
+
+    def hello_again(self) -> None:
+        """The sender repeated its HELLO (the reply was lost): answer it again, and the
+        login's outcome if there is one."""
+        self._control.append(self._reply)
+        if self.phase is RecvPhase.FAILED:
+            self._tell_failure()
+        elif self.phase is not RecvPhase.LOGIN:
+            self._control.append(self.channel.seal(Kind.ACCEPT))
+
+    def _tell_failure(self) -> None:
+        self._control.append(self.channel.seal(Kind.ERROR, encode_error(
+            self.error or "failed", self._error_code)))
 
     # -- datagrams --------------------------------------------------------------------
 
-    def receive(self, kind: Kind, body: memoryview, size: int, now: float) -> None:
-        """One datagram of this session (header checked); raises Garbage if malformed."""
+    def receive(self, kind: Kind, head: memoryview, body: bytes, size: int,
+                now: float) -> None:
+        """One message of this session, opened by its channel: ``head`` its clear
+        fields, ``body`` its content. Raises Garbage if malformed."""
         self.last_recv_s = now
         self.packets += 1
         self.bytes += size
         phase = self.phase
         if phase in (RecvPhase.FAILED, RecvPhase.CLOSED):
             if phase is RecvPhase.FAILED and kind is not Kind.CLOSE:
-                self._control.append(encode_error(self.session, Kind.ERROR,
-                                                  self.error or "failed", self._error_code))
+                self._tell_failure()
             if kind is Kind.CLOSE:
                 self.phase = RecvPhase.CLOSED
             return
-        if kind is Kind.DATA:
-            self._data(body, now)
-        elif kind is Kind.HELLO:
-            if phase is RecvPhase.CHALLENGED:
-                self._control.append(self._challenge)
-            else:
-                self._control.append(encode(Kind.ACCEPT, self.session))
+        if kind in (Kind.DATA, Kind.PLAIN_DATA):
+            self._data(head, body, now)
         elif kind is Kind.AUTH:
-            self._auth(bytes(body), now)
+            self._auth(body)
         elif kind is Kind.PING:
-            self._ack_now = True
+            if phase is RecvPhase.METADATA:  # (the sender may not have seen ACCEPT)
+                self._control.append(self.channel.seal(Kind.ACCEPT))
+            if phase is not RecvPhase.LOGIN:
+                self._ack_now = True
         elif kind is Kind.CLOSE:
             if phase is not RecvPhase.COMPLETE:
                 code, reason = decode_error(body)
@@ -335,43 +355,21 @@ class ReceiverCore:
         else:
             raise Garbage(f"unexpected {kind.name}")
 
-    @property
-    def auth_waiting(self) -> bool:
-        """A proof has arrived and waits for its turn to be checked."""
-        return self._proof_at is not None
-
-    def _auth(self, proof: bytes, now: float) -> None:
-        if self.phase is not RecvPhase.CHALLENGED:
-            if self.phase is not RecvPhase.FAILED:
-                self._control.append(encode(Kind.ACCEPT, self.session))
+    def _auth(self, body: bytes) -> None:
+        if self.phase is not RecvPhase.LOGIN:
+            self._control.append(self.channel.seal(Kind.ACCEPT))
             return
-        if self._proof is None:  # (an AUTH repeated while one waits is dropped)
-            self._proof = proof
-            self._check_proof(now)
+        if self.login_pending or not self.hello.flags & HELLO_PASSWORD:
+            return  # (an AUTH repeated while the first is checked)
+        if len(body) > MAX_PASSWORD_BYTES:
+            raise Garbage("password too long")
+        self._ask_login(body.decode("utf-8", "surrogateescape"))
 
-    def _check_proof(self, now: float) -> None:
-        assert self._proof is not None
-        user = self.hello.user
-        wait = self.authorizer.wait_s(user, self.peer, now)
-        if wait > 0:
-            self._proof_at = now + wait
-            return
-        proof, self._proof, self._proof_at = self._proof, None, None
-        if self.authorizer.verify(user, self.peer, proof, self._nonce, self.session,
-                                  self.hello.transfer_id, now):
-            self._accept(user)
-        else:
-            self.fail(f"The receiving server refused user {user!r}: wrong user name or "
-                      "password.")
-
-    def _data(self, body: memoryview, now: float) -> None:
-        if self.phase is RecvPhase.CHALLENGED:
-            raise Garbage("data before authentication")
-        if len(body) < DATA_HEADER.size:
-            raise Garbage("short DATA")
-        high, low, sent_us = DATA_HEADER.unpack_from(body, 0)
+    def _data(self, head: memoryview, payload: bytes, now: float) -> None:
+        if self.phase is RecvPhase.LOGIN:
+            raise Garbage("data before the login")
+        high, low, sent_us = DATA_HEADER.unpack_from(head, 0)
         block = high << 32 | low
-        payload = body[DATA_HEADER.size:]
         echo = self._echo_ts  # the newest transmission seen, for RTT and losses
         if echo is None or 0 < (sent_us - echo) & TS_MASK < 1 << 31:  # newer, mod 2^32
             self._echo_ts, self._echo_at = sent_us, now
@@ -388,7 +386,7 @@ class ReceiverCore:
             return  # file data before the metadata is accepted: the sender resends it
         self._unacked += 1
 
-    def _metadata_block(self, block: int, payload: memoryview) -> None:
+    def _metadata_block(self, block: int, payload: bytes) -> None:
         offset = block * self.hello.block_size
         expected = min(self.hello.block_size, self.hello.meta_size - offset)
         if len(payload) != expected:
@@ -396,7 +394,7 @@ class ReceiverCore:
         if not self.received.add(block):
             self.duplicates += 1
             return
-        self._metadata[block] = bytes(payload)
+        self._metadata[block] = payload
         count = self.hello.meta_blocks
         if self.phase is RecvPhase.METADATA and self.received.first_missing(0) >= count:
             parts, self._metadata = self._metadata, {}
@@ -422,7 +420,7 @@ class ReceiverCore:
                              bytes([VERSION])).hexdigest()
         self.events.append(MetadataReady(meta, layout, key))
 
-    def _file_block(self, block: int, payload: memoryview, layout: Layout) -> None:
+    def _file_block(self, block: int, payload: bytes, layout: Layout) -> None:
         if block >= layout.total_blocks:
             raise Garbage("block beyond the transfer")
         slot = layout.locate(block)
@@ -441,9 +439,9 @@ class ReceiverCore:
                 return
             self._digests[slot.file] = (digest, size)
             if len(payload) > DIGEST.size:  # a small file's bytes, before its digest
-                self.writes.append((slot.file, 0, bytes(payload[:-DIGEST.size])))
+                self.writes.append((slot.file, 0, payload[:-DIGEST.size]))
         else:
-            self.writes.append((slot.file, slot.offset, bytes(payload)))
+            self.writes.append((slot.file, slot.offset, payload))
         count = self._file_blocks.get(slot.file, 0) + 1
         self._file_blocks[slot.file] = count
         if count == layout.data_blocks[slot.file] + 1:
@@ -477,14 +475,14 @@ class ReceiverCore:
         delay_us = min(int((now - self._echo_at) * 1e6), _U32 - 1)
         for i in range(0, max(len(ranges), 1), MAX_ACK_RANGES):
             chunk = _fit_u32(cum, ranges[i:i + MAX_ACK_RANGES])
-            out.append(encode_ack(self.session, Ack(
+            out.append(self.channel.seal(Kind.ACK, encode_ack(Ack(
                 cum, self.packets, self.bytes, int(now * 1e6), self._echo_ts or 0, delay_us,
-                self.committed, flags, chunk)))
+                self.committed, flags, chunk))))
         return out
 
     def _expires_at(self) -> float:
         """When the session is forgotten if nothing more arrives."""
-        if self.phase is RecvPhase.CHALLENGED:
+        if self.phase is RecvPhase.LOGIN:
             return self._started_s + UNAUTHENTICATED_TIMEOUT_S
         if self.phase is RecvPhase.FAILED:
             return self.last_recv_s + UNAUTHENTICATED_TIMEOUT_S
@@ -497,12 +495,10 @@ class ReceiverCore:
         deadlines = [self._expires_at()]
         if self._ack_due is not None:
             deadlines.append(self._ack_due)
-        if self._proof_at is not None:
-            deadlines.append(self._proof_at)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
-        """Act on time: forget a silent session, check a proof whose turn came."""
+        """Act on time: forget a silent session, send an ACK that is due."""
         if self.phase is RecvPhase.CLOSED:
             return
         if now >= self._expires_at():
@@ -511,9 +507,6 @@ class ReceiverCore:
                     f"The sender was silent for {IDLE_TIMEOUT_S:.0f} s.", pause=True))
             self.phase = RecvPhase.CLOSED
             return
-        if self._proof_at is not None and now >= self._proof_at and \
-                self.phase is RecvPhase.CHALLENGED:
-            self._check_proof(now)
 
 
 def _fit_u32(cum: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

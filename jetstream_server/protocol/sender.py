@@ -5,22 +5,26 @@ Feed it with :meth:`SenderCore.receive_datagram`, take what it wants sent from
 :meth:`SenderCore.get_timer`. Time is passed in (seconds, monotonic). File data comes from
 a :class:`BlockSource`, which may answer "not yet" (None) while it reads ahead.
 
-Phases: HELLO (and CHALLENGE/AUTH when the destination has credentials) until ACCEPT; then
-the metadata blocks until the receiver's ACK says it is ready; then every block, paced,
-with selective retransmission of what the receiver's ACKs show missing; then wait for the
-ACK that says every file is verified and in place.
+Phases: the receiver's public key is asked for (KEY_REQUEST) when none is pinned yet; the
+Noise IK handshake (HELLO, REPLY) authenticates the receiver by that key and this server by
+its own, and keys the session's channel; then the login (AUTH with the destination's
+password, sealed, when it has one) until ACCEPT; then the metadata blocks until the
+receiver's ACK says it is ready; then every block, paced, with selective retransmission
+of what the receiver's ACKs show missing; then wait for the ACK that says every file is
+verified and in place. Everything after the handshake is sealed (``protocol/channel.py``):
+a datagram that does not authenticate, or is replayed, is dropped and counted.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from enum import Enum
 from typing import Protocol
 
 from ..errors import Garbage, SourceError
-from .auth import auth_proof
+from .channel import DATA_OVERHEAD, Channel
 from .layout import Layout, Slot
+from .noise import Cipher, Handshake, KeyPair, public_key_text
 from .ranges import RangeSet
 from .rate import Pacer, RateController
 from .wire import (
@@ -30,32 +34,32 @@ from .wire import (
     ACK_READY,
     CLOSE_FINAL,
     CLOSE_PAUSE,
-    DATA_HEADER,
-    DATA_OVERHEAD,
+    COOKIE_LEN,
     ERROR_BUSY,
-    ERROR_UNKNOWN_SESSION,
     HEADER,
+    HELLO_ENCRYPT,
+    HELLO_PASSWORD,
+    KEY_ENCRYPTS,
+    SEALED_KINDS,
     TS_MASK,
     Ack,
-    Challenge,
     Hello,
     Kind,
     decode_ack,
-    decode_challenge,
     decode_error,
-    encode,
+    decode_key,
     encode_error,
     encode_hello,
-    first_byte,
+    encode_hello_payload,
+    encode_key_request,
+    hello_prologue,
     new_session_id,
+    open_plain,
     parse_header,
-    seal,
 )
 
-__all__ = ["WARM_UP_TRIES", "WARM_UP_WAIT_S", "BlockSource", "SendPhase", "SenderCore",
-           "WarmUpCore"]
-
-_DATA_FIRST_BYTE = first_byte(Kind.DATA)
+__all__ = ["KEY_PROBE_TRIES", "KEY_PROBE_WAIT_S", "BlockSource", "KeyProbe", "SendPhase",
+           "SenderCore"]
 
 #: The least time a later datagram must have been sent after a block, and seen by the
 #: receiver, before the block counts as lost (reordering tolerance).
@@ -80,35 +84,62 @@ class BlockSource(Protocol):
 
 
 class SendPhase(Enum):
-    """Where a sending session is: handshake, login, metadata, data, done or failed."""
+    """Where a sending session is: learning the receiver's key, the handshake, the login,
+    metadata, data, done or failed."""
+    KEY = "key"
     HANDSHAKE = "handshake"
-    NEED_PROOF = "need proof"
-    AUTH_SENT = "auth sent"
+    LOGIN = "login"
     METADATA = "metadata"
     DATA = "data"
     DONE = "done"
     FAILED = "failed"
 
 
-#: Phases in which blocks go out. The metadata follows AUTH at once, without waiting a
-#: round trip for ACCEPT: the receiver checks AUTH as it arrives, so metadata arriving
-#: after it is taken (and before it, dropped and sent again).
-_SENDING = (SendPhase.AUTH_SENT, SendPhase.METADATA, SendPhase.DATA)
+#: Phases in which blocks go out (the metadata waits for ACCEPT: a receiver checking a
+#: password, a slow hash, would drop blocks sent meanwhile).
+_SENDING = (SendPhase.METADATA, SendPhase.DATA)
+#: Phases repeated on a timer until answered.
+_HANDSHAKING = (SendPhase.KEY, SendPhase.HANDSHAKE, SendPhase.LOGIN)
 
 
 class SenderCore:
-    """The sending end of one transfer session (see the module's docstring)."""
+    """The sending end of one transfer session (see the module's docstring).
+
+    ``static``: this server's key pair; ``remote_key``: the receiver's public key pinned
+    for the destination (None: ask for it, and report it as :attr:`learned_key`);
+    ``password``: the destination password, proven inside the sealed session (None: the
+    receiver authorizes this server by its key, or takes it as anonymous);
+    ``encrypt_data`` False: this server does not encrypt (``--no-data-encryption``)."""
+
     def __init__(self, session: int, hello: Hello, metadata: bytes, layout: Layout,
-                 source: BlockSource, now: float, rate_limit_bps: float | None = None,
+                 source: BlockSource, now: float, *, static: KeyPair,
+                 remote_key: bytes | None, cipher: Cipher, password: str | None = None,
+                 encrypt_data: bool = True, rate_limit_bps: float | None = None,
                  reliable: bool = False) -> None:
         self.session = session
-        self.hello = hello
+        flags = (HELLO_PASSWORD if password is not None else 0) | (
+            HELLO_ENCRYPT if encrypt_data else 0)
+        self.hello = Hello(hello.transfer_id, hello.block_size, hello.meta_size,
+                           hello.meta_blocks, hello.user, flags)
         self.metadata = metadata
         self.layout = layout
         self.source = source
         self.reliable = reliable  # TCP data mode: nothing is ever lost
-        self.phase = SendPhase.HANDSHAKE
-        self.challenge: Challenge | None = None
+        self.static = static
+        self.cipher = cipher
+        self.password = password
+        self.encrypt_data = encrypt_data
+        #: the receiver's public key: pinned, or learned in this session
+        self.remote_key = remote_key
+        #: the key learned from the receiver (none was pinned): the adapter pins it
+        self.learned_key: bytes | None = None
+        #: the key the receiver named instead of the pinned one (the transfer fails)
+        self.key_mismatch: bytes | None = None
+        self.channel: Channel | None = None
+        self._handshake: Handshake | None = None
+        self._hello_message = b""
+        self._cookie = bytes(COOKIE_LEN)
+        self.phase = SendPhase.KEY
         self.error: str | None = None
         #: failed in a way a new session may cure (network trouble, receiver restart)
         self.retry = False
@@ -133,14 +164,13 @@ class SenderCore:
         self.srtt_s: float | None = None
         self.rttvar_s = 0.0
         self.committed = 0
-        self._control: list[bytes] = [encode_hello(session, hello)]
+        self._control: list[bytes] = []
         self._handshake_at = now + HANDSHAKE_RTO_S
         self._handshake_rto = HANDSHAKE_RTO_S
         self._last_recv_s = now
         self._last_ack_s = now
         self._pto_count = 0
         self._keepalive_at = now + KEEPALIVE_S
-        self._proof: bytes | None = None
         # counters, as the Transfer structure shows them
         self.bytes_sent = 0
         self.bytes_recv = 0
@@ -150,7 +180,31 @@ class SenderCore:
         self.blocks_retransmitted = 0
         #: blocks found lost by later datagrams getting through (the rate control's loss)
         self.blocks_lost = 0
-        self.datagrams_dropped = 0
+        #: datagrams from the receiver dropped, by reason (garbage, failedAuthentication,
+        #: replayed, truncated)
+        self.dropped: Counter[str] = Counter()
+        if remote_key is None:
+            self._control.append(encode_key_request(session))
+        else:
+            self._start_handshake()
+
+    @property
+    def handshake_done(self) -> bool:
+        """The receiver proved its key, and the session's messages are sealed."""
+        return self.channel is not None
+
+    def _start_handshake(self) -> None:
+        assert self.remote_key is not None
+        self.phase = SendPhase.HANDSHAKE
+        self._handshake = Handshake(self.cipher, self.static,
+                                    hello_prologue(self.session, self.cipher.code),
+                                    remote_static=self.remote_key)
+        self._hello_message = self._handshake.write_message_1(
+            encode_hello_payload(self.hello))
+        self._control.append(self._hello_datagram())
+
+    def _hello_datagram(self) -> bytes:
+        return encode_hello(self.session, self.cipher.code, self._cookie, self._hello_message)
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -169,24 +223,18 @@ class SenderCore:
         self.rate_limit_bps = rate_limit_bps or None
         self.pacer.set_rate(self._rate(), now)
 
-    def provide_proof(self, verifier: bytes) -> None:
-        """The scrypt hash of the destination password under the receiver's salt."""
-        if self.phase is not SendPhase.NEED_PROOF or self.challenge is None:
-            return
-        self._proof = auth_proof(verifier, self.challenge.nonce, self.session,
-                                 self.hello.transfer_id)
-        self._control.append(encode(Kind.AUTH, self.session, self._proof))
-        self.phase = SendPhase.AUTH_SENT
-
     def fail(self, message: str) -> None:
         """End the session with ``message`` (the transfer's errorMessage)."""
         if not self.finished:
             self.phase, self.error = SendPhase.FAILED, message
 
-    def close_datagram(self, reason: str, pause: bool = False) -> bytes:
-        """The CLOSE that ends the session (``pause``: the receiver keeps its data)."""
-        return encode_error(self.session, Kind.CLOSE, reason,
-                            CLOSE_PAUSE if pause else CLOSE_FINAL)
+    def close_datagrams(self, reason: str, pause: bool = False) -> list[bytes | bytearray]:
+        """The CLOSE that ends the session (``pause``: the receiver keeps its data); none
+        before the handshake is done (the receiver forgets such a session by itself)."""
+        if self.channel is None:
+            return []
+        return [self.channel.seal(Kind.CLOSE, encode_error(
+            reason, CLOSE_PAUSE if pause else CLOSE_FINAL))]
 
     def lose_session(self, message: str) -> None:
         """The session cannot go on, but a new one may (network trouble): retry."""
@@ -198,33 +246,91 @@ class SenderCore:
         """One datagram from the receiver."""
         try:
             kind, session = parse_header(data)
-        except Garbage:
-            self.datagrams_dropped += 1
-            return
-        if session != self.session:
-            self.datagrams_dropped += 1
-            return
-        self.packets_recv += 1
-        self.bytes_recv += len(data)
-        self._last_recv_s = now
-        body = memoryview(data)[HEADER.size:]
-        try:
-            self._receive(kind, body, now)
-        except Garbage:
-            self.datagrams_dropped += 1
+            if session != self.session:
+                raise Garbage("another session")
+            if kind in SEALED_KINDS:
+                if self.channel is None:
+                    raise Garbage("sealed before the handshake")
+                _, body = self.channel.open(kind, data)
+            self.packets_recv += 1
+            self.bytes_recv += len(data)
+            self._last_recv_s = now
+            if kind in SEALED_KINDS:
+                self._receive(kind, body, now)
+            else:
+                self._receive_clear(kind, data, now)
+        except Garbage as exc:
+            self.dropped[exc.counter] += 1
 
-    def _receive(self, kind: Kind, body: memoryview, now: float) -> None:
-        if kind is Kind.CHALLENGE and self.phase is SendPhase.HANDSHAKE:
-            self.challenge = decode_challenge(body)
-            self.phase = SendPhase.NEED_PROOF
-        elif kind is Kind.ACCEPT and self.phase in (SendPhase.HANDSHAKE, SendPhase.AUTH_SENT):
+    def _receive_clear(self, kind: Kind, data: bytes | memoryview, now: float) -> None:
+        """A handshake message, or one sent outside the session (unauthenticated: it may
+        only start a step the sender would take anyway, or end the session with a
+        message the user can check)."""
+        if kind is Kind.KEY:
+            key, flags = decode_key(data)
+            self._on_key(key, flags)
+        elif kind is Kind.REPLY and self.phase is SendPhase.HANDSHAKE:
+            self._on_reply(memoryview(data)[HEADER.size:], now)
+        elif kind is Kind.COOKIE and self.phase is SendPhase.HANDSHAKE:
+            cookie = bytes(open_plain(data))
+            if len(cookie) != COOKIE_LEN:
+                raise Garbage("bad COOKIE")
+            self._cookie = cookie  # the receiver is busy: prove our address, at once
+            self._control.append(self._hello_datagram())
+        elif kind is Kind.UNKNOWN and not self.finished:
+            open_plain(data)
+            self.lose_session("The receiver no longer knows this session (it restarted).")
+
+    def _on_key(self, key: bytes, flags: int) -> None:
+        if self.phase is SendPhase.KEY:
+            if self.encrypt_data and not flags & KEY_ENCRYPTS:
+                self.fail(_NOT_ENCRYPTING)
+                return
+            self.remote_key = self.learned_key = key
+            self._start_handshake()
+        elif self.phase is SendPhase.HANDSHAKE and key != self.remote_key:
+            # the receiver could not open our HELLO: it has another key than the pinned one
+            assert self.remote_key is not None
+            self.key_mismatch = key
+            self.fail(f"The destination identified itself with public key "
+                      f"{public_key_text(key)}, not {public_key_text(self.remote_key)}, "
+                      "the key pinned for it: it may be another server, or its key was "
+                      "replaced.")
+
+    def _on_reply(self, message: memoryview, now: float) -> None:
+        assert self._handshake is not None
+        payload = self._handshake.read_message_2(bytes(message))
+        if len(payload) != 1:
+            raise Garbage("bad REPLY payload")
+        receiver_encrypts = bool(payload[0] & HELLO_ENCRYPT)
+        send_key, receive_key = self._handshake.split()
+        self._handshake = None
+        self.channel = Channel(self.cipher, self.session, send_key, receive_key,
+                               encrypt_data=self.encrypt_data and receiver_encrypts)
+        if self.encrypt_data and not receiver_encrypts:
+            self.fail(_NOT_ENCRYPTING)
+            return
+        self.phase = SendPhase.LOGIN
+        self._login_datagram()
+        self._handshake_rto = HANDSHAKE_RTO_S
+        self._handshake_at = now + self._handshake_rto
+
+    def _login_datagram(self) -> None:
+        """AUTH with the password (repeated until ACCEPT), or a PING to ask for ACCEPT."""
+        assert self.channel is not None
+        if self.password is not None:
+            self._control.append(self.channel.seal(
+                Kind.AUTH, self.password.encode("utf-8", "surrogatepass")))
+        else:
+            self._control.append(self.channel.seal(Kind.PING))
+
+    def _receive(self, kind: Kind, body: bytes, now: float) -> None:
+        if kind is Kind.ACCEPT and self.phase is SendPhase.LOGIN:
             self.phase = SendPhase.METADATA
             self._last_ack_s = now
         elif kind is Kind.ERROR and not self.finished:
             code, message = decode_error(body)
-            if code == ERROR_UNKNOWN_SESSION:
-                self.lose_session("The receiver no longer knows this session (it restarted).")
-            elif code == ERROR_BUSY:
+            if code == ERROR_BUSY:
                 self.lose_session(message or "The receiver is busy.")
             else:
                 self.fail(message or "The receiver refused the transfer.")
@@ -358,12 +464,8 @@ class SenderCore:
         if len(payload) != slot.length:
             self.fail(f"internal: block {block} has {len(payload)} bytes, not {slot.length}")
             return None
-        datagram = bytearray(DATA_OVERHEAD + slot.length)
-        HEADER.pack_into(datagram, 0, _DATA_FIRST_BYTE, self.session, 0)
-        DATA_HEADER.pack_into(datagram, HEADER.size, block >> 32, block & 0xFFFFFFFF,
-                              int(now * 1e6) & TS_MASK)
-        datagram[DATA_OVERHEAD:] = payload
-        seal(datagram, len(datagram))
+        assert self.channel is not None
+        datagram = self.channel.seal_data(block, int(now * 1e6), payload)
         self._mean_size += (len(datagram) - self._mean_size) / 64
         retransmit = bool(self.lost) and self.lost[0] == block
         if retransmit:
@@ -383,7 +485,7 @@ class SenderCore:
         if self.finished:
             return None
         deadlines = [self._last_recv_s + SILENCE_TIMEOUT_S]
-        if self.phase in (SendPhase.HANDSHAKE, SendPhase.AUTH_SENT):
+        if self.phase in _HANDSHAKING:
             deadlines.append(self._handshake_at)
         elif self.phase in (SendPhase.METADATA, SendPhase.DATA):
             deadlines.append(self._keepalive_at)
@@ -434,17 +536,19 @@ class SenderCore:
         if now - self._last_recv_s >= SILENCE_TIMEOUT_S:
             self.lose_session(f"No answer from the receiver for {SILENCE_TIMEOUT_S:.0f} s.")
             return
-        if self.phase in (SendPhase.HANDSHAKE, SendPhase.AUTH_SENT) and \
-                now >= self._handshake_at:
-            if self.phase is SendPhase.HANDSHAKE:
-                self._control.append(encode_hello(self.session, self.hello))
-            elif self._proof is not None:
-                self._control.append(encode(Kind.AUTH, self.session, self._proof))
+        if self.phase in _HANDSHAKING and now >= self._handshake_at:
+            if self.phase is SendPhase.KEY:
+                self._control.append(encode_key_request(self.session))
+            elif self.phase is SendPhase.HANDSHAKE:
+                self._control.append(self._hello_datagram())
+            else:
+                self._login_datagram()
             self._handshake_rto = min(self._handshake_rto * 2, MAX_RTO_S)
             self._handshake_at = now + self._handshake_rto
         if self.phase in (SendPhase.METADATA, SendPhase.DATA):
             if now >= self._keepalive_at:
-                self._control.append(encode(Kind.PING, self.session))
+                assert self.channel is not None
+                self._control.append(self.channel.seal(Kind.PING))
                 self._keepalive_at = now + KEEPALIVE_S
             tail = self._tail_deadline()
             if tail is not None and now >= tail:
@@ -465,25 +569,28 @@ class SenderCore:
                 self._last_ack_s = now
 
 
-#: The warm-up's HELLO is sent at most this many times, this long apart.
-WARM_UP_TRIES, WARM_UP_WAIT_S = 3, 1.0
+#: A key probe asks at most this many times, this long apart.
+KEY_PROBE_TRIES, KEY_PROBE_WAIT_S = 3, 1.0
+
+_NOT_ENCRYPTING = ("The destination does not encrypt transfers (it runs with "
+                   "--no-data-encryption), and this server sends only encrypted ones.")
 
 
-class WarmUpCore:
-    """Fetch a destination's password challenge without starting a transfer, sans-I/O: a
-    HELLO of a throwaway session (metadata of one byte, never sent), repeated up to
-    ``tries`` times ``wait_s`` apart until the destination answers; a CHALLENGE is kept in
-    :attr:`challenge` and the session closed at once (the receiver makes no record of it
-    and runs no trigger). :attr:`finished` once answered, or the tries are spent."""
+class KeyProbe:
+    """Ask a destination for its public key without starting a transfer, sans-I/O: a
+    KEY_REQUEST of a throwaway session, repeated up to ``tries`` times ``wait_s`` apart
+    until the destination answers with a KEY (kept in :attr:`key`; the receiver makes no
+    session of it). :attr:`finished` once answered, or the tries are spent."""
 
-    def __init__(self, user: str, block_size: int, now: float, tries: int = WARM_UP_TRIES,
-                 wait_s: float = WARM_UP_WAIT_S) -> None:
+    def __init__(self, now: float, tries: int = KEY_PROBE_TRIES,
+                 wait_s: float = KEY_PROBE_WAIT_S) -> None:
         self.session = new_session_id()
-        self.challenge: Challenge | None = None
+        self.key: bytes | None = None
+        #: the destination encrypts its sessions' data (KEY_ENCRYPTS)
+        self.encrypts = False
         self.finished = False
-        self._hello = encode_hello(self.session, Hello(secrets.token_bytes(16), block_size,
-                                                       1, 1, user))
-        self._out = [self._hello]
+        self._request = encode_key_request(self.session)
+        self._out = [self._request]
         self._tries_left = tries - 1
         self._wait_s = wait_s
         self._next_s = now + wait_s
@@ -492,18 +599,13 @@ class WarmUpCore:
         """One datagram from the destination."""
         try:
             kind, session = parse_header(data)
+            if session != self.session or self.finished or kind is not Kind.KEY:
+                return
+            self.key, flags = decode_key(data)
         except Garbage:
             return
-        if session != self.session or self.finished:
-            return
-        if kind is Kind.CHALLENGE:
-            try:
-                self.challenge = decode_challenge(memoryview(data)[HEADER.size:])
-            except Garbage:
-                pass
-            self._out.append(encode_error(self.session, Kind.CLOSE, "verifier derived",
-                                          CLOSE_FINAL))
-        self.finished = True  # (an ERROR is an answer too: there is nothing to derive)
+        self.encrypts = bool(flags & KEY_ENCRYPTS)
+        self.finished = True
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """What to send now."""
@@ -515,12 +617,12 @@ class WarmUpCore:
         return None if self.finished else self._next_s
 
     def handle_timer(self, now: float) -> None:
-        """Send the HELLO again, or give up after the last try."""
+        """Ask again, or give up after the last try."""
         if self.finished or now < self._next_s:
             return
         if self._tries_left <= 0:
             self.finished = True
             return
         self._tries_left -= 1
-        self._out.append(self._hello)
+        self._out.append(self._request)
         self._next_s = now + self._wait_s

@@ -1,17 +1,20 @@
 """Datagram formats of the data protocol (see docs/protocol.md), sans-I/O.
 
-Every datagram starts with a 9-byte header, all integers big-endian::
+Every datagram starts with a 5-byte header, all integers big-endian::
 
-    0  u8   version (4) in the high 4 bits, type in the low 4
+    0  u8   version (5) in the high 4 bits, type in the low 4
     1  u32  session id (chosen at random by the sender)
-    5  u32  CRC-32C of the whole datagram, computed with this field zero
 
-A DATA datagram adds 9 bytes (block number u40, the low 32 bits of the sender's clock in
-us): 18 bytes before the payload, so that a 1500-byte packet carries 1454 bytes of file
-(a TCP segment with timestamps carries 1448).
-A datagram whose version, length or CRC is wrong is garbage: it is dropped and counted,
-never acted on. Over the TCP data mode the same datagrams travel as frames, each
-preceded by its length (u32), after a 4-byte preface ``JSTD``.
+What follows depends on the type: the two handshake messages (HELLO, REPLY) carry Noise
+IK messages (``protocol/noise.py``); the messages of a session after it (AUTH, ACCEPT,
+ERROR, DATA, ACK, CLOSE, PING) are *sealed* by its channel (``protocol/channel.py``): a
+48-bit packet number, then the body encrypted and authenticated with an AEAD, the header,
+packet number and any clear fields (a DATA's block number and send time) being its
+associated data; the few messages sent outside a session (KEY_REQUEST, KEY, COOKIE,
+UNKNOWN) and a DATA of a session that does not encrypt (PLAIN_DATA) end with a CRC-32C
+instead, which catches accidents and nothing else. Over the TCP data mode the same
+datagrams travel as frames, each preceded by its length (u32), after a 4-byte preface
+``JSTD``.
 """
 
 from __future__ import annotations
@@ -21,74 +24,89 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..errors import Garbage
+from ..errors import Garbage, Truncated
 from .checksums import crc32c
 
 __all__ = [
+    "ACK_COMPLETE",
+    "ACK_DELAY_S",
+    "ACK_ECHO",
+    "ACK_READY",
     "CLOSE_FINAL",
     "CLOSE_PAUSE",
+    "COOKIE_LEN",
     "DATA_HEADER",
-    "DATA_OVERHEAD",
     "DEFAULT_PORT",
     "ERROR_BUSY",
     "ERROR_REFUSED",
-    "ERROR_UNKNOWN_SESSION",
     "FRAME",
     "HEADER",
+    "HELLO_ENCRYPT",
+    "HELLO_PASSWORD",
+    "KEY_ENCRYPTS",
+    "MAX_ACK_RANGES",
     "MAX_DATAGRAM",
+    "PLAIN_DATA_OVERHEAD",
+    "SEALED_KINDS",
     "TCP_PREFACE",
     "TS_MASK",
     "VERSION",
     "Ack",
-    "Challenge",
     "Hello",
     "Kind",
+    "check_key_request",
     "decode_ack",
-    "decode_challenge",
     "decode_error",
     "decode_hello",
-    "encode",
+    "decode_hello_payload",
+    "decode_key",
     "encode_ack",
-    "encode_challenge",
     "encode_error",
     "encode_frames",
     "encode_hello",
+    "encode_hello_payload",
+    "encode_key",
+    "encode_key_request",
+    "encode_plain",
     "first_byte",
+    "hello_prologue",
     "new_session_id",
+    "open_plain",
     "parse_header",
-    "seal",
 ]
 
 #: The protocol version (the versions before it: docs/protocol.md).
-VERSION = 4
+VERSION = 5
 #: JetStream's port number, of both the control API (TCP) and the data port (UDP and TCP).
 DEFAULT_PORT = 8886
-_NO_CRC = bytes(4)
 TCP_PREFACE = b"JSTD"
 #: Largest datagram or TCP frame accepted (TCP frames carry bigger blocks).
 MAX_DATAGRAM = 1024 * 1024 + 64
 
 #: Length prefix of a datagram carried as a TCP frame.
 FRAME = struct.Struct("!I")
-HEADER = struct.Struct("!BII")  # version << 4 | type, session, crc
-_CRC_AT = 5
+HEADER = struct.Struct("!BI")  # version << 4 | type, session
 #: block index (u40: high u8, low u32), sender timestamp (us, low 32 bits)
 DATA_HEADER = struct.Struct("!BII")
-#: Bytes of a DATA datagram before its payload.
-DATA_OVERHEAD = HEADER.size + DATA_HEADER.size
+_CRC = struct.Struct("!I")
+#: Bytes of a PLAIN_DATA datagram besides its payload (header, DATA header, CRC).
+PLAIN_DATA_OVERHEAD = HEADER.size + DATA_HEADER.size + _CRC.size
 TS_MASK = 0xFFFFFFFF
+COOKIE_LEN = 16
+_HELLO_CLEAR = struct.Struct(f"!B{COOKIE_LEN}s")  # cipher, cookie
 _HELLO = struct.Struct("!16sIQQB")  # transfer id, block size, meta size, meta blocks, flags
-_CHALLENGE = struct.Struct("!16sBBBB")  # nonce, log2 n, r, p, salt length
 _ACK = struct.Struct("!QQQQQIQBH")  # cum, packets, bytes, recv ts, echo ts, echo delay,
 #                                     committed files, flags, range count
 _RANGE = struct.Struct("!II")  # gap from the previous range's end, length
 _ERROR = struct.Struct("!H")
+#: A KEY_REQUEST is at least as long as the KEY it asks for (no amplification).
+_KEY_REQUEST_PADDING = 40
 
 
 class Kind(IntEnum):
     """The message types."""
     HELLO = 1
-    CHALLENGE = 2
+    REPLY = 2
     AUTH = 3
     ACCEPT = 4
     ERROR = 5
@@ -96,17 +114,21 @@ class Kind(IntEnum):
     ACK = 7
     CLOSE = 8
     PING = 9
+    KEY_REQUEST = 10
+    KEY = 11
+    COOKIE = 12
+    UNKNOWN = 13
+    PLAIN_DATA = 14
+
+
+#: The messages a session's channel seals.
+SEALED_KINDS = frozenset({Kind.AUTH, Kind.ACCEPT, Kind.ERROR, Kind.DATA, Kind.ACK,
+                          Kind.CLOSE, Kind.PING})
 
 
 def encode_frames(datagrams: list[bytes] | list[bytes | bytearray]) -> bytes:
     """Datagrams as TCP data-mode frames: each preceded by its length."""
     return b"".join(FRAME.pack(len(d)) + d for d in datagrams)
-
-
-def seal(buffer: bytearray | memoryview, length: int) -> None:
-    """Write the CRC of ``buffer[:length]`` into its header (CRC field zero on entry)."""
-    crc = crc32c(memoryview(buffer)[:length])
-    struct.pack_into("!I", buffer, _CRC_AT, crc)
 
 
 def new_session_id() -> int:
@@ -119,35 +141,77 @@ def first_byte(kind: Kind) -> int:
     return VERSION << 4 | kind
 
 
-def encode(kind: Kind, session: int, body: bytes = b"") -> bytes:
-    """A datagram of ``kind`` for ``session`` with ``body``, sealed with its CRC."""
-    buffer = bytearray(HEADER.size + len(body))
-    HEADER.pack_into(buffer, 0, first_byte(kind), session, 0)
-    buffer[HEADER.size:] = body
-    seal(buffer, len(buffer))
-    return bytes(buffer)
-
-
-def parse_header(data: bytes | memoryview) -> tuple[Kind, int]:
-    """(kind, session) of a datagram, after checking version and CRC."""
+def parse_header(data: bytes | bytearray | memoryview) -> tuple[Kind, int]:
+    """(kind, session) of a datagram, after checking its version and type."""
     if len(data) < HEADER.size:
-        raise Garbage("short datagram")
-    first, session, crc = HEADER.unpack_from(data, 0)
+        raise Truncated("short datagram")
+    first, session = HEADER.unpack_from(data, 0)
     if first >> 4 != VERSION:
         raise Garbage("bad version")
-    view = memoryview(data)
-    check = crc32c(view[HEADER.size:], crc32c(_NO_CRC, crc32c(view[:_CRC_AT])))
-    if check != crc:
-        raise Garbage("bad checksum")
     try:
         return Kind(first & 0x0F), session
     except ValueError:
         raise Garbage("unknown type") from None
 
 
+# -- messages outside a session: a CRC-32C at the end -------------------------------------
+
+def encode_plain(kind: Kind, session: int, body: bytes = b"") -> bytes:
+    """A message that is not sealed, ending with the CRC-32C of what comes before."""
+    message = HEADER.pack(first_byte(kind), session) + body
+    return message + _CRC.pack(crc32c(message))
+
+
+def open_plain(data: bytes | bytearray | memoryview) -> memoryview:
+    """The body of a message :func:`encode_plain` made; Garbage if its CRC is wrong."""
+    view = memoryview(data)
+    if len(view) < HEADER.size + _CRC.size:
+        raise Truncated("short message")
+    end = len(view) - _CRC.size
+    if crc32c(view[:end]) != _CRC.unpack_from(view, end)[0]:
+        raise Garbage("bad checksum")
+    return view[HEADER.size:end]
+
+
+#: KEY flag: the server encrypts the data of its sessions (not --no-data-encryption).
+KEY_ENCRYPTS = 1
+
+
+def encode_key(session: int, public_key: bytes, flags: int) -> bytes:
+    """A KEY: the receiver's public key, unauthenticated (what a sender learns on first
+    contact, or is told when its HELLO was sealed to another key)."""
+    return encode_plain(Kind.KEY, session, bytes([flags]) + public_key)
+
+
+def decode_key(data: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+    """(public key, flags) of a KEY datagram; Garbage if malformed."""
+    body = open_plain(data)
+    if len(body) != 33:
+        raise Garbage("bad KEY length")
+    return bytes(body[1:]), body[0]
+
+
+def encode_key_request(session: int) -> bytes:
+    """A KEY_REQUEST: asks a receiver for its public key."""
+    return encode_plain(Kind.KEY_REQUEST, session, bytes(_KEY_REQUEST_PADDING))
+
+
+def check_key_request(data: bytes | bytearray | memoryview) -> None:
+    """Garbage unless ``data`` is a whole KEY_REQUEST."""
+    if len(open_plain(data)) < _KEY_REQUEST_PADDING:
+        raise Truncated("short KEY_REQUEST")
+
+
+# -- the handshake ---------------------------------------------------------------------------
+
+#: HELLO flags: the sender proves a password (in AUTH); the sender encrypts its data.
+HELLO_PASSWORD, HELLO_ENCRYPT = 1, 2
+
+
 @dataclass(frozen=True)
 class Hello:
-    """The sender's first message: the transfer, its block size and metadata size, the user."""
+    """What the sender's first message says of the session, sealed in its handshake: the
+    transfer, its block size and metadata size, the user, and flags."""
     transfer_id: bytes  # 16 bytes
     block_size: int
     meta_size: int
@@ -156,54 +220,47 @@ class Hello:
     flags: int = 0
 
 
-def encode_hello(session: int, hello: Hello) -> bytes:
-    """A HELLO datagram."""
-    user = hello.user.encode()
-    body = _HELLO.pack(hello.transfer_id, hello.block_size, hello.meta_size,
-                       hello.meta_blocks, hello.flags) + user
-    return encode(Kind.HELLO, session, body)
+def hello_prologue(session: int, cipher_code: int) -> bytes:
+    """What both ends bind into the handshake besides its messages: the protocol, the
+    session id and the cipher (so that none of them can be changed on the way)."""
+    return b"JetStream data v5" + HEADER.pack(first_byte(Kind.HELLO), session) + \
+        bytes([cipher_code])
 
 
-def decode_hello(body: bytes | memoryview) -> Hello:
-    """The HELLO in a datagram's body; Garbage if malformed."""
+def encode_hello(session: int, cipher_code: int, cookie: bytes, message: bytes) -> bytes:
+    """A HELLO datagram: the cipher, a cookie (zeros unless the receiver asked for one)
+    and the Noise handshake's first message."""
+    return HEADER.pack(first_byte(Kind.HELLO), session) + \
+        _HELLO_CLEAR.pack(cipher_code, cookie) + message
+
+
+def decode_hello(data: bytes | bytearray | memoryview) -> tuple[int, bytes, bytes]:
+    """(cipher code, cookie, handshake message) of a HELLO datagram."""
+    if len(data) < HEADER.size + _HELLO_CLEAR.size:
+        raise Truncated("short HELLO")
+    cipher, cookie = _HELLO_CLEAR.unpack_from(data, HEADER.size)
+    return cipher, cookie, bytes(data[HEADER.size + _HELLO_CLEAR.size:])
+
+
+def encode_hello_payload(hello: Hello) -> bytes:
+    """What the handshake's first message carries (encrypted)."""
+    return _HELLO.pack(hello.transfer_id, hello.block_size, hello.meta_size,
+                       hello.meta_blocks, hello.flags) + hello.user.encode()
+
+
+def decode_hello_payload(body: bytes) -> Hello:
+    """The :class:`Hello` of a handshake payload; Garbage if malformed."""
     if len(body) < _HELLO.size or len(body) > _HELLO.size + 256:
         raise Garbage("bad HELLO length")
     transfer_id, block_size, meta_size, meta_blocks, flags = _HELLO.unpack_from(body, 0)
     try:
-        user = bytes(body[_HELLO.size:]).decode()
+        user = body[_HELLO.size:].decode()
     except UnicodeDecodeError:
         raise Garbage("bad HELLO user") from None
     return Hello(transfer_id, block_size, meta_size, meta_blocks, user, flags)
 
 
-@dataclass(frozen=True)
-class Challenge:
-    """The receiver's answer to a HELLO with a user: a nonce and the password hash's salt and
-    parameters."""
-    nonce: bytes
-    log2_n: int
-    r: int
-    p: int
-    salt: bytes
-
-
-def encode_challenge(session: int, challenge: Challenge) -> bytes:
-    """A CHALLENGE datagram."""
-    body = _CHALLENGE.pack(challenge.nonce, challenge.log2_n, challenge.r, challenge.p,
-                           len(challenge.salt)) + challenge.salt
-    return encode(Kind.CHALLENGE, session, body)
-
-
-def decode_challenge(body: bytes | memoryview) -> Challenge:
-    """The CHALLENGE in a datagram's body; Garbage if malformed."""
-    if len(body) < _CHALLENGE.size:
-        raise Garbage("bad CHALLENGE length")
-    nonce, log2_n, r, p, salt_len = _CHALLENGE.unpack_from(body, 0)
-    salt = bytes(body[_CHALLENGE.size:_CHALLENGE.size + salt_len])
-    if len(salt) != salt_len:
-        raise Garbage("bad CHALLENGE salt")
-    return Challenge(nonce, log2_n, r, p, salt)
-
+# -- acknowledgements and errors (bodies of sealed messages) --------------------------------
 
 @dataclass
 class Ack:
@@ -229,21 +286,21 @@ MAX_ACK_RANGES = 160
 ACK_DELAY_S = 0.005
 
 
-def encode_ack(session: int, ack: Ack) -> bytes:
-    """An ACK datagram."""
+def encode_ack(ack: Ack) -> bytes:
+    """An ACK's body."""
     parts = [_ACK.pack(ack.cum, ack.packets, ack.bytes, ack.recv_ts_us, ack.echo_ts_us,
                        ack.echo_delay_us, ack.committed, ack.flags, len(ack.ranges))]
     previous = ack.cum
     for start, end in ack.ranges:
         parts.append(_RANGE.pack(start - previous, end - start))
         previous = end
-    return encode(Kind.ACK, session, b"".join(parts))
+    return b"".join(parts)
 
 
 def decode_ack(body: bytes | memoryview) -> Ack:
-    """The ACK in a datagram's body; Garbage if malformed."""
+    """The ACK in a message's body; Garbage if malformed."""
     if len(body) < _ACK.size:
-        raise Garbage("bad ACK length")
+        raise Truncated("bad ACK length")
     cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, count = \
         _ACK.unpack_from(body, 0)
     if len(body) != _ACK.size + count * _RANGE.size:
@@ -258,18 +315,18 @@ def decode_ack(body: bytes | memoryview) -> Ack:
     return Ack(cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, ranges)
 
 
-#: ERROR codes: the transfer is refused for good; this session is unknown (the receiver
-#: restarted or forgot it): start a new session, which resumes; or the receiver is busy
-#: (too many transfers, or logins waiting): try again later.
-ERROR_REFUSED, ERROR_UNKNOWN_SESSION, ERROR_BUSY = 0, 1, 2
+#: ERROR codes: the transfer is refused for good; or the receiver is busy (too many
+#: transfers): try again later. (Code 1, "unknown session", is the UNKNOWN message now.)
+ERROR_REFUSED, ERROR_BUSY = 0, 2
 #: CLOSE codes: the session is over for good (complete, cancelled, failed); or paused
 #: (suspended, server stopping): the receiver keeps what it has for a later session.
 CLOSE_FINAL, CLOSE_PAUSE = 0, 1
 
 
-def encode_error(session: int, kind: Kind, message: str, code: int = 0) -> bytes:
-    """An ERROR (or CLOSE, with a reason) carrying a code and a message for the operator."""
-    return encode(kind, session, _ERROR.pack(code) + message.encode()[:1000])
+def encode_error(message: str, code: int = 0) -> bytes:
+    """The body of an ERROR (or CLOSE, with a reason): a code and a message for the
+    operator."""
+    return _ERROR.pack(code) + message.encode()[:1000]
 
 
 def decode_error(body: bytes | memoryview) -> tuple[int, str]:
