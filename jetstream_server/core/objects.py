@@ -204,6 +204,9 @@ class Transfer(Owned):
     blocks_retransmitted: int = 0
     packets_sent: int = 0
     packets_recv: int = 0
+    #: datagrams from the receiver dropped, by reason (failedAuthentication, replayed,
+    #: truncated, garbage): what an attacker on the path tried
+    datagrams_dropped: dict[str, int] = field(default_factory=dict)
 
     def to_api(self, effective_rate_kbps: int) -> dict[str, Any]:
         """The Transfer structure (``effective_rate_kbps``: its own limit or its
@@ -235,6 +238,7 @@ class Transfer(Owned):
             "blocksRetransmitted": self.blocks_retransmitted,
             "packetsSent": self.packets_sent,
             "packetsRecv": self.packets_recv,
+            "datagramsDropped": self.datagrams_dropped,
             "owner": self.owner,
             "ownerToken": None,
             "ownerTokenSession": None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import hmac
 import os
 import re
@@ -18,16 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..protocol.auth import MAX_SCRYPT_BYTES, derive_verifier, scrypt_bytes
 from .private import private_dir
 
 __all__ = [
+    "MAX_SCRYPT_BYTES",
     "StoredHash",
     "UserStore",
     "check_user_name",
     "hash_password",
     "parse_hash",
     "read_users_file",
+    "scrypt_hash",
     "verify_password",
     "write_users_file",
 ]
@@ -35,6 +37,28 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@\-]{0,63}$")
 _LOG2_N, _R, _P = 14, 8, 1
 _HASH = re.compile(r"^\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
+
+
+#: The most memory a derivation may take (128 x r x N x p bytes): 16 times the default
+#: parameters' 16 MiB. Parameters that need more are refused (ValueError).
+MAX_SCRYPT_BYTES = 256 * 1024 * 1024
+
+
+def scrypt_bytes(log2_n: int, r: int, p: int) -> int:
+    """The memory scrypt takes with these parameters."""
+    return 128 * r * (1 << log2_n) * p
+
+
+def scrypt_hash(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
+    """The password's slow hash under ``salt`` (blocking, about 0.1 s of CPU with the
+    default parameters); ValueError when the parameters are out of range."""
+    if not (1 <= log2_n <= 30 and r >= 1 and p >= 1) or \
+            scrypt_bytes(log2_n, r, p) > MAX_SCRYPT_BYTES:
+        raise ValueError(f"scrypt parameters ln={log2_n}, r={r}, p={p} need more than "
+                         f"{MAX_SCRYPT_BYTES} bytes")
+    return hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=salt,
+                          n=1 << log2_n, r=r, p=p, maxmem=MAX_SCRYPT_BYTES + 1024 * 1024,
+                          dklen=32)
 
 
 def check_user_name(name: str) -> str:
@@ -50,14 +74,14 @@ def check_user_name(name: str) -> str:
 def hash_password(password: str) -> str:
     """A new salted scrypt hash of ``password``, as the users file stores it."""
     salt = secrets.token_bytes(16)
-    digest = derive_verifier(password, salt, _LOG2_N, _R, _P)
+    digest = scrypt_hash(password, salt, _LOG2_N, _R, _P)
     return (f"$scrypt$ln={_LOG2_N},r={_R},p={_P}$"
             f"{base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}")
 
 
 @dataclass(frozen=True)
 class StoredHash:
-    """A parsed ``$scrypt$`` hash: salt, parameters and the derived key (the verifier)."""
+    """A parsed ``$scrypt$`` hash: salt, parameters and the derived key."""
 
     salt: bytes
     log2_n: int
@@ -86,7 +110,7 @@ def verify_password(password: str, stored: str) -> bool:
     if parts is None:
         return False
     return hmac.compare_digest(
-        derive_verifier(password, parts.salt, parts.log2_n, parts.r, parts.p), parts.digest)
+        scrypt_hash(password, parts.salt, parts.log2_n, parts.r, parts.p), parts.digest)
 
 
 @functools.cache
@@ -171,7 +195,7 @@ class UserStore:
             self._stamp = stamp
 
     def stored_hash(self, name: str) -> str | None:
-        """The user's stored password hash (the data protocol's verifier), if any."""
+        """The user's stored password hash, if the user exists."""
         try:
             self.reload()
         except ConfigError:

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..core.ratelog import LimitedLog
+from ..errors import Garbage
 from ..protocol.endpoint import Address, Opened, ReceiverEndpoint
 from ..protocol.lines import encode_message, error_response
 from ..protocol.noise import KeyPair
@@ -34,6 +36,7 @@ from .udpio import enable_gro, receive_batches
 __all__ = ["DataEndpoint", "DataStream", "StreamWatch"]
 
 log = logging.getLogger("jetstream.recv")
+limited_log = LimitedLog(log)
 
 
 class DataEndpoint:
@@ -252,7 +255,17 @@ class DataStream(asyncio.Protocol):
             start = offset + FRAME.size
             frame = memoryview(bytes(buffer[start:start + size]))
             offset = start + size
-            session = self.endpoint.datagram(frame, self._peer, self._send_for, "tcp", now)
+            try:
+                session = self.endpoint.datagram(frame, self._peer, self._send_for, "tcp",
+                                                 now)
+            except Garbage as exc:
+                # TCP delivers what was sent: this was changed on the way (or forged), and
+                # what else was is unknown; the session pauses, the sender starts anew
+                limited_log.warning("tampered", "closed a TCP data connection from %s: a "
+                                    "frame did not open (%s)", self._peer[0], exc.message)
+                self.abort(f"A frame on this TCP data connection did not open "
+                           f"({exc.message}): the connection is closed.")
+                break
             if session is not None:
                 if self._session is None:
                     self._session = session

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -250,6 +251,7 @@ class SendSession:
         self._base = (transfer.bytes_sent, transfer.bytes_recv, transfer.packets_sent,
                       transfer.packets_recv, transfer.blocks_sent,
                       transfer.blocks_retransmitted)
+        self._dropped_base = Counter(transfer.datagrams_dropped)
 
     # -- control from the scheduler -------------------------------------------------------
 
@@ -418,6 +420,8 @@ class SendSession:
         transfer.packets_recv = packets_recv + core.packets_recv
         transfer.blocks_sent = blocks_sent + core.blocks_sent
         transfer.blocks_retransmitted = resent + core.blocks_retransmitted
+        if core.dropped:
+            transfer.datagrams_dropped = dict(self._dropped_base + core.dropped)
         transfer.blocks_acked = core.blocks_acked
         transfer.block_size = core.layout.block_size
         transfer.total_blocks = core.layout.total_blocks

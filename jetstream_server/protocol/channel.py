@@ -174,8 +174,11 @@ class Channel:
         behind = self.highest - pn
         if behind >= WINDOW or (behind >= 0 and self._seen >> behind & 1):
             raise Replayed("packet number seen before")
-        aead = self._in.for_epoch(pn >> EPOCH_BITS)
+        epoch = pn >> EPOCH_BITS
+        aead = self._in.for_epoch(epoch)
         if aead is None:
+            if epoch > self._in.epoch:  # (a forged number: no key of it can exist yet)
+                raise Unauthenticated("packet number of no key yet")
             raise Replayed("packet number of an old key")
         try:
             body = aead.decrypt(self.cipher.nonce(pn), view[clear:], view[:clear])

@@ -174,7 +174,9 @@ class ReceiverEndpoint:
     def receive_datagram(self, data: bytes | memoryview, address: Address, now: float,
                          verified: bool = False) -> ReceiverCore | None:
         """Route one datagram; the session it touched (or opened), if any.
-        ``verified``: its source address is proven (a TCP connection's): no cookie."""
+        ``verified``: it came on a TCP connection, whose source address is proven (no
+        cookie), and which delivers what was sent: a message that does not open is then
+        re-raised (Garbage, counted), for the stream to be closed."""
         try:
             kind, session_id = parse_header(data)
             core = self.sessions.get(session_id)
@@ -192,6 +194,8 @@ class ReceiverEndpoint:
             return core
         except Garbage as exc:
             self.dropped[exc.counter] += 1
+            if verified:
+                raise
             return None
 
     def _outside_session(self, kind: Kind, session_id: int, data: bytes | memoryview,

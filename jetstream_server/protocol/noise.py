@@ -211,6 +211,7 @@ class Handshake:
         """Responder: the payload of message 1 (and :attr:`remote_static`); Garbage if it
         does not authenticate (another responder key, or damaged)."""
         assert not self.initiator
+        message = bytes(message)
         if len(message) < DH_LEN + DH_LEN + 2 * TAG_LEN:
             raise Garbage("short handshake")
         self.remote_ephemeral = message[:DH_LEN]
@@ -232,6 +233,7 @@ class Handshake:
     def read_message_2(self, message: bytes) -> bytes:
         """Initiator: the payload of message 2; Garbage if it does not authenticate."""
         assert self.initiator and self.ephemeral is not None
+        message = bytes(message)
         if len(message) < DH_LEN + TAG_LEN:
             raise Garbage("short handshake")
         self.remote_ephemeral = message[:DH_LEN]

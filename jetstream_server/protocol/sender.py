@@ -261,6 +261,11 @@ class SenderCore:
                 self._receive_clear(kind, data, now)
         except Garbage as exc:
             self.dropped[exc.counter] += 1
+            if self.reliable and not self.finished:
+                # a TCP stream delivers what was sent: a message that does not open was
+                # changed on the way, and what else was is unknown (TLS ends there too)
+                self.lose_session("The TCP data connection carried a message that does "
+                                  f"not open ({exc.message}): changed on the way?")
 
     def _receive_clear(self, kind: Kind, data: bytes | memoryview, now: float) -> None:
         """A handshake message, or one sent outside the session (unauthenticated: it may
