@@ -10,7 +10,9 @@ in turn, every run bounded by ``--max-seconds``:
 
 - jetstream: two jetstream-server processes (receiver in B, sender in A), driven through
   the sender's API by bench/drive.py; seconds from ``createTransfer`` to ``complete``
-  (the receiver's verification and fsyncs included);
+  (the receiver's verification and fsyncs included); data encrypted, as by default;
+- jetstream-plain (with ``--tools``): the same with ``--no-data-encryption`` at both
+  ends, to show what encryption costs in the same run;
 - rsync over ssh: ``rsync -a`` to an sshd of the benchmark's own in B;
 - TCP CUBIC and TCP BBR: ``iperf3 -F FILE`` (reads the same file; the receiver discards).
 
@@ -268,20 +270,23 @@ def process(argv: list[str], log: Path, **kwargs: Any) -> Iterator[subprocess.Po
 
 
 @contextlib.contextmanager
-def jetstream_server(the_lab: Lab, ns: str, home: Path
+def jetstream_server(the_lab: Lab, ns: str, home: Path, *args: str
                      ) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
-    """A jetstream-server in namespace ``ns``: (process, API port, data port)."""
+    """A jetstream-server in namespace ``ns`` (``args``: more flags): (process, API port,
+    data port)."""
     log = home / "server.log"
     argv = the_lab.argv(ns, str(BIN / "jetstream-server"), "--api-host", "127.0.0.1",
                         "--api-port", "0", "--recv-port", "0",
                         "--users-file", str(home / "users"),
                         "--sandbox-dir", str(home / "sandbox"),
-                        "--persistent-state-dir", str(home / "state"))
+                        "--persistent-state-dir", str(home / "state"),
+                        "--secret-key-file", str(home / "secret.key"), *args)
+    start = log.stat().st_size if log.exists() else 0  # (a server of this home ran before)
     with process(argv, log) as proc:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and proc.poll() is None:
             match = re.search(r"listening on TCP \S+:(\d+); data port UDP and TCP (\d+)",
-                              log.read_text(errors="replace"))
+                              log.read_bytes()[start:].decode(errors="replace"))
             if match:
                 yield proc, int(match.group(1)), int(match.group(2))
                 return
@@ -348,12 +353,16 @@ def competing_tcp(the_lab: Lab, work: Workdir, seconds: int
 
 
 def run_jetstream(the_lab: Lab, work: Workdir, profile: Profile, limit_s: float,
-                  spy_dir: Path | None = None, transport: str = "udp") -> Result:
+                  spy_dir: Path | None = None, transport: str = "udp",
+                  encrypt: bool = True) -> Result:
+    """``encrypt`` False: both servers run with --no-data-encryption (the baseline that
+    shows what encryption costs, in the same run)."""
+    flags = () if encrypt else ("--no-data-encryption",)
     with contextlib.ExitStack() as stack:
         receiver, _, data_port = stack.enter_context(
-            jetstream_server(the_lab, the_lab.ns_b, work.base / "b"))
+            jetstream_server(the_lab, the_lab.ns_b, work.base / "b", *flags))
         sender, api_port, _ = stack.enter_context(
-            jetstream_server(the_lab, the_lab.ns_a, work.base / "a"))
+            jetstream_server(the_lab, the_lab.ns_a, work.base / "a", *flags))
         driver = subprocess.Popen(
             the_lab.argv(the_lab.ns_a, sys.executable, str(HERE / "drive.py"), str(api_port),
                          f"{the_lab.addr_b}:{data_port}", work.source,
@@ -410,7 +419,8 @@ def run_jetstream(the_lab: Lab, work: Workdir, profile: Profile, limit_s: float,
                 f"min {min(windows):.2f}, max {max(windows):.2f} Mbit/s "
                 f"({len(windows)} windows)") + (f"; {note}" if note else "")
     return Result(
-        f"jetstream ({transport})", seconds, delivered,
+        f"jetstream ({transport})" if encrypt else f"no-encryption jetstream ({transport})",
+        seconds, delivered,
         files=work.files * len(flows) if done else 0,
         retransmitted=sum(f["blocksRetransmitted"] * f["blockSize"] for f in flows),
         cpu_send=cpu_send, cpu_recv=cpu_recv, note=note, extra={"flows": flows})
@@ -486,7 +496,7 @@ def run_iperf3(the_lab: Lab, work: Workdir, algorithm: str, limit_s: float) -> R
 
 
 def table(profile_name: str, profile: Profile, rtt: str, results: list[Result]) -> str:
-    # the ratio column is jetstream's, whichever order --tools gave
+    # the ratio column is (encrypted) jetstream's, whichever order --tools gave
     jet = next((r for r in results if r.tool.startswith("jetstream")), results[0])
     by_files = profile.files > 1
     unit = "files/s" if by_files else "Mbit/s"
@@ -537,6 +547,9 @@ def run_profile(name: str, profile: Profile, limit_s: float, keep_going: bool,
                 try:
                     if tool == "jetstream":
                         result = run_jetstream(the_lab, work, profile, limit_s, spy_dir)
+                    elif tool == "jetstream-plain":
+                        result = run_jetstream(the_lab, work, profile, limit_s, spy_dir,
+                                               encrypt=False)
                     elif tool == "rsync":
                         result = run_rsync(the_lab, work, limit_s)
                     else:
@@ -581,7 +594,9 @@ def main() -> None:
                         help="bound on each tool's run (default 60)")
     parser.add_argument("--size-mib", type=int, help="override the profile's file size")
     parser.add_argument("--rate-mbps", type=float, help="override the link rate")
-    parser.add_argument("--tools", help="comma-separated subset: jetstream,rsync,cubic,bbr")
+    parser.add_argument("--tools", help="comma-separated subset: jetstream,rsync,cubic,bbr; "
+                        "jetstream-plain is jetstream with --no-data-encryption at both "
+                        "ends")
     parser.add_argument("--json", type=Path, help="append results as JSON lines here")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
                         help="profile both jetstream servers with py-spy into DIR")

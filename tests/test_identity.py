@@ -4,6 +4,7 @@ encryption that both ends must agree on."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -15,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from jetstream_server.client import AsyncClient
+from jetstream_server.client import AsyncClient, Client
 from jetstream_server.core.users import parse_hash, read_users_file
-from jetstream_server.errors import CommandFailed, ConfigError
+from jetstream_server.errors import CommandFailed, ConfigError, UntrustedServer
 from jetstream_server.protocol.noise import KeyPair, public_key_text
 from jetstream_server.server import Server
 from tests.conftest import PASSWORDS, make_home, make_settings
@@ -265,3 +266,35 @@ async def test_chacha20_poly1305_is_selectable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--data-cipher must be one of aes-256-gcm, "
                                           "chacha20-poly1305"):
         make_settings(a_home, data_cipher="rot13")
+
+
+async def test_the_python_client_speaks_tls_and_checks_the_fingerprint(
+        home: Path, tmp_path: Path) -> None:
+    async with Server(make_settings(home)) as server:
+        assert server.service is not None
+        fingerprint = server.service.api_certificate.fingerprint
+        client = await AsyncClient.connect("127.0.0.1", server.api_port, tls=True,
+                                           fingerprint=fingerprint)
+        await client.auth("alice", PASSWORDS["alice"])
+        assert (await client.call("getServerInfo"))["certificateFingerprint"] == fingerprint
+        await client.close()
+        known = tmp_path / "known"
+        first = await AsyncClient.connect("127.0.0.1", server.api_port, tls=True,
+                                          known_servers=known)
+        assert first.trust_note is not None and fingerprint in known.read_text()
+        await first.close()
+        again = await AsyncClient.connect("127.0.0.1", server.api_port, tls=True,
+                                          known_servers=known)
+        assert again.trust_note is None
+        await again.close()
+        other = "SHA256:" + base64.b64encode(bytes(32)).decode().rstrip("=")
+        with pytest.raises(UntrustedServer) as refused:
+            await AsyncClient.connect("127.0.0.1", server.api_port, tls=True,
+                                      fingerprint=other)
+        assert f"has fingerprint {fingerprint}, not {other} as given" in refused.value.message
+        hex_form = ":".join(f"{b:02X}" for b in base64.b64decode(fingerprint[7:] + "="))
+        sync = await asyncio.to_thread(Client.connect, "127.0.0.1", server.api_port,
+                                       tls=True, fingerprint=hex_form)
+        assert (await asyncio.to_thread(sync.call, "getServerInfo"))["publicKey"] == \
+            _key(server)
+        await asyncio.to_thread(sync.close)

@@ -5,6 +5,8 @@ datagram may be turned into on the way, and what becomes of it."""
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -27,10 +29,18 @@ from jetstream_server.protocol.sender import SenderCore
 from jetstream_server.protocol.wire import (
     DATA_HEADER,
     HEADER,
+    HELLO_ENCRYPT,
+    HELLO_PASSWORD,
     Hello,
     Kind,
+    decode_hello,
+    decode_hello_payload,
+    encode_hello,
+    encode_hello_payload,
     encode_key,
     encode_plain,
+    first_byte,
+    hello_prologue,
     parse_header,
 )
 
@@ -285,3 +295,50 @@ def test_changed_truncated_and_reordered_messages_never_raise_out_of_the_cores(
             sender.receive_datagram(bytes(message), float(now))
             sender.handle_timer(float(now))
             sender.datagrams_to_send(float(now))
+
+
+def test_the_test_vectors_of_the_protocol_page_are_what_the_code_gives() -> None:
+    page = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    section = page.split("## Test vectors", 1)[1].split("\n## ", 1)[0]
+    documented = dict(re.findall(r"^- (.+): `([0-9a-f]+)`$", section, re.MULTILINE))
+    aes = CIPHERS["aes-256-gcm"]
+
+    def key(byte: int) -> KeyPair:
+        return KeyPair.from_private_bytes(bytes([byte]) * 32)
+
+    sender_static, sender_ephemeral, receiver_static, receiver_ephemeral = (
+        key(1), key(2), key(3), key(4))
+    session = 0x01020304
+    hello = Hello(bytes(range(16)), 1436, 100, 1, "bob", HELLO_PASSWORD | HELLO_ENCRYPT)
+    initiator = Handshake(aes, sender_static, hello_prologue(session, aes.code),
+                          remote_static=receiver_static.public, ephemeral=sender_ephemeral)
+    hello_datagram = encode_hello(session, aes.code, bytes(16), initiator.write_message_1(
+        encode_hello_payload(hello)))
+    responder = Handshake(aes, receiver_static, hello_prologue(session, aes.code),
+                          ephemeral=receiver_ephemeral)
+    assert decode_hello_payload(responder.read_message_1(
+        decode_hello(hello_datagram)[2])) == hello
+    reply = HEADER.pack(first_byte(Kind.REPLY), session) + responder.write_message_2(
+        bytes([HELLO_ENCRYPT]))
+    initiator.read_message_2(reply[HEADER.size:])
+    to_receiver, to_sender = initiator.split()
+    channel = Channel(aes, session, to_receiver, to_sender)
+    computed = {
+        "initiator (sender) static private key": sender_static.private.private_bytes_raw(),
+        "initiator static public key": sender_static.public,
+        "initiator ephemeral private key": sender_ephemeral.private.private_bytes_raw(),
+        "responder (receiver) static private key":
+            receiver_static.private.private_bytes_raw(),
+        "responder static public key": receiver_static.public,
+        "responder ephemeral private key": receiver_ephemeral.private.private_bytes_raw(),
+        "prologue": hello_prologue(session, aes.code),
+        "HELLO payload": encode_hello_payload(hello),
+        "HELLO datagram": hello_datagram,
+        "REPLY datagram": reply,
+        "sender-to-receiver key": to_receiver,
+        "receiver-to-sender key": to_sender,
+        "AUTH 'bob-pw', packet 0": channel.seal(Kind.AUTH, b"bob-pw"),
+        "DATA block 1, send time 0x11223344, 'hello, world', packet 1":
+            bytes(channel.seal_data(1, 0x11223344, b"hello, world")),
+    }
+    assert documented == {name: value.hex() for name, value in computed.items()}

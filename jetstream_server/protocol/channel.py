@@ -50,6 +50,9 @@ SEALED_OVERHEAD = _SEALED_HEADER + TAG_LEN
 #: Bytes of a sealed DATA message besides its payload.
 DATA_OVERHEAD = SEALED_OVERHEAD + DATA_HEADER.size
 _DATA_CLEAR = _SEALED_HEADER + DATA_HEADER.size
+#: A sealed DATA's clear part in one go: header, packet number, block number, send time.
+_DATA_CLEAR_FIELDS = struct.Struct("!BIHIBII")
+_DATA_FIRST_BYTE = first_byte(Kind.DATA)
 _CRC = struct.Struct("!I")
 #: Packets sealed with one key before the next (a power of two).
 EPOCH_BITS = 24
@@ -105,6 +108,7 @@ class Channel:
         self.cipher = cipher
         self.session = session
         self.encrypt_data = encrypt_data
+        self._nonce = cipher.nonce
         self._out = _Sealing(cipher, send_key)
         self._in = _Sealing(cipher, receive_key)
         #: the next packet number to send
@@ -130,7 +134,7 @@ class Channel:
         pn = self._pn()
         clear = HEADER.pack(first_byte(kind), self.session) + _PN.pack(pn >> 32,
                                                                         pn & 0xFFFFFFFF)
-        return clear + self._out.aead.encrypt(self.cipher.nonce(pn), body, clear)
+        return clear + self._out.aead.encrypt(self._nonce(pn), body, clear)
 
     def seal_data(self, block: int, sent_us: int, payload: bytes | memoryview) -> bytearray:
         """A DATA message (or PLAIN_DATA, when data is not encrypted) of ``block``."""
@@ -145,12 +149,11 @@ class Channel:
             return datagram
         pn = self._pn()
         datagram = bytearray(DATA_OVERHEAD + len(payload))
-        HEADER.pack_into(datagram, 0, first_byte(Kind.DATA), self.session)
-        _PN.pack_into(datagram, HEADER.size, pn >> 32, pn & 0xFFFFFFFF)
-        DATA_HEADER.pack_into(datagram, _SEALED_HEADER, block >> 32, block & 0xFFFFFFFF,
-                              sent_us & TS_MASK)
+        _DATA_CLEAR_FIELDS.pack_into(datagram, 0, _DATA_FIRST_BYTE, self.session, pn >> 32,
+                                     pn & 0xFFFFFFFF, block >> 32, block & 0xFFFFFFFF,
+                                     sent_us & TS_MASK)
         view = memoryview(datagram)
-        self._out.aead.encrypt_into(self.cipher.nonce(pn), payload, view[:_DATA_CLEAR],
+        self._out.aead.encrypt_into(self._nonce(pn), payload, view[:_DATA_CLEAR],
                                     view[_DATA_CLEAR:])
         return datagram
 
@@ -175,13 +178,14 @@ class Channel:
         if behind >= WINDOW or (behind >= 0 and self._seen >> behind & 1):
             raise Replayed("packet number seen before")
         epoch = pn >> EPOCH_BITS
-        aead = self._in.for_epoch(epoch)
+        keys = self._in
+        aead = keys.aead if epoch == keys.epoch else keys.for_epoch(epoch)
         if aead is None:
-            if epoch > self._in.epoch:  # (a forged number: no key of it can exist yet)
+            if epoch > keys.epoch:  # (a forged number: no key of it can exist yet)
                 raise Unauthenticated("packet number of no key yet")
             raise Replayed("packet number of an old key")
         try:
-            body = aead.decrypt(self.cipher.nonce(pn), view[clear:], view[:clear])
+            body = aead.decrypt(self._nonce(pn), view[clear:], view[:clear])
         except InvalidTag:
             raise Unauthenticated(f"{kind.name} does not authenticate") from None
         if behind < 0:  # the newest yet: the window moves

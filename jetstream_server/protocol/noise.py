@@ -43,6 +43,7 @@ _HASH_LEN = 32
 _MAX_NONCE = 2**64 - 1
 
 Aead = AESGCM | ChaCha20Poly1305
+_BIG_NONCE, _LITTLE_NONCE = struct.Struct("!4xQ"), struct.Struct("<4xQ")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Cipher:
     def nonce(self, n: int) -> bytes:
         """Noise's 96-bit nonce of counter ``n``: 4 zero bytes, then ``n`` as 64 bits,
         big-endian for AES-GCM, little-endian for ChaCha20-Poly1305."""
-        return struct.pack("!4xQ" if self.noise_name == "AESGCM" else "<4xQ", n)
+        return (_BIG_NONCE if self.noise_name == "AESGCM" else _LITTLE_NONCE).pack(n)
 
     def rekey(self, key: bytes) -> bytes:
         """Noise's REKEY: the next key, ``ENCRYPT(k, 2^64-1, "", 32 zero bytes)[:32]``."""
