@@ -46,6 +46,20 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
             await client.close()
 
 
+@pytest.fixture
+async def sender(tmp_path: Path) -> AsyncIterator[tuple[Server, AsyncClient, Path, Path, int]]:
+    """Server A with a client logged in as alice, A's home, and a home and a port for a
+    receiving server B that the test starts (and starts again) itself."""
+    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b")
+    async with Server(make_settings(a_home)) as a:
+        client = await AsyncClient.connect("127.0.0.1", a.api_port)
+        await client.auth("alice", PASSWORDS["alice"])
+        try:
+            yield a, client, a_home, b_home, _free_port()
+        finally:
+            await client.close()
+
+
 async def _transfer(client: AsyncClient, port: int, home: Path, name: str = "f.txt",
                     **destination: Any) -> dict[str, Any]:
     """Send one small file to the data port ``port``; the transfer as it ended."""
@@ -108,33 +122,27 @@ async def test_a_destination_with_another_key_is_refused_naming_both(pair: Pair)
 
 
 async def test_a_key_pinned_on_first_contact_that_changes_fails_until_made_again(
-        tmp_path: Path) -> None:
-    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b")
-    port = _free_port()
-    async with Server(make_settings(a_home)) as a:
-        client = await AsyncClient.connect("127.0.0.1", a.api_port)
-        await client.auth("alice", PASSWORDS["alice"])
-        credentials = {"destinationUser": "bob", "destinationPassword": PASSWORDS["bob"]}
-        async with Server(make_settings(b_home, recv_port=port, api_port=port)) as b:
-            first = await _transfer(client, port, a_home, **credentials)
-            assert first["status"] == "complete", first["errorMessage"]
-            old = _key(b)
-        [destination] = await client.call("getDestinations")
-        assert destination["destinationPublicKey"] == old
-        (b_home / "state" / "server.key").unlink()  # B comes back with a new key
-        async with Server(make_settings(b_home, recv_port=port, api_port=port)) as b:
-            new = _key(b)
-            changed = await _transfer(client, port, a_home, "g.txt", **credentials)
-            assert changed["status"] == "error"
-            assert f"public key {new}, not {old}" in changed["errorMessage"]
-            assert f"delete destination {destination['destinationId']} and create it " \
-                   f"again with --destinationPublicKey={new}" in changed["errorMessage"]
-            await client.call("deleteDestination",
-                              destinationId=destination["destinationId"])
-            again = await _transfer(client, port, a_home, "h.txt", **credentials)
-            assert again["status"] == "complete", again["errorMessage"]
-            assert (b_home / "sandbox" / "h.txt").read_text() == "data of h.txt"
-        await client.close()
+        sender: tuple[Server, AsyncClient, Path, Path, int]) -> None:
+    _, client, a_home, b_home, port = sender
+    credentials = {"destinationUser": "bob", "destinationPassword": PASSWORDS["bob"]}
+    async with Server(make_settings(b_home, recv_port=port, api_port=port)) as b:
+        first = await _transfer(client, port, a_home, **credentials)
+        assert first["status"] == "complete", first["errorMessage"]
+        old = _key(b)
+    [destination] = await client.call("getDestinations")
+    assert destination["destinationPublicKey"] == old
+    (b_home / "state" / "server.key").unlink()  # B comes back with a new key
+    async with Server(make_settings(b_home, recv_port=port, api_port=port)) as b:
+        new = _key(b)
+        changed = await _transfer(client, port, a_home, "g.txt", **credentials)
+        assert changed["status"] == "error"
+        assert f"public key {new}, not {old}" in changed["errorMessage"]
+        assert f"delete destination {destination['destinationId']} and create it " \
+               f"again with --destinationPublicKey={new}" in changed["errorMessage"]
+        await client.call("deleteDestination", destinationId=destination["destinationId"])
+        again = await _transfer(client, port, a_home, "h.txt", **credentials)
+        assert again["status"] == "complete", again["errorMessage"]
+        assert (b_home / "sandbox" / "h.txt").read_text() == "data of h.txt"
 
 
 async def _root(server: Server) -> AsyncClient:
@@ -145,57 +153,52 @@ async def _root(server: Server) -> AsyncClient:
 
 
 async def test_an_authorized_server_sends_without_credentials_as_its_users_name(
-        tmp_path: Path) -> None:
-    a_home, b_home = make_home(tmp_path / "a"), make_home(tmp_path / "b")
-    port = _free_port()
-    async with Server(make_settings(a_home)) as a:
-        client = await AsyncClient.connect("127.0.0.1", a.api_port)
-        await client.auth("alice", PASSWORDS["alice"])
-        async with Server(make_settings(b_home, recv_port=port, api_port=port)) as b:
-            unknown = await _transfer(client, port, a_home, "refused.txt")
-            assert unknown["status"] == "error"
-            assert (f"or have its operator authorize this server's key {_key(a)} "
-                    "(recv.addAuthorizedClientAsync") in unknown["errorMessage"]
-            bob = await AsyncClient.connect("127.0.0.1", b.api_port)
-            await bob.auth("bob", PASSWORDS["bob"])
-            with pytest.raises(CommandFailed, match="raised superuser"):
-                await bob.call("recv.addAuthorizedClient", clientPublicKey=_key(a))
-            await bob.close()
-            root = await _root(b)
-            queued = await root.call("recv.addAuthorizedClientAsync", clientPublicKey=_key(a))
-            entry = await root.call("getRequestResult", requestId=queued["requestId"])
-            assert entry["clientPublicKey"] == _key(a) and entry["owner"] == "root"
-            trusted = await _transfer(client, port, a_home, "trusted.txt")
-            assert trusted["status"] == "complete", trusted["errorMessage"]
-            [record] = [r for r in await root.call("recv.getTransfers")
-                        if r["transferId"] == trusted["transferId"]]
-            assert record["username"] == "alice"  # the sending user's name
-            assert record["sourcePublicKey"] == _key(a) and record["encryptionEnabled"]
-            [source] = await root.call("recv.getSources")
-            assert source["destinationPublicKey"] == _key(a)
-            assert source["encryptionEnabled"] is True
-            # only authorized servers: credentials no longer suffice without the key
-            await root.call("recv.allowOnlyAuthorizedClients", enable=True)
-            await root.call("recv.removeAuthorizedClient", clientPublicKey=_key(a))
-            with_password = await _transfer(client, port, a_home, "pw.txt",
-                                            destinationUser="bob",
-                                            destinationPassword=PASSWORDS["bob"])
-            assert with_password["status"] == "error"
-            assert (f"accepts transfers only from servers it has authorized, and this "
-                    f"server's key {_key(a)} is not one of them") in \
-                with_password["errorMessage"]
-            await root.call("recv.addAuthorizedClient", clientPublicKey=_key(a))
-            await root.close()
-        async with Server(make_settings(b_home, recv_port=port, api_port=port)) as b:
-            root = await _root(b)
-            kept = await root.call("recv.getAuthorizedClients")
-            assert kept["allowOnlyAuthorizedClients"] is True
-            assert [c["clientPublicKey"] for c in kept["authorizedClients"]] == [_key(a)]
-            await root.close()
-            after = await _transfer(client, port, a_home, "after.txt")
-            assert after["status"] == "complete", after["errorMessage"]
-            assert (b_home / "sandbox" / "after.txt").read_text() == "data of after.txt"
-        await client.close()
+        sender: tuple[Server, AsyncClient, Path, Path, int]) -> None:
+    a, client, a_home, b_home, port = sender
+    async with Server(make_settings(b_home, recv_port=port, api_port=port)) as b:
+        unknown = await _transfer(client, port, a_home, "refused.txt")
+        assert unknown["status"] == "error"
+        assert (f"or have its operator authorize this server's key {_key(a)} "
+                "(recv.addAuthorizedClientAsync") in unknown["errorMessage"]
+        bob = await AsyncClient.connect("127.0.0.1", b.api_port)
+        await bob.auth("bob", PASSWORDS["bob"])
+        with pytest.raises(CommandFailed, match="raised superuser"):
+            await bob.call("recv.addAuthorizedClient", clientPublicKey=_key(a))
+        await bob.close()
+        root = await _root(b)
+        queued = await root.call("recv.addAuthorizedClientAsync", clientPublicKey=_key(a))
+        entry = await root.call("getRequestResult", requestId=queued["requestId"])
+        assert entry["clientPublicKey"] == _key(a) and entry["owner"] == "root"
+        trusted = await _transfer(client, port, a_home, "trusted.txt")
+        assert trusted["status"] == "complete", trusted["errorMessage"]
+        [record] = [r for r in await root.call("recv.getTransfers")
+                    if r["transferId"] == trusted["transferId"]]
+        assert record["username"] == "alice"  # the sending user's name
+        assert record["sourcePublicKey"] == _key(a) and record["encryptionEnabled"]
+        [source] = await root.call("recv.getSources")
+        assert source["destinationPublicKey"] == _key(a)
+        assert source["encryptionEnabled"] is True
+        # only authorized servers: credentials no longer suffice without the key
+        await root.call("recv.allowOnlyAuthorizedClients", enable=True)
+        await root.call("recv.removeAuthorizedClient", clientPublicKey=_key(a))
+        with_password = await _transfer(client, port, a_home, "pw.txt",
+                                        destinationUser="bob",
+                                        destinationPassword=PASSWORDS["bob"])
+        assert with_password["status"] == "error"
+        assert (f"accepts transfers only from servers it has authorized, and this "
+                f"server's key {_key(a)} is not one of them") in \
+            with_password["errorMessage"]
+        await root.call("recv.addAuthorizedClient", clientPublicKey=_key(a))
+        await root.close()
+    async with Server(make_settings(b_home, recv_port=port, api_port=port)) as b:
+        root = await _root(b)
+        kept = await root.call("recv.getAuthorizedClients")
+        assert kept["allowOnlyAuthorizedClients"] is True
+        assert [c["clientPublicKey"] for c in kept["authorizedClients"]] == [_key(a)]
+        await root.close()
+        after = await _transfer(client, port, a_home, "after.txt")
+        assert after["status"] == "complete", after["errorMessage"]
+        assert (b_home / "sandbox" / "after.txt").read_text() == "data of after.txt"
 
 
 async def test_the_users_file_hash_itself_logs_nobody_in(pair: Pair) -> None:

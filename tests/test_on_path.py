@@ -118,7 +118,9 @@ def test_a_recording_relay_sees_no_file_data_no_name_and_no_password(
     assert (tmp_path / "b" / "sandbox" / FILE_NAME).read_bytes() == data
     recording = b"".join(chunk for _, chunk in read_recording(tmp_path / "wire"))
     assert len(recording) > len(data)  # (everything went through the relay)
-    assert _leaks(recording, _windows(data)) == 0
+    leaks = _leaks(recording, _windows(data))
+    print(f"\n{transport}: {len(recording)} bytes recorded, {leaks} windows of the file")
+    assert leaks == 0
     for secret in (FILE_NAME, PASSWORDS["bob"]):
         assert secret.encode() not in recording
 
@@ -203,6 +205,8 @@ def test_bits_flipped_datagrams_replayed_and_forged_are_dropped_and_counted(
     assert dropped.get("replayed", 0) > 0, dropped
     assert done["datagramsDropped"].get("failedAuthentication", 0) > 0, done
     assert done["datagramsDropped"].get("replayed", 0) > 0, done
+    print(f"\nreceiver dropped {dropped}; sender dropped {done['datagramsDropped']}; "
+          f"{done['blocksRetransmitted']} blocks resent of {done['totalBlocks']}")
 
 
 @pytest.mark.timeout(180)
@@ -227,6 +231,8 @@ def test_rewritten_file_data_and_a_forged_final_acknowledgement_change_nothing(
     assert done["datagramsDropped"]["failedAuthentication"] > 10, done
     received = b.call("recv.getTransfers", user="bob")
     assert [r["status"] for r in received] == ["complete"]
+    print(f"\nsender dropped {done['datagramsDropped']}; {done['blocksRetransmitted']} "
+          f"blocks resent of {done['totalBlocks']}")
 
 
 @pytest.mark.timeout(180)
