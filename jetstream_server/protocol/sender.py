@@ -591,8 +591,6 @@ class KeyProbe:
                  wait_s: float = KEY_PROBE_WAIT_S) -> None:
         self.session = new_session_id()
         self.key: bytes | None = None
-        #: the destination encrypts its sessions' data (KEY_ENCRYPTS)
-        self.encrypts = False
         self.finished = False
         self._request = encode_key_request(self.session)
         self._out = [self._request]
@@ -606,10 +604,9 @@ class KeyProbe:
             kind, session = parse_header(data)
             if session != self.session or self.finished or kind is not Kind.KEY:
                 return
-            self.key, flags = decode_key(data)
+            self.key, _ = decode_key(data)
         except Garbage:
             return
-        self.encrypts = bool(flags & KEY_ENCRYPTS)
         self.finished = True
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
