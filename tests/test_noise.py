@@ -342,3 +342,19 @@ def test_the_test_vectors_of_the_protocol_page_are_what_the_code_gives() -> None
             bytes(channel.seal_data(1, 0x11223344, b"hello, world")),
     }
     assert documented == {name: value.hex() for name, value in computed.items()}
+
+
+def test_a_damaged_reply_does_not_spoil_the_good_one_after_it() -> None:
+    aes = CIPHERS["aes-256-gcm"]
+    receiver, sender = KeyPair.generate(), KeyPair.generate()
+    initiator = Handshake(aes, sender, b"p", remote_static=receiver.public)
+    responder = Handshake(aes, receiver, b"p")
+    responder.read_message_1(initiator.write_message_1(b""))
+    reply = responder.write_message_2(b"ok")
+    for position in (0, 40):
+        damaged = bytearray(reply)
+        damaged[position] ^= 1
+        with pytest.raises(Garbage):
+            initiator.read_message_2(bytes(damaged))
+    assert initiator.read_message_2(reply) == b"ok"
+    assert initiator.split() == responder.split()

@@ -42,8 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Garbage
-from .channel import Channel
+from ..errors import Garbage, Unauthenticated
+from .channel import SEALED_OVERHEAD, Channel
 from .noise import Handshake, KeyPair, cipher_by_code
 from .receiver import ReceiverCore
 from .wire import (
@@ -208,7 +208,8 @@ class ReceiverEndpoint:
             self._tell(self._key(session_id), address, now)
             return None
         self.dropped["unknownSession"] += 1
-        if kind in (Kind.DATA, Kind.PLAIN_DATA, Kind.PING, Kind.AUTH):
+        if kind in (Kind.DATA, Kind.PLAIN_DATA, Kind.PING, Kind.AUTH) and \
+                len(data) >= SEALED_OVERHEAD:  # (the answer is no longer than it)
             self._tell(encode_plain(Kind.UNKNOWN, session_id), address, now)
         return None
 
@@ -234,10 +235,11 @@ class ReceiverEndpoint:
         handshake = Handshake(cipher, self.static, hello_prologue(session_id, cipher_code))
         try:
             hello = decode_hello_payload(handshake.read_message_1(message))
-        except Garbage:
+        except Unauthenticated:
             # sealed to another key (the sender pinned another server's), or damaged:
-            # tell it this server's key, so that it can say which
-            self.dropped["failedAuthentication"] += 1
+            # tell it this server's key, so that it can say which (the KEY is shorter
+            # than a whole HELLO)
+            self.dropped[Unauthenticated.counter] += 1
             self._tell(self._key(session_id), address, now)
             return None
         assert handshake.remote_static is not None

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import Garbage
+from ..errors import Garbage, Truncated, Unauthenticated
 
 __all__ = ["CIPHERS", "DH_LEN", "TAG_LEN", "Cipher", "Handshake", "KeyPair", "public_key_bytes",
            "public_key_text"]
@@ -142,7 +142,9 @@ class Handshake:
     The initiator writes message 1 and reads message 2; the responder reads message 1
     (learning the initiator's static key, :attr:`remote_static`) and writes message 2.
     Then :meth:`split` gives (initiator-to-responder key, responder-to-initiator key).
-    A message that does not authenticate raises Garbage; the handshake is then unusable.
+    A message that does not authenticate raises Unauthenticated (one cut short,
+    Truncated; a key that gives no shared secret, Garbage); the handshake is then
+    unusable.
     """
 
     def __init__(self, cipher: Cipher, static: KeyPair, prologue: bytes, *,
@@ -186,7 +188,7 @@ class Handshake:
             out = self.cipher.aead(self._k).decrypt(self.cipher.nonce(self._n), ciphertext,
                                                     self.h)
         except InvalidTag:
-            raise Garbage("handshake does not authenticate") from None
+            raise Unauthenticated("handshake does not authenticate") from None
         self._n += 1
         self._mix_hash(ciphertext)
         return out
@@ -214,7 +216,7 @@ class Handshake:
         assert not self.initiator
         message = bytes(message)
         if len(message) < DH_LEN + DH_LEN + 2 * TAG_LEN:
-            raise Garbage("short handshake")
+            raise Truncated("short handshake")
         self.remote_ephemeral = message[:DH_LEN]
         self._mix_hash(self.remote_ephemeral)
         self._mix_key(self.static.dh(self.remote_ephemeral))
@@ -232,16 +234,23 @@ class Handshake:
         return e.public + self._encrypt_and_hash(payload)
 
     def read_message_2(self, message: bytes) -> bytes:
-        """Initiator: the payload of message 2; Garbage if it does not authenticate."""
+        """Initiator: the payload of message 2; Garbage if it does not authenticate, and
+        the handshake is as it was (a damaged copy does not spoil the next, good one)."""
         assert self.initiator and self.ephemeral is not None
         message = bytes(message)
         if len(message) < DH_LEN + TAG_LEN:
-            raise Garbage("short handshake")
-        self.remote_ephemeral = message[:DH_LEN]
-        self._mix_hash(self.remote_ephemeral)
-        self._mix_key(self.ephemeral.dh(self.remote_ephemeral))
-        self._mix_key(self.static.dh(self.remote_ephemeral))
-        return self._decrypt_and_hash(message[DH_LEN:])
+            raise Truncated("short handshake")
+        state = self.h, self.ck, self._k, self._n
+        try:
+            self.remote_ephemeral = message[:DH_LEN]
+            self._mix_hash(self.remote_ephemeral)
+            self._mix_key(self.ephemeral.dh(self.remote_ephemeral))
+            self._mix_key(self.static.dh(self.remote_ephemeral))
+            return self._decrypt_and_hash(message[DH_LEN:])
+        except Garbage:
+            self.h, self.ck, self._k, self._n = state
+            self.remote_ephemeral = None
+            raise
 
     def split(self) -> tuple[bytes, bytes]:
         """(initiator-to-responder key, responder-to-initiator key), once both messages
