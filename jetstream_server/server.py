@@ -561,9 +561,9 @@ class ControlConnection(asyncio.Protocol):
                 self._forget()
                 self._refuse_remote()
                 return
-            if self._tls.closed:
-                self.eof_received()
             if not data:
+                if self._tls.closed:  # (close_notify: as the end of a plain stream)
+                    self.eof_received()
                 return
         tracked = self.tracked
         if tracked is None or self.session is None:
@@ -588,6 +588,8 @@ class ControlConnection(asyncio.Protocol):
         if self._lines.qsize() >= MAX_QUEUED_LINES and not self._paused:
             transport.pause_reading()
             self._paused = True
+        if self._tls is not None and self._tls.closed:  # (after the lines that came with it)
+            self.eof_received()
 
     def eof_received(self) -> bool:
         if self._task is None or not self._reading:  # nothing (more) to answer
