@@ -219,7 +219,7 @@ def test_rewritten_file_data_and_a_forged_final_acknowledgement_change_nothing(
     when every file is in place, identical."""
     a, b = servers("a"), servers("b")
     data = os.urandom(2_000_000)
-    relay = Relay(b.recv_port, "--rewrite", "0.05", "--forge-complete", "0.5", "--seed", "3")
+    relay = Relay(b.recv_port, "--rewrite", "0.2", "--forge-complete", "1", "--seed", "3")
     try:
         done = _send(a, relay.port, data, tmp_path / "a", rate=8000)  # 8 Mbit/s: 2 s
     finally:
