@@ -219,7 +219,8 @@ def run_all(guesses: int) -> list[tuple[str, str]]:
                         f"{got['status']} ({'identical' if same else 'DIFFERENT'}) in "
                         f"{seconds:.2f} s from createTransfer; {sent} HELLOs, "
                         f"{info['datagramsDropped'].get('cookieRequired', 0)} answered with "
-                        f"a cookie, {info['unauthenticatedSessionsEvicted']} sessions "
+                        f"a cookie, {info['handshakesOpened']} handshakes opened, "
+                        f"{info['unauthenticatedSessionsEvicted']} sessions "
                         f"evicted; receiver RSS {rss / 2**20:.0f} MiB, peak "
                         f"{peak / 2**20:.0f} MiB, CPU {cpu:.1f} s"))
 

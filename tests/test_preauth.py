@@ -207,13 +207,14 @@ def test_a_hello_flood_keeps_no_transfer_out_and_costs_no_memory(tmp_path: Path)
         cpu = cpu_seconds(b.proc.pid) - cpu_before
         info = b.call("getServerInfo")["receiver"]
         assert isinstance(info, dict)
-        # most HELLOs cost a cookie, not a handshake (a handshake is ~0.2 ms of CPU:
-        # 120,000 of them would be 24 s)
-        assert info["datagramsDropped"]["cookieRequired"] > sent // 2, info
-        assert cpu < 12, cpu
+        # a handshake is ~0.2 ms of CPU (120,000 of them would be 24 s): under load a
+        # HELLO costs a cookie, or nothing when its session is open already
+        assert info["datagramsDropped"]["cookieRequired"] > 0, info
+        assert info["handshakesOpened"] < sent // 20, info
         assert peak - baseline < 64 * 2**20, (peak - baseline) / 2**20
         seconds = (int(str(got["endTime"])) - int(str(got["requestTime"]))) / 1e6
-        print(f"\nflood: {sent} HELLOs; the transfer took {seconds:.2f} s from createTransfer "
+        print(f"\nflood: {sent} HELLOs, {info['handshakesOpened']} handshakes opened; the "
+              f"transfer took {seconds:.2f} s from createTransfer "
               f"to complete; receiver RSS {baseline / 2**20:.0f} MiB, peak "
               f"{peak / 2**20:.0f} MiB, {cpu:.1f} s of CPU")
     finally:

@@ -165,6 +165,8 @@ class ReceiverEndpoint:
         self.events: deque[Opened | Evicted] = deque()
         self.dropped: Counter[str] = Counter()
         self.evicted = 0
+        #: handshakes opened (a few X25519 operations each), whether they succeeded or not
+        self.handshakes = 0
         #: the sessions not logged in yet, oldest first, and how many per address
         self._unauthenticated: OrderedDict[int, ReceiverCore] = OrderedDict()
         self._unauthenticated_from: Counter[str] = Counter()
@@ -232,6 +234,7 @@ class ReceiverEndpoint:
                                                    gate.cookie(address, now)), address))
                 return None
         gate.opened(address, now)
+        self.handshakes += 1
         handshake = Handshake(cipher, self.static, hello_prologue(session_id, cipher_code))
         try:
             hello = decode_hello_payload(handshake.read_message_1(message))
@@ -318,4 +321,5 @@ class ReceiverEndpoint:
         return {"activeSessions": len(self.sessions) - len(self._unauthenticated),
                 "unauthenticatedSessions": len(self._unauthenticated),
                 "unauthenticatedSessionsEvicted": self.evicted,
+                "handshakesOpened": self.handshakes,
                 "datagramsDropped": dict(self.dropped)}
