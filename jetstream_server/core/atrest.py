@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import ConfigError, UnreadableSecret
-from .private import read_private_file, write_private_file
+from .private import private_secret
 
 __all__ = ["SecretBox"]
 
@@ -35,15 +35,8 @@ class SecretBox:
         """The box of the key in ``path``, made (64 hex digits, mode 0600) if it does not
         exist. Raises :class:`ConfigError` when it cannot be read, is malformed, or is
         readable by anyone but its owner."""
-        if not path.exists():
-            try:
-                write_private_file(path, (secrets.token_hex(32) + "\n").encode())
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise ConfigError(f"Cannot make the secret key file {path}: "
-                                  f"{exc.strerror}.") from None
-        raw = read_private_file(path, "the secret key file")
+        raw = private_secret(path, "the secret key file",
+                             lambda: (secrets.token_hex(32) + "\n").encode())
         try:
             key = bytes.fromhex(raw.decode("ascii").strip())
         except (UnicodeDecodeError, ValueError):

@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from ..errors import ConfigError
 from ..protocol.noise import KeyPair
 from ..protocol.tls import certificate_fingerprint
-from .private import read_private_file, write_private_file
+from .private import private_secret, read_private_file, write_private_file
 
 __all__ = ["ApiCertificate", "load_api_certificate", "load_server_key"]
 
@@ -49,18 +49,13 @@ RENEW_DAYS = 30
 def load_server_key(path: Path) -> KeyPair:
     """The server's key pair in ``path``, made there if it does not exist. Raises
     ConfigError when it cannot be read, is not an X25519 key, or others may read it."""
-    if not path.exists():
-        pem = X25519PrivateKey.generate().private_bytes(
+    def make() -> bytes:
+        log.info("making this server's key %s", path)
+        return X25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption())
-        try:
-            write_private_file(path, pem)
-            log.info("made this server's key %s", path)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise ConfigError(f"Cannot make the server key {path}: {exc.strerror}.") from None
-    pem = read_private_file(path, "the server key")
+
+    pem = private_secret(path, "the server key", make)
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):

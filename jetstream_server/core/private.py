@@ -2,18 +2,21 @@
 
 :func:`private_file` and :func:`private_dir` create files 0600 and folders 0700 whatever
 the process umask (one that exists is left as it is): the state, the log, the users file
-and the keys. :func:`read_private_file` reads a secret, refusing one others may read.
+and the keys. :func:`read_private_file` reads a secret, refusing one others may read;
+:func:`private_secret` makes it first if it is missing.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["private_dir", "private_file", "read_private_file", "write_private_file"]
+__all__ = ["private_dir", "private_file", "private_secret", "read_private_file",
+           "write_private_file"]
 
 
 def private_dir(path: Path) -> None:
@@ -30,17 +33,25 @@ def private_dir(path: Path) -> None:
         os.chmod(folder, 0o700)  # (the umask may have taken bits away)
 
 
+def _create(path: Path) -> int:
+    """A descriptor of ``path``, created 0600 whatever the umask; FileExistsError if it
+    exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def private_file(path: Path) -> bool:
     """Create ``path`` empty, readable and writable by its owner only, unless it exists;
     True when it was created."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.close(_create(path))
     except FileExistsError:
         return False
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
     return True
 
 
@@ -48,13 +59,26 @@ def write_private_file(path: Path, data: bytes) -> None:
     """Create ``path`` (0600, in a 0700 folder made if missing) holding ``data``, flushed
     to disk; FileExistsError if it exists."""
     private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = _create(path)
     try:
-        os.fchmod(fd, 0o600)
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def private_secret(path: Path, what: str, make: Callable[[], bytes]) -> bytes:
+    """The secret in ``path`` (``what`` names it in errors), written there by ``make()``
+    first if the file does not exist. ConfigError as :func:`read_private_file` says, or
+    when it cannot be made."""
+    if not path.exists():
+        try:
+            write_private_file(path, make())
+        except FileExistsError:
+            pass  # (made meanwhile by another start)
+        except OSError as exc:
+            raise ConfigError(f"Cannot make {what} {path}: {exc.strerror}.") from None
+    return read_private_file(path, what)
 
 
 def read_private_file(path: Path, what: str) -> bytes:
