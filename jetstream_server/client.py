@@ -266,6 +266,12 @@ class AsyncClient:
         """Log the connection in."""
         return await self.call("auth", user=user, password=password)
 
+    async def auth_token(self, token: str, password: str | None = None) -> Any:
+        """Log in with an API token's string (and its password, if it has one)."""
+        parameters = {"token": token} if password is None else \
+            {"token": token, "password": password}
+        return await self.call("auth", **parameters)
+
     async def wait_for_manifest(self, manifest_id: str, timeout_s: float = 60.0,
                                 poll_s: float = 0.05) -> dict[str, Any]:
         """Poll until the manifest is no longer pending; return it."""
@@ -339,6 +345,10 @@ class Client:
     def auth(self, user: str, password: str) -> Any:
         """Log the connection in."""
         return self.call("auth", user=user, password=password)
+
+    def auth_token(self, token: str, password: str | None = None) -> Any:
+        """Log in with an API token's string (and its password, if it has one)."""
+        return self._run(self._inner.auth_token(token, password))
 
     def wait_for_manifest(self, manifest_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """Poll until the manifest is no longer pending; return it."""

@@ -19,7 +19,14 @@ API errors a response carries, in one place (``commands/dispatch.py``)::
     │   │   ├── InvalidParameter      invalid_parameter
     │   │   ├── AuthRequired          auth_required
     │   │   ├── AuthFailed            auth_failed
+    │   │   │   ├── TokenInvalid      token_invalid      no such token, or a wrong token string
+    │   │   │   ├── TokenPasswordWrong token_password_wrong  its password (passphrase) is wrong
+    │   │   │   ├── TokenExpired      token_expired      past its expiryTime
+    │   │   │   └── TokensDisabled    tokens_disabled    --api-disable-(api|shared)-tokens
     │   │   ├── PermissionDenied      permission_denied
+    │   │   │   ├── TokenPermissionDenied token_permission_denied  not in the token's permissions
+    │   │   │   ├── OutsideTokenPath  outside_token_path a path that leaves the token's folder
+    │   │   │   └── DownloadLimitReached download_limit_reached  a shared link used up
     │   │   ├── RemoteControlRefused  remote_control_refused
     │   │   ├── TlsRequired           tls_required       plain text from another machine
     │   │   ├── NotFound              not_found
@@ -58,6 +65,7 @@ __all__ = [
     "ConnectionDropped",
     "ConnectionFailed",
     "DiskError",
+    "DownloadLimitReached",
     "Garbage",
     "InternalError",
     "InvalidParameter",
@@ -69,6 +77,7 @@ __all__ = [
     "ManifestError",
     "MissingParameter",
     "NotFound",
+    "OutsideTokenPath",
     "PathError",
     "PathOutside",
     "PathRefused",
@@ -78,6 +87,11 @@ __all__ = [
     "Replayed",
     "SourceError",
     "TlsRequired",
+    "TokenExpired",
+    "TokenInvalid",
+    "TokenPasswordWrong",
+    "TokenPermissionDenied",
+    "TokensDisabled",
     "Truncated",
     "Unauthenticated",
     "UnknownCommand",
@@ -168,8 +182,36 @@ class AuthFailed(ApiError):
     code = "auth_failed"
 
 
+class TokenInvalid(AuthFailed):
+    code = "token_invalid"
+
+
+class TokenPasswordWrong(AuthFailed):
+    code = "token_password_wrong"
+
+
+class TokenExpired(AuthFailed):
+    code = "token_expired"
+
+
+class TokensDisabled(AuthFailed):
+    code = "tokens_disabled"
+
+
 class PermissionDenied(ApiError):
     code = "permission_denied"
+
+
+class TokenPermissionDenied(PermissionDenied):
+    code = "token_permission_denied"
+
+
+class OutsideTokenPath(PermissionDenied):
+    code = "outside_token_path"
+
+
+class DownloadLimitReached(PermissionDenied):
+    code = "download_limit_reached"
 
 
 class RemoteControlRefused(ApiError):
@@ -217,7 +259,14 @@ ERROR_CODES: dict[str, type[ApiError]] = {
         InvalidParameter,
         AuthRequired,
         AuthFailed,
+        TokenInvalid,
+        TokenPasswordWrong,
+        TokenExpired,
+        TokensDisabled,
         PermissionDenied,
+        TokenPermissionDenied,
+        OutsideTokenPath,
+        DownloadLimitReached,
         RemoteControlRefused,
         TlsRequired,
         NotFound,

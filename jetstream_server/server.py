@@ -23,16 +23,18 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from .client import AsyncClient
 from .commands import build_registry
 from .commands.dispatch import Dispatcher
 from .core.config import Settings, default_home
 from .core.connections import ConnectionGuard, Tracked
 from .core.netaddr import is_loopback, plain_host
+from .core.pam import PamAccounts
 from .core.private import private_dir
 from .core.ratelog import LimitedLog
 from .core.scheduler import DataPlane
 from .core.service import Service, Session
-from .core.users import UserStore, write_users_file
+from .core.users import Accounts, UserStore, write_users_file
 from .dataplane.receiving import DataEndpoint, DataStream, StreamWatch
 from .dataplane.sending import SendingPlane
 from .errors import (
@@ -76,20 +78,22 @@ SWEEP_S = 1.0
 LINGER_S = 2.0
 
 
-def prepare_settings(settings: Settings) -> UserStore:
+def prepare_settings(settings: Settings) -> Accounts:
     """Check the settings that name files and folders; create the default ones.
 
     Raises :class:`ConfigError` with one line that says what to fix.
     """
     defaulted = settings.defaulted
+    pam = settings.auth == "pam"
     if defaulted & {"users_file", "sandbox_dir", "persistent_state_dir", "secret_key_file"}:
         private_dir(default_home())
-    if "users_file" in defaulted and not settings.users_file.exists():
+    if "users_file" in defaulted and not settings.users_file.exists() and not pam:
         write_users_file(settings.users_file, {})
         log.warning("created an empty users file %s: add a user with "
                     "'jetstream-server user add NAME --users-file %s'",
                     settings.users_file, settings.users_file)
-    users = UserStore(settings.users_file)
+    users: Accounts = PamAccounts(settings.pam_service) if pam else \
+        UserStore(settings.users_file)
     if "sandbox_dir" in defaulted:
         os.makedirs(settings.sandbox_dir, exist_ok=True)
     fixed = settings.sandbox_dir.split("%", 1)[0]
@@ -103,7 +107,7 @@ def prepare_settings(settings: Settings) -> UserStore:
     except OSError as exc:
         raise ConfigError(f"Cannot create --persistent-state-dir "
                           f"{settings.persistent_state_dir}: {exc.strerror}.") from None
-    if not users.names():
+    if not pam and not users.names():
         log.warning("users file %s has no users: nobody can log in until one is added",
                     settings.users_file)
     return users
@@ -254,13 +258,17 @@ class Server:
                 tcp_data.close()
                 raise
         log.info("control API listening on TCP %s:%d; data port UDP and TCP %d; sandbox %s; "
-                 "users file %s", settings.api_host or "*", service.api_port,
-                 service.recv_port, settings.sandbox_dir, settings.users_file)
+                 "users %s", settings.api_host or "*", service.api_port,
+                 service.recv_port, settings.sandbox_dir,
+                 f"from PAM service {settings.pam_service}" if settings.auth == "pam" else
+                 f"file {settings.users_file}")
         self._sweeper = loop.create_task(self._sweep())
         triggers.api_port = api_port
         triggers.fire("launch", str(api_port))
         service.scheduler.poke_all()
         service.spawn(service.collect_garbage_forever())
+        service.spawn(service.expire_tokens_forever())
+        service.remote = RemoteClient()
 
     async def _release(self) -> None:
         """Give back what a failed start took."""
@@ -385,6 +393,18 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
         await self.wait_closed()
+
+
+class RemoteClient:
+    """How this server calls another's control API (see Service.remote): one TLS
+    connection a call, the certificate pinned by ``fingerprint``."""
+
+    async def call(self, host: str, port: int, fingerprint: str | None, token: str,
+                   password: str | None, command: str, parameters: dict[str, Any]) -> Any:
+        async with await AsyncClient.connect(host, port, tls=True,
+                                             fingerprint=fingerprint) as client:
+            await client.auth_token(token, password)
+            return await client.call(command, **parameters)
 
 
 def _keepalive(transport: asyncio.BaseTransport) -> None:
@@ -536,7 +556,7 @@ class ControlConnection(asyncio.Protocol):
             else:
                 self._refuse_remote()
             return False
-        self.session = Session(self.peer)
+        self.session = Session(self.peer, end=self._close_with)
         self._task = asyncio.get_running_loop().create_task(self._serve())
         return True
 

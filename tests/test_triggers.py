@@ -130,7 +130,7 @@ async def test_receive_triggers_get_exact_arguments_and_file_lists(
     (complete,) = await wait_calls(triggers, "recv.transferComplete")
     (complete_json,) = await wait_calls(triggers, "recv.transferComplete.json")
     expected_json = {"inputFiles": inputs, "outputFiles": outputs, "userData": {"job": 42}}
-    assert started["args"] == [tid, "bob"]
+    assert started["args"] == [tid, "bob", ""]
     assert json.loads(started["stdin"]) == expected_json
     assert complete["args"] == [tid, "bob", ""]
     assert complete["stdin"] == (f"/in%20box/a%20b.txt {outputs[0]}\n"

@@ -6,7 +6,7 @@ console reads parameter types and help from.
 
 from __future__ import annotations
 
-from . import recv, send, server
+from . import recv, send, server, tokens
 from .registry import Registry
 
 __all__ = ["build_registry"]
@@ -15,6 +15,6 @@ __all__ = ["build_registry"]
 def build_registry() -> Registry:
     """Every command, with its parameters and help."""
     registry = Registry()
-    for family in (server, send, recv):
+    for family in (server, send, recv, tokens):
         family.register(registry)
     return registry

@@ -27,3 +27,9 @@ class Call:
         if self.session.user is None:  # dispatch checks auth before handlers run
             raise AuthRequired("Authenticate first with auth.")
         return self.session.user
+
+    @property
+    def who(self) -> str:
+        """The user, and the token it logged in with (for logs)."""
+        token = self.session.token
+        return self.user if token is None else f"{self.user} (token {token.id})"

@@ -10,14 +10,17 @@ from typing import Any
 import orjson
 
 from ..core.service import Fire, Service, Session
+from ..core.tokens import SHARED
 from ..errors import (
     ApiError,
     AuthRequired,
     InternalError,
     InvalidParameter,
+    OutsideTokenPath,
     PathError,
     PathOutside,
     PermissionDenied,
+    TokenPermissionDenied,
 )
 from ..protocol.lines import Request, error_response, success_response
 from .context import Call
@@ -48,7 +51,10 @@ class Dispatcher:
             if command.needs_auth and session.user is None:
                 raise AuthRequired(
                     f"{command.name} needs an authenticated session: call auth with "
-                    "'user' and 'password' first.")
+                    "'user' and 'password' (or 'token') first.")
+            if session.token is not None and command.needs_auth:
+                self.service.check_session_token(session)
+                _check_permission(session, command)
             params = command.check_parameters(request.parameters)
             call = Call(self.service, session, self.fire)
             if queued:
@@ -74,18 +80,35 @@ class Dispatcher:
         return response
 
 
+def _check_permission(session: Session, command: Command) -> None:
+    """Refuse a command the session's token does not permit."""
+    token = session.token
+    assert token is not None
+    if command.permission is not None and command.permission not in token.permissions:
+        what = "a shared link's token may only download its files" if \
+            token.kind == SHARED else \
+            f"it has {', '.join(token.permissions) or 'no permission'}"
+        raise TokenPermissionDenied(
+            f"{command.name} needs the {command.permission!r} permission, which token "
+            f"{token.id} does not have ({what}): ask its owner for a token that has it.")
+
+
 async def _run(command: Command, call: Call, params: dict[str, Any]) -> tuple[str, Any]:
     """Run a handler, its sandbox refusals turned into API errors (see to_api_error)."""
     try:
         return await command.handler(call, params)
     except PathError as exc:
-        raise to_api_error(exc) from None
+        raise to_api_error(exc, call.session.token is not None) from None
 
 
-def to_api_error(exc: PathError) -> ApiError:
+def to_api_error(exc: PathError, token: bool = False) -> ApiError:
     """The API error a response carries for a refused path: permission_denied for one
-    that leads outside the sandbox, invalid_parameter for any other."""
+    that leads outside the sandbox (outside_token_path in a token session),
+    invalid_parameter for any other."""
     if isinstance(exc, PathOutside):
+        if token:
+            return OutsideTokenPath(f"{exc.message} (a token session is confined to the "
+                                    "token's folder)")
         return PermissionDenied(exc.message)
     return InvalidParameter(exc.message)
 

@@ -20,7 +20,7 @@ RECEIVING = ReceiveStatus.RECEIVING
 async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Incoming transfers authorized with the session's account (all, raised)."""
     found = [r.to_api() for r in call.service.receives.values()
-             if call.session.can_see(r.user)]
+             if call.session.can_see(r.user, r.token)]
     return f"{len(found)} incoming transfer(s).", found
 
 
@@ -30,7 +30,7 @@ async def get_sources(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     live = set(receiver.live_transfers()) if receiver is not None else set()
     by_ip: dict[str, list[Any]] = defaultdict(list)
     for record in call.service.receives.values():
-        if call.session.can_see(record.user):
+        if call.session.can_see(record.user, record.token):
             by_ip[record.source_ip].append(record)
     sources = []
     for ip, records in sorted(by_ip.items()):

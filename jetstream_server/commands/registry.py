@@ -19,7 +19,8 @@ from ..errors import AmbiguousCommand, InvalidParameter, MissingParameter, Unkno
 __all__ = ["SECRET_PARAMETERS", "Command", "Param", "Registry"]
 
 #: Parameters never echoed into logs or triggers.
-SECRET_PARAMETERS = frozenset({"password", "destinationPassword"})
+SECRET_PARAMETERS = frozenset({"password", "destinationPassword", "token",
+                               "destinationToken", "link"})
 _NAMESPACES = ("send.", "recv.")
 
 _TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", bool: "true or false",
@@ -68,13 +69,15 @@ Handler = Callable[[Any, dict[str, Any]], Awaitable[tuple[str, Any]]]
 @dataclass(frozen=True)
 class Command:
     """One API command: its name, handler, parameters and rules. Its help is the first
-    line of the handler's docstring."""
+    line of the handler's docstring. ``permission``: what a token session needs to run
+    it (core/tokens.py's PERMISSIONS; None: any session)."""
 
     name: str
     handler: Handler
     params: tuple[Param, ...] = ()
     needs_auth: bool = True
     asyncable: bool = True
+    permission: str | None = "read"
 
     @property
     def summary(self) -> str:

@@ -22,7 +22,15 @@ from ..core.objects import (
     check_user_data,
 )
 from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts
-from ..errors import InvalidParameter, InvalidState, ManifestError, quoted
+from ..core.tokens import split_token
+from ..errors import (
+    InvalidParameter,
+    InvalidState,
+    ManifestError,
+    OutsideTokenPath,
+    TokenInvalid,
+    quoted,
+)
 from ..protocol.layout import MAX_BLOCKS, Layout
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S
 from ..protocol.noise import public_key_bytes, public_key_text
@@ -30,7 +38,7 @@ from ..protocol.wire import DEFAULT_PORT
 from .context import Call
 from .registry import Command, Param, Registry
 
-__all__ = ["register"]
+__all__ = ["make_destination", "queue_transfer", "register"]
 
 T = TypeVar("T", bound=Owned)
 
@@ -112,15 +120,41 @@ def _transport(value: str | None, default: str) -> str:
 async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Make (or find, for the same parameters) a server to send to.
 
-    Its public key (destinationPublicKey) is pinned: given, or learned on first contact."""
+    Its public key (destinationPublicKey) is pinned: given, or learned on first contact.
+    Credentials: destinationUser and destinationPassword of an account there, or
+    destinationToken (and destinationPassword, the token's, if it has one)."""
+    if p["destinationUser"] is not None and p["destinationToken"] is not None:
+        raise InvalidParameter("Give destinationUser or destinationToken, not both.")
+    if p["destinationPassword"] is not None and p["destinationUser"] is None and \
+            p["destinationToken"] is None:
+        raise InvalidParameter("destinationPassword needs destinationUser (or "
+                               "destinationToken).")
+    destination, created = await make_destination(
+        call, address=p["destinationAddress"], rate=p["sendRateMax"],
+        transport=p["dataTransport"], user=p["destinationUser"],
+        password=p["destinationPassword"], token=p["destinationToken"],
+        public_key=p["destinationPublicKey"], user_data=p["userData"])
+    return ("Destination created." if created else "Destination exists."), \
+        _destination(call, destination)
+
+
+async def make_destination(call: Call, *, address: str, rate: int | None = None,
+                           transport: str | None = None, user: str | None = None,
+                           password: str | None = None, token: str | None = None,
+                           public_key: str | None = None,
+                           user_data: dict[str, Any] | None = None
+                           ) -> tuple[Destination, bool]:
+    """The session's destination of these parameters: an existing one, or a new one
+    (then True)."""
     service = call.service
-    host, port = parse_address(p["destinationAddress"])
-    if p["destinationPassword"] is not None and p["destinationUser"] is None:
-        raise InvalidParameter("destinationPassword needs destinationUser.")
-    if p["destinationToken"] is not None:
-        raise InvalidParameter("destinationToken: API tokens are not supported yet; give "
-                               "destinationUser and destinationPassword.")
-    public_key = p["destinationPublicKey"]
+    host, port = parse_address(address)
+    if token is not None:
+        try:
+            split_token(token)
+        except TokenInvalid:
+            raise InvalidParameter("destinationToken must be a token string of the "
+                                   "receiving server (jst.<id>.<secret>, as its "
+                                   "createAPIToken returned it).") from None
     if public_key is not None:
         try:
             public_key = public_key_text(public_key_bytes(public_key))
@@ -129,31 +163,31 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
                                    "publicKey of the destination's getServerInfo).") from None
     wanted = Destination(
         id=new_id(), owner=call.user, create_time_us=now_us(), public_key=public_key,
-        user_data=check_user_data(p["userData"] or {}),
-        address=p["destinationAddress"], host=host, ip="", port=port,
-        send_rate_max_kbps=_rate(p["sendRateMax"]),
-        data_transport=_transport(p["dataTransport"], "udp"),
-        remote_user=p["destinationUser"], remote_password=p["destinationPassword"],
+        user_data=check_user_data(user_data or {}),
+        address=address, host=host, ip="", port=port,
+        send_rate_max_kbps=_rate(rate), data_transport=_transport(transport, "udp"),
+        remote_user=user, remote_password=password, remote_token=token,
+        owner_token=call.session.owner_token,
+        owner_token_session=call.session.token_session,
     )
     for attempt in range(2):  # again after resolving: another call may have made it
         for existing in service.destinations.values():
             if existing.same_parameters(wanted):
-                return "Destination exists.", _destination(call, existing)
+                return existing, False
         if attempt == 0:
             wanted.ip = await resolve_host(host, port)
     service.destinations[wanted.id] = wanted
     service.save_destination(wanted)
     if service.scheduler.data_plane is not None:
         service.scheduler.data_plane.prepare(wanted)
-    log.info("destination %s (%s:%d) created by %s", wanted.id, wanted.ip, port, call.user)
-    call.fire("send.destinationCreated", f"{wanted.ip}:{port}",
-                          _peer(call))
-    return "Destination created.", _destination(call, wanted)
+    log.info("destination %s (%s:%d) created by %s", wanted.id, wanted.ip, port, call.who)
+    call.fire("send.destinationCreated", f"{wanted.ip}:{port}", _peer(call))
+    return wanted, True
 
 
 def _visible(call: Call, table: dict[str, T]) -> list[T]:
     """The objects of ``table`` the session may see."""
-    return [obj for obj in table.values() if call.session.can_see(obj.owner)]
+    return [obj for obj in table.values() if call.session.sees(obj)]
 
 
 def _unfinished(call: Call, match: Callable[[Transfer], bool]) -> list[str]:
@@ -242,16 +276,25 @@ def _requested_mappings(p: dict[str, Any]) -> list[tuple[str, str]]:
 async def create_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """List files and folders to send (built in the background)."""
     service = call.service
+    requested = _requested_mappings(p)
+    if call.session.token is not None:
+        for src, _ in requested:
+            if ".." in src.split("/"):
+                raise OutsideTokenPath(f"Source {quoted(src)} leads out of the token's "
+                                       f"folder {call.session.root}: name files inside it "
+                                       "(its '/' is that folder).")
     manifest = Manifest(id=new_id(), owner=call.user, create_time_us=now_us(),
                         user_data=check_user_data(p["userData"] or {}),
-                        requested=_requested_mappings(p))
+                        requested=requested, root=call.session.root,
+                        owner_token=call.session.owner_token,
+        owner_token_session=call.session.token_session)
     service.manifests[manifest.id] = manifest
     service.spawn(_build_manifest(call, manifest))
     return "Manifest requested.", manifest.to_api()
 
 
 async def _build_manifest(call: Call, manifest: Manifest) -> None:
-    root = call.service.sandbox_root(manifest.owner)
+    root = call.service.sandbox_root(manifest.owner, manifest.root)
     loop = asyncio.get_running_loop()
     try:
         files = await loop.run_in_executor(None, build_file_list, root, manifest.requested)
@@ -303,6 +346,15 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     service = call.service
     destination = service.find_destination(call.session, p["destinationId"])
     manifest = service.find_manifest(call.session, p["manifestId"])
+    transfer = queue_transfer(call, destination, manifest, p)
+    return "Transfer created.", _transfer(call, transfer)
+
+
+def queue_transfer(call: Call, destination: Destination, manifest: Manifest,
+                   p: dict[str, Any]) -> Transfer:
+    """A new transfer of ``manifest`` to ``destination``, queued (``p``: createTransfer's
+    optional parameters, None where not given)."""
+    service = call.service
     if manifest.status is ManifestStatus.PENDING:
         raise InvalidState(f"Manifest {manifest.id} is still being built; wait until its "
                            "status is complete.")
@@ -336,12 +388,13 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         data_transport=transport,
         total_bytes=manifest.total_size or 0, total_files=manifest.total_files or 0,
         block_size=block_size, total_blocks=layout.total_blocks,
-        initial_user_data=dict(user_data),
+        initial_user_data=dict(user_data), owner_token=call.session.owner_token,
+        owner_token_session=call.session.token_session,
     )
     service.scheduler.enqueue(transfer)
     log.info("transfer %s created by %s: manifest %s to destination %s", transfer.id,
-             call.user, manifest.id, destination.id)
-    return "Transfer created.", _transfer(call, transfer)
+             call.who, manifest.id, destination.id)
+    return transfer
 
 
 def _transfer(call: Call, transfer: Transfer) -> dict[str, Any]:
@@ -486,4 +539,5 @@ def register(registry: Registry) -> None:
         ("deleteObjectUserData", delete_object_user_data, (
             Param("objectId", str, required=True), Param("key", str, required=True))),
     ):
-        registry.add(Command("send." + name, handler, params))
+        registry.add(Command("send." + name, handler, params,
+                             permission="read" if name.startswith("get") else "send"))

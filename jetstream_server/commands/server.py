@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.lifecycle import RequestStatus
-from ..errors import ApiError, InvalidParameter, PermissionDenied, api_error
+from ..errors import (
+    ApiError,
+    InvalidParameter,
+    MissingParameter,
+    PermissionDenied,
+    TokenPermissionDenied,
+    api_error,
+)
 from .context import Call
 from .registry import Command, Param, Registry
 
@@ -13,14 +20,28 @@ __all__ = ["register"]
 
 
 async def auth(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
-    """Log the connection in with a user and password."""
+    """Log the connection in with a user and password, or a token (and its password)."""
+    if (p["user"] is None) == (p["token"] is None):
+        raise InvalidParameter("auth needs 'user' and 'password', or 'token' (and "
+                               "'password' if the token has one).")
+    if p["token"] is not None:
+        token = await call.service.authenticate_token(call.session, p["token"],
+                                                      p["password"])
+        return "Authenticated with a token.", {
+            "user": token.owner, "token": token.id, "tokenSession": call.session.token_session,
+            "path": token.path, "permissions": token.permissions}
+    if p["password"] is None:
+        raise MissingParameter("auth needs parameter 'password'.")
     await call.service.authenticate(call.session, p["user"], p["password"])
     return "Authenticated.", {"user": call.session.user}
 
 
 async def superuser(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Raise the session to superuser (for names given by --superuser)."""
-    if call.user not in call.service.settings.superuser:
+    if call.session.token is not None:
+        raise TokenPermissionDenied("A token session cannot be raised to superuser: log "
+                                    "in with the user's password.")
+    if not call.service.is_superuser(call.user):
         raise PermissionDenied(f"User {call.user} is not a superuser.")
     call.session.raised = True
     return "Session raised to superuser.", {"user": call.user, "superuser": True}
@@ -85,10 +106,10 @@ async def garbage_collect(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 def register(registry: Registry) -> None:
     request_id = (Param("requestId", int, required=True),)
     for command in (
-        Command("auth", auth, (Param("user", str, required=True),
-                               Param("password", str, required=True)), needs_auth=False),
-        Command("superuser", superuser),
-        Command("getServerInfo", get_server_info, needs_auth=False),
+        Command("auth", auth, (Param("user", str), Param("password", str),
+                               Param("token", str)), needs_auth=False),
+        Command("superuser", superuser, permission=None),
+        Command("getServerInfo", get_server_info, needs_auth=False, permission=None),
         Command("getRequestStatus", get_request_status, request_id, asyncable=False),
         Command("getRequestResult", get_request_result, request_id, asyncable=False),
         Command("getGarbageCollectSettings", get_gc_settings),

@@ -52,6 +52,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api-cert", Path, "TLS certificate (PEM) of the control port, with --api-key "
                               "(default: one the server makes, in the state folder)."),
     Setting("api-key", Path, "Private key (PEM) of --api-cert."),
+    Setting("api-disable-api-tokens", bool, "Turn API tokens off (createAPIToken, token "
+                                            "logins, destination tokens)."),
+    Setting("api-disable-shared-tokens", bool, "Turn shared links off "
+                                               "(send.createSharedToken, their downloads)."),
+    Setting("external-address", str, "HOST:PORT other servers reach this one's control "
+                                      "port at, for shared links (default: the host name "
+                                      "and --api-port)."),
     Setting("recv-port", int, f"Data port, UDP and TCP (default {DEFAULT_PORT}; 0 picks one)."),
     Setting("recv-allow-anonymous", bool,
             "Accept incoming transfers without credentials, as user 'anonymous'."),
@@ -65,7 +72,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Send and receive UDP data in batches with Linux GSO/GRO where the kernel "
             "allows: true (default) or false.", flag=False),
     Setting("users-file", Path, "Users file (default: HOME/users)."),
+    Setting("auth", str, "Who may log in: 'users-file' (default: --users-file) or 'pam' "
+                         "(the operating system's accounts; the server must run as root)."),
+    Setting("pam-service", str, "PAM service name with --auth pam (default: jetstream; "
+                                "PAM uses 'other' when /etc/pam.d has no such file)."),
     Setting("superuser", list, "A user who may raise a session with superuser(); repeatable."),
+    Setting("supergroup", list, "With --auth pam: members of this OS group are superusers; "
+                                "repeatable."),
     Setting("sandbox-dir", str,
             "Root of every user's files; %u, %d, %f, %% expand (default: HOME/sandbox)."),
     Setting("persistent-state-dir", Path, "Folder of the server's state (default: HOME/state)."),
@@ -105,13 +118,19 @@ class Settings:
     api_allow_remote_control: bool = False
     api_cert: Path | None = None
     api_key: Path | None = None
+    api_disable_api_tokens: bool = False
+    api_disable_shared_tokens: bool = False
+    external_address: str | None = None
     recv_port: int = DEFAULT_PORT
     recv_allow_anonymous: bool = False
     no_data_encryption: bool = False
     data_cipher: str = "aes-256-gcm"
     udp_offload: bool = True
     users_file: Path = field(default_factory=lambda: default_home() / "users")
+    auth: str = "users-file"
+    pam_service: str = "jetstream"
     superuser: tuple[str, ...] = ()
+    supergroup: tuple[str, ...] = ()
     sandbox_dir: str = field(default_factory=lambda: str(default_home() / "sandbox"))
     persistent_state_dir: Path = field(default_factory=lambda: default_home() / "state")
     secret_key_file: Path = field(default_factory=lambda: default_home() / "secret.key")
@@ -152,8 +171,11 @@ def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
                 "api_cert", "api_key"):
         if values.get(key) is not None:
             values[key] = Path(values[key]).expanduser()
-    if "superuser" in values:
-        values["superuser"] = tuple(values["superuser"])
+    for key in ("superuser", "supergroup"):
+        if key in values:
+            values[key] = tuple(values[key])
+    if values.get("auth", "users-file") not in ("users-file", "pam"):
+        raise ConfigError("--auth must be 'users-file' or 'pam'.")
     for key in ("api_port", "recv_port"):
         port = values.get(key)
         if port is not None and not 0 <= port <= 65535:

@@ -36,6 +36,14 @@ class Owned:
     owner: str
     create_time_us: int
     user_data: dict[str, Any]
+    #: the token that made it, and the token login (ownerToken, ownerTokenSession)
+    owner_token: str | None = field(default=None, kw_only=True)
+    owner_token_session: str | None = field(default=None, kw_only=True)
+
+    def ownership_api(self) -> dict[str, Any]:
+        """The owner fields every structure has."""
+        return {"owner": self.owner, "ownerToken": self.owner_token,
+                "ownerTokenSession": self.owner_token_session}
 
 
 @dataclass
@@ -49,6 +57,8 @@ class Destination(Owned):
     data_transport: str
     remote_user: str | None = None
     remote_password: str | None = field(default=None, repr=False)
+    #: a token of the receiving server (its string: a secret, stored sealed)
+    remote_token: str | None = field(default=None, repr=False)
     last_error: str | None = None
     last_error_message: str | None = None
     last_recv_time_us: int | None = None
@@ -65,10 +75,12 @@ class Destination(Owned):
     def same_parameters(self, wanted: Destination) -> bool:
         """True when ``wanted`` asks for this destination (idempotent create): the same
         parameters, and its key if it names one (this one's may have been pinned)."""
-        return (self.owner, self.host, self.port, self.send_rate_max_kbps, self.data_transport,
-                self.remote_user, self.remote_password) == (
-            wanted.owner, wanted.host, wanted.port, wanted.send_rate_max_kbps,
-            wanted.data_transport, wanted.remote_user, wanted.remote_password) and \
+        return (self.owner, self.owner_token, self.host, self.port, self.send_rate_max_kbps,
+                self.data_transport, self.remote_user, self.remote_password,
+                self.remote_token) == (
+            wanted.owner, wanted.owner_token, wanted.host, wanted.port,
+            wanted.send_rate_max_kbps, wanted.data_transport, wanted.remote_user,
+            wanted.remote_password, wanted.remote_token) and \
             wanted.public_key in (None, self.public_key)
 
     def to_api(self, queued: int, encrypts: bool = True) -> dict[str, Any]:
@@ -80,8 +92,10 @@ class Destination(Owned):
             "destinationIP": self.ip,
             "destinationPort": self.port,
             "destinationUser": self.remote_user,
-            "destinationToken": None,  # API tokens are not supported yet
-            "hasCredentials": self.remote_password is not None,
+            # (the token's id: its secret part is never shown)
+            "destinationToken": None if self.remote_token is None else
+            self.remote_token.split(".")[1],
+            "hasCredentials": self.remote_password is not None or self.remote_token is not None,
             "sendRateMax": self.send_rate_max_kbps,
             "dataTransport": self.data_transport,
             "connectionId": None,
@@ -95,9 +109,7 @@ class Destination(Owned):
             "lastSendTime": self.last_send_time_us,
             "numTransfersQueued": queued,
             "creationTime": self.create_time_us,
-            "owner": self.owner,
-            "ownerToken": None,
-            "ownerTokenSession": None,
+            **self.ownership_api(),
             "userData": self.user_data,
         }
 
@@ -132,6 +144,8 @@ class Manifest(Owned):
     files: list[FileMapping] = field(default_factory=list)
     #: The mappings as requested, (source, destination) pairs.
     requested: list[tuple[str, str]] = field(default_factory=list)
+    #: the folder of the owner's sandbox its source paths are under (a token's path)
+    root: str = "/"
 
     @property
     def total_files(self) -> int | None:
@@ -162,9 +176,7 @@ class Manifest(Owned):
             "totalFiles": self.total_files,
             "totalSize": self.total_size,
             "creationTime": self.create_time_us,
-            "owner": self.owner,
-            "ownerToken": None,
-            "ownerTokenSession": None,
+            **self.ownership_api(),
             "userData": self.user_data,
         }
 
@@ -193,6 +205,8 @@ class Transfer(Owned):
     initial_user_data: dict[str, Any] = field(default_factory=dict)
     status: TransferStatus = TransferStatus.PENDING
     error_message: str | None = None
+    #: the stable code of the error, when the receiver gave one (token_expired, ...)
+    error_code: str | None = None
     queue_seq: int = 0
     queue_time_us: int | None = None
     start_time_us: int | None = None
@@ -223,6 +237,7 @@ class Transfer(Owned):
             "status": self.status.value,
             "processing": not self.status.ended,
             "errorMessage": self.error_message,
+            "errorCode": self.error_code,
             "requestTime": self.create_time_us,
             "queueTime": self.queue_time_us,
             "startTime": self.start_time_us,
@@ -239,8 +254,6 @@ class Transfer(Owned):
             "packetsSent": self.packets_sent,
             "packetsRecv": self.packets_recv,
             "datagramsDropped": self.datagrams_dropped,
-            "owner": self.owner,
-            "ownerToken": None,
-            "ownerTokenSession": None,
+            **self.ownership_api(),
             "userData": self.user_data,
         }

@@ -10,7 +10,18 @@ from ..protocol.receiver import Checkpoint
 from .ids import now_us
 from .lifecycle import ReceiveStatus
 
-__all__ = ["ReceiveRecord", "remove_partial_files"]
+__all__ = ["Grant", "ReceiveRecord", "remove_partial_files"]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who an incoming transfer is received as: the ``user`` (its sandbox, the trigger's
+    ``username``), the folder of that sandbox it is written under (a destination token's
+    ``path``), and the destination token it came with, if one."""
+
+    user: str
+    path: str = "/"
+    token: str | None = None
 
 
 @dataclass
@@ -49,6 +60,9 @@ class ReceiveRecord:
     client_key: str | None = None
     #: the session's data was encrypted (else both servers run --no-data-encryption)
     encrypted: bool = True
+    #: the destination token the sender came with (its id), and the folder it confines to
+    token: str | None = None
+    path: str = "/"
 
     def to_api(self) -> dict[str, Any]:
         """The Receive Transfer structure."""
@@ -62,6 +76,7 @@ class ReceiveRecord:
             "dataTransport": self.transport,
             "sourcePublicKey": self.client_key,
             "encryptionEnabled": self.encrypted,
+            "token": self.token,
             "destinationPath": self.destination_path,
             "totalSize": self.total_size,
             "totalFiles": self.total_files,

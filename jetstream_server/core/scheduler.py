@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from ..errors import ERROR_CODES
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE
 from .ids import now_us
 from .lifecycle import TRANSFER, TransferStatus
@@ -152,7 +153,7 @@ class Scheduler:
     def resume(self, transfer: Transfer) -> None:
         """Put a suspended or failed transfer back in its queue."""
         self._move(transfer, "resume")
-        transfer.error_message = transfer.end_time_us = None  # (it may have failed)
+        transfer.error_message = transfer.error_code = transfer.end_time_us = None
         self._changed(transfer)
         self.poke(transfer.destination_id)
 
@@ -214,6 +215,7 @@ class Scheduler:
         transfer.status = TRANSFER.move(transfer.id, transfer.status, action)
         if transfer.status is TransferStatus.ERROR:
             transfer.error_message = message
+            transfer.error_code = error_code(message)
         if transfer.status.ended:
             transfer.end_time_us = now_us()
             _log_outcome(transfer)
@@ -236,3 +238,10 @@ def _log_outcome(transfer: Transfer) -> None:
              f": {transfer.error_message}" if transfer.error_message else "",
              extra={"transferId": transfer.id, "outcome": transfer.status.value,
                     "bytesSent": transfer.bytes_sent, "seconds": round(seconds, 3)})
+
+
+def error_code(message: str | None) -> str | None:
+    """The stable code a receiver's refusal begins with (``token_expired: ...``), if
+    one."""
+    code = (message or "").partition(": ")[0]
+    return code if code in ERROR_CODES and code != "auth_failed" else None

@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar
 
 from .. import __version__
-from ..errors import AuthFailed, NotFound, UnreadableSecret
+from ..errors import (
+    AuthFailed,
+    NotFound,
+    TokenExpired,
+    TokenInvalid,
+    TokenPermissionDenied,
+    TokensDisabled,
+    UnreadableSecret,
+)
 from ..protocol.noise import CIPHERS, public_key_text
 from .atrest import SecretBox
 from .config import Settings
@@ -28,14 +38,15 @@ from .ids import new_id, now_us
 from .lifecycle import MANIFEST, RECEIVE, TRANSFER, ManifestStatus, ReceiveStatus, TransferStatus
 from .objects import Destination, FileMapping, Manifest, Owned, Transfer
 from .ratelog import LimitedLog
-from .receives import ReceiveRecord, remove_partial_files
+from .receives import Grant, ReceiveRecord, remove_partial_files
 from .requests import RequestBook, RequestRecord
-from .sandbox import expand_sandbox
+from .sandbox import expand_sandbox, virtual_parts
 from .scheduler import DataPlane, Scheduler
 from .store import StateStore
 from .throttle import LoginThrottle
+from .tokens import API, PERMISSIONS, SHARED, Token, TokenBook, split_token
 from .trust import AuthorizedClients
-from .users import UserStore, check_user_name
+from .users import Accounts, check_user_name
 
 __all__ = ["API_VERSION", "Fire", "Receiver", "Service", "Session"]
 
@@ -48,15 +59,28 @@ API_VERSION = 1
 #: JetStream's defaults: collect hourly what ended 48 hours ago.
 DEFAULT_GC = {"intervalSeconds": 3600, "timeLimitSeconds": 48 * 3600}
 #: Destination fields not stored as they are: the password is stored sealed.
-_UNSTORED_DESTINATION_FIELDS = frozenset({"remote_password", "credentials_error",
-                                          "connection"})
+_UNSTORED_DESTINATION_FIELDS = frozenset({"remote_password", "remote_token",
+                                          "credentials_error", "connection"})
 
 #: fire(event, *arguments, stdin=b"") queues a trigger event (never blocks).
 Fire = Callable[..., None]
+#: Expired tokens are purged this often (JetStream: within two hours), and at start.
+TOKEN_PURGE_S = 3600.0
 
 
 def _no_triggers(event: str, *args: str, stdin: bytes = b"") -> None:
     """Where events go when the server runs no triggers."""
+
+
+class RemoteApi(Protocol):
+    """How this server calls another one's control API (a shared link is fetched so)."""
+
+    async def call(self, host: str, port: int, fingerprint: str | None, token: str,
+                   password: str | None, command: str, parameters: dict[str, Any]) -> Any:
+        """Log in to ``host:port`` with ``token`` (and its password) and run one command;
+        its result. CommandFailed with the other server's error, ConnectionFailed if it
+        cannot be reached or is not the server ``fingerprint`` names."""
+        ...
 
 
 class Receiver(Protocol):
@@ -71,13 +95,20 @@ class Receiver(Protocol):
         ...
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
     """One control connection: who is on the other end and what they may do."""
 
     peer: tuple[str, int]
     user: str | None = None
     raised: bool = False
+    #: the token the session logged in with (None: a user's password); it acts as the
+    #: token's owner (``user``), in the token's folder, with the token's permissions
+    token: Token | None = None
+    #: this token login's id (the ``ownerTokenSession`` of what it makes)
+    token_session: str | None = None
+    #: closes the connection, telling the peer why (set by the connection)
+    end: Callable[[str], None] | None = None
 
     @property
     def peer_text(self) -> str:
@@ -85,14 +116,37 @@ class Session:
         host, port = self.peer
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def can_see(self, owner: str | None) -> bool:
-        """Whether the session may see and change what ``owner`` owns."""
-        return self.raised or (owner is not None and owner == self.user)
+    @property
+    def root(self) -> str:
+        """The folder of the user's sandbox the session sees as ``/``."""
+        return self.token.path if self.token is not None else "/"
+
+    def can_see(self, owner: str | None, owner_token: str | None = None) -> bool:
+        """Whether the session may see and change what ``owner`` owns (and made with the
+        token ``owner_token``): a token sees only what it made; its owner sees all."""
+        if self.raised:
+            return True
+        if owner is None or owner != self.user:
+            return False
+        return self.token is None or owner_token == self.token.id
+
+    def sees(self, obj: Owned) -> bool:
+        """Whether the session may see and change ``obj``."""
+        return self.can_see(obj.owner, obj.owner_token)
+
+    @property
+    def owner_token(self) -> str | None:
+        """The ``ownerToken`` of what this session makes."""
+        return self.token.id if self.token is not None else None
+
+    def ownership(self) -> dict[str, str | None]:
+        """The owner-token fields of an object this session makes."""
+        return {"owner_token": self.owner_token, "owner_token_session": self.token_session}
 
 
 class Service:
     """The control plane's model (see the module's docstring)."""
-    def __init__(self, settings: Settings, users: UserStore, fire: Fire = _no_triggers
+    def __init__(self, settings: Settings, users: Accounts, fire: Fire = _no_triggers
                  ) -> None:
         self.settings = settings
         self.users = users
@@ -125,6 +179,12 @@ class Service:
             on_change=lambda r: self.state.put("request", str(r.request_id), r.to_state()),
             on_forget=lambda r: self.state.delete("request", str(r.request_id)))
         self.throttle = LoginThrottle()
+        #: API tokens and shared links
+        self.tokens = TokenBook(self.state)
+        self._token_sessions: dict[str, weakref.WeakSet[Session]] = {}
+        self._token_wakeup: asyncio.Event | None = None
+        #: how a shared link is fetched from another server (the server plugs it in)
+        self.remote: RemoteApi | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gc_wakeup: asyncio.Event | None = None
         self._gc: dict[str, int] = {**DEFAULT_GC, **(self.state.setting("gc") or {})}
@@ -144,41 +204,171 @@ class Service:
         login (see throttle.py): the API's ``auth`` and a transfer's login alike. A failure
         is logged (``where``: "login" or "transfer login"), without the password, and the
         name only if it exists. AuthFailed when too many attempts wait already."""
+        ok = await self._throttled(address, user, lambda: self.users.verify(user, password))
+        if not ok:
+            known = self.users.exists(user)
+            limited_log.warning(where, "failed %s from %s for %s%s", where, address,
+                                user if known else "an unknown user",
+                                " (data port)" if where == "transfer login" else "")
+        return ok
+
+    async def _throttled(self, address: str, name: str, check: Callable[[], bool]) -> bool:
+        """Run the slow ``check`` of a login as ``name`` in a thread, in turn with every
+        other login (see throttle.py); a check that raises counts as a failure."""
         throttle = self.throttle
-        if not throttle.join(address, user, time.monotonic()):
+        if not throttle.join(address, name, time.monotonic()):
             limited_log.warning("busy", "refused a login from %s: too many attempts waiting",
                                 address)
             raise AuthFailed("Too many login attempts for this user or from this address "
                              "at once; try again later.")
         try:
             # (the throttle says how long; an attempt being checked says 20 ms at a time)
-            while (wait := throttle.wait_s(address, user, time.monotonic())) > 0:  # noqa: ASYNC110
+            while (wait := throttle.wait_s(address, name, time.monotonic())) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
-            throttle.begin(address, user, time.monotonic())
+            throttle.begin(address, name, time.monotonic())
             ok = False
             try:
                 loop = asyncio.get_running_loop()
-                ok = await loop.run_in_executor(None, self.users.verify, user, password)
+                ok = await loop.run_in_executor(None, check)
             finally:
-                throttle.end(address, user, ok, time.monotonic())
+                throttle.end(address, name, ok, time.monotonic())
         finally:
-            throttle.leave(address, user)
-        if not ok:
-            known = self.users.stored_hash(user) is not None
-            limited_log.warning(where, "failed %s from %s for %s%s", where, address,
-                                user if known else "an unknown user",
-                                " (data port)" if where == "transfer login" else "")
+            throttle.leave(address, name)
         return ok
+
+    async def check_token(self, address: str, text: str, password: str | None,
+                          kind: str, where: str) -> Token:
+        """The token of the string ``text`` (of ``kind``, API or shared), checked as a
+        login (throttled, in a thread): TokensDisabled, TokenInvalid, TokenPasswordWrong
+        or TokenExpired otherwise. A failure is logged with the token's id, never its
+        string or password."""
+        disabled = {API: self.settings.api_disable_api_tokens,
+                    SHARED: self.settings.api_disable_shared_tokens}
+        if disabled[kind]:
+            what = "API tokens" if kind == API else "shared links"
+            raise TokensDisabled(f"{what.capitalize()} are turned off on this server "
+                                 f"(--api-disable-{kind}-tokens): log in with a user name "
+                                 "and password.")
+        token_id = split_token(text)[0]
+        failure: list[AuthFailed] = []
+        found: list[Token] = []
+
+        def check() -> bool:
+            try:
+                found.append(self.tokens.check(text, password, now_us()))
+            except AuthFailed as exc:
+                failure.append(exc)
+                return False
+            return True
+
+        if not await self._throttled(address, "token " + token_id, check):
+            limited_log.warning(where, "failed %s with token %s from %s: %s", where,
+                                token_id, address, failure[0].code if failure else "busy")
+            raise failure[0] if failure else AuthFailed("The token could not be checked.")
+        token = found[0]
+        if token.kind != kind:
+            raise TokenInvalid("This is a shared link's token: fetch its files with "
+                               "recv.downloadSharedLink (jetstream get LINK)." if
+                               token.kind == SHARED else "This is an API token, not a "
+                               "shared link.")
+        return token
 
     async def authenticate(self, session: Session, user: str, password: str) -> None:
         """Log an API session in (AuthFailed if the password is wrong)."""
         if not await self.check_login(session.peer[0], user, password, "login"):
             raise AuthFailed("Authentication failed: wrong user name or password.")
         session.user, session.raised = user, False
+        session.token = session.token_session = None
         log.info("%s logged in from %s", user, session.peer_text)
 
+    async def authenticate_token(self, session: Session, text: str, password: str | None
+                                 ) -> Token:
+        """Log an API session in with an API token or a shared link's token: it acts as
+        the token's owner, confined to the token (see Session)."""
+        try:
+            kind = self.tokens.tokens[split_token(text)[0]].kind
+        except KeyError:
+            kind = API
+        token = await self.check_token(session.peer[0], text, password, kind, "login")
+        session.user, session.raised = token.owner, False
+        session.token, session.token_session = token, new_id()
+        self._token_sessions.setdefault(token.id, weakref.WeakSet()).add(session)
+        log.info("token %s of %s logged in from %s", token.id, token.owner,
+                 session.peer_text)
+        return token
+
+    def is_superuser(self, user: str) -> bool:
+        """Whether ``user`` may raise a session (--superuser; --supergroup's members)."""
+        return user in self.settings.superuser or \
+            bool(self.users.groups_of(user) & set(self.settings.supergroup))
+
+    def check_session_token(self, session: Session) -> None:
+        """Refuse a token session whose token was deleted or has expired since it
+        logged in (the session then ends)."""
+        token = session.token
+        if token is None:
+            return
+        current = self.tokens.tokens.get(token.id)
+        if current is None or current.expired(now_us()):
+            self.end_token_sessions(token.id, "deleted" if current is None else "expired")
+            if current is None:
+                raise TokenInvalid(f"Token {token.id} was deleted; this session is over.")
+            raise TokenExpired(f"Token {token.id} expired; this session is over.")
+
+    def end_token_sessions(self, token_id: str, why: str) -> None:
+        """End at once every API session logged in with the token."""
+        for session in list(self._token_sessions.pop(token_id, ())):
+            session.user = None
+            if session.end is not None:
+                session.end(f"Token {token_id} {why}; this session is over.")
+
+    def add_token(self, token: Token) -> None:
+        """Keep a new token (and wake the expiry timer)."""
+        self.tokens.add(token)
+        if self._token_wakeup is not None:
+            self._token_wakeup.set()
+
+    def delete_token(self, token_id: str) -> Token | None:
+        """Remove a token and end its sessions."""
+        token = self.tokens.delete(token_id)
+        if token is not None:
+            self.end_token_sessions(token_id, "was deleted")
+        return token
+
+    def purge_tokens(self) -> int:
+        """Remove the expired tokens; how many went."""
+        gone = self.tokens.expired(now_us())
+        for token in gone:
+            self.delete_token(token.id)
+        if gone:
+            log.info("purged %d expired token(s)", len(gone))
+        return len(gone)
+
+    async def expire_tokens_forever(self) -> None:
+        """End the sessions of each token when it expires; purge expired tokens every
+        TOKEN_PURGE_S (a task; cancel to stop)."""
+        wakeup = self._token_wakeup = asyncio.Event()
+        last_purge = time.monotonic()
+        while True:
+            now = now_us()
+            for token in self.tokens.expired(now):
+                if token.id in self._token_sessions:
+                    self.end_token_sessions(token.id, "expired")
+            if time.monotonic() - last_purge >= TOKEN_PURGE_S:
+                self.purge_tokens()
+                last_purge = time.monotonic()
+            wait = TOKEN_PURGE_S - (time.monotonic() - last_purge)
+            upcoming = self.tokens.next_expiry(now)
+            if upcoming is not None:
+                wait = min(wait, (upcoming - now) / 1e6 + 0.05)
+            wakeup.clear()
+            try:
+                await asyncio.wait_for(wakeup.wait(), max(wait, 0.05))
+            except TimeoutError:
+                pass
+
     async def authorize_sender(self, address: str, user: str, password: str | None,
-                               client_key: bytes) -> str:
+                               client_key: bytes, token: str | None = None) -> Grant:
         """The user an incoming transfer is received as (contract section 10): the
         account ``user`` when ``password`` is its password; else, when the sending
         server's key is authorized, ``user`` (the sending user's name); else
@@ -192,36 +382,51 @@ class Service:
             raise AuthFailed(f"The receiving server accepts transfers only from servers it "
                              f"has authorized, and this server's key {key} is not one of "
                              f"them: its operator can authorize it with {authorize}.")
+        if token is not None:
+            return self._token_grant(await self.check_token(
+                address, token, password, API, "transfer login"))
         if password is not None:
             if not await self.check_login(address, user, password, "transfer login"):
                 raise AuthFailed(f"The receiving server refused user {user!r}: wrong user "
                                  "name or password.")
-            return user
+            return Grant(user)
         if trusted:
             try:
-                return check_user_name(user)
+                return Grant(check_user_name(user))
             except ValueError as exc:
                 raise AuthFailed(f"The receiving server refused the sending user's name: "
                                  f"{exc}") from None
         if self.settings.recv_allow_anonymous:
-            return "anonymous"
+            return Grant("anonymous")
         raise AuthFailed("The receiving server accepts transfers only from its users and "
                          "from servers it has authorized: give the destination the "
                          "destinationUser and destinationPassword of an account on it, or "
                          f"have its operator authorize this server's key {key} ({authorize}).")
 
+    def _token_grant(self, token: Token) -> Grant:
+        """What a destination token lets a sender do: write into the token's folder, as
+        its owner."""
+        if "receive" not in token.permissions:
+            raise TokenPermissionDenied(
+                f"Token {token.id} does not permit receiving transfers (it has "
+                f"{', '.join(token.permissions) or 'no permission'}): its owner can make "
+                "one with --permissions=receive.")
+        return Grant(token.owner, token.path, token.id)
+
     # -- objects ----------------------------------------------------------------------
 
-    def sandbox_root(self, user: str) -> str:
-        """The folder ``user`` sees as ``/``."""
-        return expand_sandbox(self.settings.sandbox_dir, user)
+    def sandbox_root(self, user: str, path: str = "/") -> str:
+        """The folder ``user`` sees as ``/`` (or its folder ``path``, a token's)."""
+        root = expand_sandbox(self.settings.sandbox_dir, user)
+        parts = virtual_parts(path)
+        return os.path.join(root, *parts) if parts else root
 
     def find_object(self, session: Session, object_id: str) -> Owned:
         """The destination, manifest or transfer of ``object_id`` the session may see;
         NotFound otherwise."""
         for table in (self.destinations, self.manifests, self.transfers):
             obj = table.get(object_id)
-            if obj is not None and session.can_see(obj.owner):
+            if obj is not None and session.sees(obj):
                 return obj
         raise NotFound(f"No destination, manifest or transfer with id {object_id}.")
 
@@ -261,19 +466,25 @@ class Service:
             return
         state = {f.name: getattr(destination, f.name) for f in fields(destination)
                  if f.name not in _UNSTORED_DESTINATION_FIELDS}
-        password = destination.remote_password
-        state["sealed_password"] = None if password is None else \
-            self.secrets.seal(password, destination.id)
+        for secret, name in ((destination.remote_password, "sealed_password"),
+                             (destination.remote_token, "sealed_token")):
+            state[name] = None if secret is None else \
+                self.secrets.seal(secret, destination.id)
         self.state.put("destination", destination.id, state)
 
     def _restore_destination(self, row: dict[str, Any]) -> None:
         sealed = row.pop("sealed_password", None)
+        sealed_token = row.pop("sealed_token", None)
         plain = row.pop("remote_password", None)  # (stored so before passwords were sealed)
         destination = Destination(**row)
         self.destinations[destination.id] = destination
-        if sealed is not None:
+        if sealed is not None or sealed_token is not None:
             try:
-                destination.remote_password = self.secrets.open(sealed, destination.id)
+                if sealed is not None:
+                    destination.remote_password = self.secrets.open(sealed, destination.id)
+                if sealed_token is not None:
+                    destination.remote_token = self.secrets.open(sealed_token,
+                                                                 destination.id)
             except UnreadableSecret:
                 destination.credentials_error = (
                     f"The stored password of destination {destination.id} cannot be read "
@@ -352,6 +563,7 @@ class Service:
                                           "restart of the server.")
             self.transfers[transfer.id] = transfer
         self.scheduler.restored()
+        self.purge_tokens()
         self.requests.restore([RequestRecord.from_state(row)
                                for row in self.state.load("request")])
         for row in self.state.load("receive") if kinds["receive"] else []:
@@ -435,7 +647,9 @@ class Service:
             "allowRemoteControl": self.settings.api_allow_remote_control,
             "apiControlPort": self.api_port,
             "apiVersion": API_VERSION,
-            "APITokensAvailable": False,
+            "APITokensAvailable": not self.settings.api_disable_api_tokens,
+            "sharedTokensAvailable": not self.settings.api_disable_shared_tokens,
+            "tokenPermissions": dict(PERMISSIONS),
             "authRequired": True,
             "certificateFingerprint": self.api_certificate.fingerprint,
             "certificateValidation": self.api_certificate.days_left(),
@@ -454,7 +668,7 @@ class Service:
                 "dataTransports": ["udp", "tcp"],
                 **(self.receiver.stats() if self.receiver is not None else {}),
             },
-            "serverExternalAddress": None,
+            "serverExternalAddress": self.settings.external_address,
             "serverId": self.server_id,
             "serverName": self.settings.server_name,
             "startTime": self.start_time_us,
@@ -468,7 +682,7 @@ class Service:
 def _visible(table: dict[str, T], session: Session, object_id: str,
                        kind: str) -> T:
     obj = table.get(object_id)
-    if obj is None or not session.can_see(obj.owner):
+    if obj is None or not session.sees(obj):
         raise NotFound(f"No {kind} with id {object_id}.")
     return obj
 

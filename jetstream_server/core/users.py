@@ -17,12 +17,14 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import ConfigError
 from .private import private_dir
 
 __all__ = [
     "MAX_SCRYPT_BYTES",
+    "Accounts",
     "StoredHash",
     "UserStore",
     "check_user_name",
@@ -161,6 +163,27 @@ def write_users_file(path: Path, users: dict[str, str]) -> None:
         raise
 
 
+class Accounts(Protocol):
+    """Who may log in, and with which password: the users file (:class:`UserStore`) or
+    the operating system's accounts (``core.pam.PamAccounts``)."""
+
+    def verify(self, name: str, password: str) -> bool:
+        """Check a password (slow: call it off the event loop)."""
+        ...
+
+    def exists(self, name: str) -> bool:
+        """Whether the user exists (for logs only)."""
+        ...
+
+    def names(self) -> list[str]:
+        """The users' names, where they can be listed."""
+        ...
+
+    def groups_of(self, name: str) -> frozenset[str]:
+        """The user's groups (for --supergroup)."""
+        ...
+
+
 #: Passwords remembered as checked (see UserStore.verify).
 _VERIFIED_CACHE = 1024
 
@@ -205,6 +228,14 @@ class UserStore:
     def names(self) -> list[str]:
         """The users' names, sorted."""
         return sorted(self._users)
+
+    def exists(self, name: str) -> bool:
+        """Whether the users file has ``name``."""
+        return self.stored_hash(name) is not None
+
+    def groups_of(self, name: str) -> frozenset[str]:
+        """A users-file user is in no group (--supergroup is for --auth pam)."""
+        return frozenset()
 
     def verify(self, name: str, password: str) -> bool:
         """Check a password (slow: call it off the event loop)."""

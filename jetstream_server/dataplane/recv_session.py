@@ -15,8 +15,8 @@ import orjson
 from ..core.ids import now_us
 from ..core.lifecycle import RECEIVE, ReceiveStatus
 from ..core.netaddr import plain_host
-from ..core.receives import ReceiveRecord
-from ..errors import AuthFailed, DiskError
+from ..core.receives import Grant, ReceiveRecord
+from ..errors import AuthFailed, DiskError, PermissionDenied
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S
 from ..protocol.noise import public_key_text
 from ..protocol.receiver import (
@@ -54,15 +54,15 @@ class ReceiveHost(Protocol):
     receives: dict[str, ReceiveRecord]
 
     async def authorize_sender(self, address: str, user: str, password: str | None,
-                               client_key: bytes) -> str:
-        """The user a sending server at ``address``, whose key is ``client_key``, may send
-        as (``user`` with its ``password``, or by its key, or anonymous); AuthFailed with
-        the message for the sender if none. Slow (a password's hash), and in turn with
-        every other login."""
+                               client_key: bytes, token: str | None = None) -> Grant:
+        """Who a sending server at ``address``, whose key is ``client_key``, may send as
+        (``user`` with its ``password``, a ``token`` of this server's, or by its key, or
+        anonymous); AuthFailed with the message for the sender if none. Slow (a
+        password's hash), and in turn with every other login."""
         ...
 
-    def sandbox_root(self, user: str) -> str:
-        """The folder ``user``'s transfers are written under."""
+    def sandbox_root(self, user: str, path: str = "/") -> str:
+        """The folder ``user``'s transfers are written under (or its folder ``path``)."""
         ...
 
     def save_receive(self, record: ReceiveRecord) -> None:
@@ -112,6 +112,8 @@ class ReceiveSession:
         self.transport = transport
         self.transfer_id = core.hello.transfer_id.hex()
         self.record: ReceiveRecord | None = None
+        #: who the sender was authorized as (once its login is decided)
+        self.grant: Grant | None = None
         self.sink: FileSink | None = None
         self.checkpoint_s = float(DEFAULT_CHECKPOINT_S)
         self._next_checkpoint: float | None = None
@@ -261,12 +263,17 @@ class ReceiveSession:
     async def _login(self, login: Login) -> None:
         """Decide who the sender may send as (a task: a password's hash is slow, and waits
         its turn in the login throttle)."""
+        user: str | None = None
         try:
-            user: str | None = await self.host.authorize_sender(
-                plain_host(self.address[0]), login.user, login.password, login.client_key)
-            refusal = ""
-        except AuthFailed as exc:
-            user, refusal = None, exc.message
+            self.grant = await self.host.authorize_sender(
+                plain_host(self.address[0]), login.user, login.password, login.client_key,
+                login.token)
+            user, refusal = self.grant.user, ""
+        except (AuthFailed, PermissionDenied) as exc:
+            # (a refusal of a token's says its stable code: the sender's errorCode)
+            refusal = exc.message if exc.code == AuthFailed.code else \
+                f"{exc.code}: The receiving server refused the destination token: " \
+                f"{exc.message}"
         if not self._closed:
             self.core.login_decided(user, refusal)
             self.step(time.monotonic())
@@ -274,10 +281,11 @@ class ReceiveSession:
     # -- records ----------------------------------------------------------------------------
 
     def _start_record(self) -> None:
-        core = self.core
-        assert core.user is not None
+        core, grant = self.core, self.grant
+        assert core.user is not None and grant is not None
         known = self.host.receives.get(self.transfer_id)
-        if known is not None and known.user == core.user:
+        if known is not None and (known.user, known.token, known.path) == (
+                grant.user, grant.token, grant.path):
             self.record = known  # a new session of a transfer seen before: resume
             known.status = RECEIVE.move(known.transfer_id, known.status, "resume")
             known.error_message = known.end_time_us = None
@@ -285,7 +293,7 @@ class ReceiveSession:
         else:
             self.record = ReceiveRecord(self.transfer_id, core.user,
                                         plain_host(self.address[0]), self.address[1],
-                                        self.transport)
+                                        self.transport, token=grant.token, path=grant.path)
             self.host.receives[self.transfer_id] = self.record
         self.record.client_key = public_key_text(core.client_key)
         self.record.encrypted = core.channel.encrypt_data
@@ -316,10 +324,11 @@ class ReceiveSession:
                      record.total_files, record.total_size)
             lines = "".join(f"{_quote(name)} {path}\n" for name, path in
                             zip(record.input_files, record.output_files, strict=True))
-            self.host.fire("recv.transferComplete", record.transfer_id, record.user, "",
-                          stdin=lines.encode())
-            self.host.fire("recv.transferComplete.json", record.transfer_id, record.user, "",
-                          stdin=_trigger_json(record))
+            token = record.token or ""
+            self.host.fire("recv.transferComplete", record.transfer_id, record.user, token,
+                           stdin=lines.encode())
+            self.host.fire("recv.transferComplete.json", record.transfer_id, record.user,
+                           token, stdin=_trigger_json(record))
 
     # -- metadata, commits, checkpoints ---------------------------------------------------
 
@@ -351,8 +360,8 @@ class ReceiveSession:
         record.input_files = [f.path for f in meta.files if f.size is not None]
         record.user_data = meta.user_data
         keep = resume.partly_received(layout) if resume is not None else set()
-        self.sink = sink = FileSink(self.host.sandbox_root(core.user), meta, self.transfer_id,
-                                    keep)
+        self.sink = sink = FileSink(self.host.sandbox_root(core.user, record.path), meta,
+                                    self.transfer_id, keep)
         try:
             paths = await self._run(sink.prepare)
         except Exception as exc:
@@ -367,7 +376,7 @@ class ReceiveSession:
         if not record.announced:
             record.announced = True
             self.host.fire("recv.transferStarted", record.transfer_id, record.user,
-                           stdin=_trigger_json(record))
+                           record.token or "", stdin=_trigger_json(record))
         self._save_record()
         core.metadata_accepted(layout, resume, sink.lost)
         self._next_checkpoint = time.monotonic() + self.checkpoint_s

@@ -111,8 +111,8 @@ class SendHost(Protocol):
         """Run a task the host owns (and cancels when it closes)."""
         ...
 
-    def sandbox_root(self, user: str) -> str:
-        """The folder ``user``'s source paths are read under."""
+    def sandbox_root(self, user: str, path: str = "/") -> str:
+        """The folder ``user``'s source paths are read under (or its folder ``path``)."""
         ...
 
     def save_transfer(self, transfer: Transfer) -> None:
@@ -283,7 +283,7 @@ class SendSession:
             block_size = transfer.block_size  # chosen at createTransfer, kept across resumes
             metadata = self._metadata()
             layout = Layout(block_size, len(metadata), self.manifest.sizes)
-            root = self.plane.host.sandbox_root(transfer.owner)
+            root = self.plane.host.sandbox_root(transfer.owner, self.manifest.root)
             def wake_from_thread() -> None:
                 loop.call_soon_threadsafe(self.wake)
 
@@ -299,6 +299,7 @@ class SendSession:
                 static=plane.identity,
                 remote_key=public_key_bytes(pinned) if pinned is not None else None,
                 cipher=plane.cipher, password=destination.remote_password,
+                token=destination.remote_token,
                 encrypt_data=plane.encrypts, rate_limit_bps=rate * 1000 or None,
                 reliable=tcp)
             self._connection("connect")

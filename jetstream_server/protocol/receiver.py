@@ -40,6 +40,7 @@ from .wire import (
     ERROR_REFUSED,
     HELLO_ENCRYPT,
     HELLO_PASSWORD,
+    HELLO_TOKEN,
     MAX_ACK_RANGES,
     TS_MASK,
     VERSION,
@@ -83,12 +84,14 @@ class RecvPhase(Enum):
 @dataclass(frozen=True)
 class Login:
     """The sender asks to send as ``user``: with the ``password`` it proved (None: it has
-    none, and may be authorized by its ``client_key``, or be anonymous). The adapter
-    decides, then calls :meth:`ReceiverCore.login_decided`."""
+    none, and may be authorized by its ``client_key``, or be anonymous), or with a
+    ``token`` of this server's (and the token's password, if any). The adapter decides,
+    then calls :meth:`ReceiverCore.login_decided`."""
 
     user: str
     password: str | None = None
     client_key: bytes = b""
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,11 @@ class ReceiverCore:
 
     def _ask_login(self, password: str | None) -> None:
         self.login_pending = True
-        self.events.append(Login(self.hello.user, password, self.client_key))
+        token = None
+        if password is not None and self.hello.flags & HELLO_TOKEN:
+            token, _, rest = password.partition("\n")
+            password = rest or None
+        self.events.append(Login(self.hello.user, password, self.client_key, token))
 
     def _accept(self, user: str) -> None:
         self.user = user

@@ -39,6 +39,7 @@ from .wire import (
     HEADER,
     HELLO_ENCRYPT,
     HELLO_PASSWORD,
+    HELLO_TOKEN,
     KEY_ENCRYPTS,
     SEALED_KINDS,
     TS_MASK,
@@ -108,17 +109,20 @@ class SenderCore:
     ``static``: this server's key pair; ``remote_key``: the receiver's public key pinned
     for the destination (None: ask for it, and report it as :attr:`learned_key`);
     ``password``: the destination password, proven inside the sealed session (None: the
-    receiver authorizes this server by its key, or takes it as anonymous);
+    receiver authorizes this server by its key, or takes it as anonymous); ``token``: a
+    token of the receiver's, proven the same way (with ``password``, the token's own);
     ``encrypt_data`` False: this server does not encrypt (``--no-data-encryption``)."""
 
     def __init__(self, session: int, hello: Hello, metadata: bytes, layout: Layout,
                  source: BlockSource, now: float, *, static: KeyPair,
                  remote_key: bytes | None, cipher: Cipher, password: str | None = None,
-                 encrypt_data: bool = True, rate_limit_bps: float | None = None,
-                 reliable: bool = False) -> None:
+                 token: str | None = None, encrypt_data: bool = True,
+                 rate_limit_bps: float | None = None, reliable: bool = False) -> None:
         self.session = session
+        if token is not None:
+            password = f"{token}\n{password or ''}"
         flags = (HELLO_PASSWORD if password is not None else 0) | (
-            HELLO_ENCRYPT if encrypt_data else 0)
+            HELLO_ENCRYPT if encrypt_data else 0) | (HELLO_TOKEN if token is not None else 0)
         self.hello = Hello(hello.transfer_id, hello.block_size, hello.meta_size,
                            hello.meta_blocks, hello.user, flags)
         self.metadata = metadata

@@ -43,6 +43,7 @@ __all__ = [
     "HEADER",
     "HELLO_ENCRYPT",
     "HELLO_PASSWORD",
+    "HELLO_TOKEN",
     "KEY_ENCRYPTS",
     "MAX_ACK_RANGES",
     "MAX_DATAGRAM",
@@ -204,8 +205,9 @@ def check_key_request(data: bytes | bytearray | memoryview) -> None:
 
 # -- the handshake ---------------------------------------------------------------------------
 
-#: HELLO flags: the sender proves a password (in AUTH); the sender encrypts its data.
-HELLO_PASSWORD, HELLO_ENCRYPT = 1, 2
+#: HELLO flags: the sender proves a password (in AUTH); the sender encrypts its data; the
+#: AUTH carries a token of the receiver's and its password (``TOKEN\nPASSWORD``).
+HELLO_PASSWORD, HELLO_ENCRYPT, HELLO_TOKEN = 1, 2, 4
 
 
 @dataclass(frozen=True)

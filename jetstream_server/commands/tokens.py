@@ -1,0 +1,357 @@
+"""Token commands: API tokens (``createAPIToken`` ...), shared links
+(``send.createSharedToken`` ...), and fetching a shared link's files
+(``recv.downloadSharedLink`` here, ``send.downloadSharedToken`` on the sharing server).
+
+A shared link is fetched so: the recipient's server makes itself a short-lived token
+that may only receive, into the folder the files are to go to; it logs in to the sharing
+server with the link's token (TLS, the certificate pinned by the link's fingerprint) and
+asks it, with ``send.downloadSharedToken``, to send the link's manifest to it with that
+token as the destination token. The sharing server checks the link (expiry, download
+limit, passphrase), counts the download, and sends as it sends any transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ..core.ids import now_us
+from ..core.lifecycle import ManifestStatus
+from ..core.sandbox import resolve_in_sandbox, virtual_parts
+from ..core.tokens import (
+    API,
+    DEFAULT_PERMISSIONS,
+    DOWNLOAD,
+    PERMISSIONS,
+    SHARED,
+    Token,
+    make_link,
+    parse_expiry,
+    parse_link,
+    split_token,
+)
+from ..errors import (
+    CommandFailed,
+    ConnectionFailed,
+    DownloadLimitReached,
+    InvalidParameter,
+    InvalidState,
+    NotFound,
+    OutsideTokenPath,
+    PathRefused,
+    TokenInvalid,
+    TokenPermissionDenied,
+    TokensDisabled,
+    api_error,
+)
+from ..protocol.noise import public_key_text
+from .context import Call
+from .registry import Command, Param, Registry
+from .send import make_destination, queue_transfer
+
+if TYPE_CHECKING:  # (the console reads the commands' table without loading the service)
+    from ..core.service import Session
+
+__all__ = ["register"]
+
+log = logging.getLogger("jetstream.api")
+
+#: A shared link lives this long when no expiryTime is given.
+DEFAULT_SHARED_EXPIRY = "7d"
+#: The token a recipient's server makes itself to receive a shared link's files lives
+#: this long (long enough for the transfer to resume after an outage).
+DOWNLOAD_TOKEN_EXPIRY = "7d"
+
+
+def _disabled(call: Call, kind: str) -> None:
+    settings = call.service.settings
+    if kind == API and settings.api_disable_api_tokens:
+        raise TokensDisabled("API tokens are turned off on this server "
+                             "(--api-disable-api-tokens).")
+    if kind == SHARED and settings.api_disable_shared_tokens:
+        raise TokensDisabled("Shared links are turned off on this server "
+                             "(--api-disable-shared-tokens).")
+
+
+def _visible(session: Session, token: Token) -> bool:
+    """A token is seen by its owner, by the token that made it (and by itself), and by a
+    raised superuser."""
+    own = session.token is not None and session.token.id == token.id
+    return own or session.can_see(token.owner, token.owner_token)
+
+
+def _find(call: Call, text: str, kind: str) -> Token:
+    token_id = split_token(text)[0] if text.startswith("jst.") else text
+    token = call.service.tokens.tokens.get(token_id)
+    if token is None or token.kind != kind or not _visible(call.session, token):
+        raise NotFound(f"No {'API token' if kind == API else 'shared link'} with id "
+                       f"{token_id}.")
+    return token
+
+
+def _permissions(call: Call, given: Any) -> list[str]:
+    if given is None:
+        wanted = list(DEFAULT_PERMISSIONS)
+    elif isinstance(given, str):
+        wanted = [p.strip() for p in given.split(",") if p.strip()]
+    elif isinstance(given, list) and all(isinstance(p, str) for p in given):
+        wanted = list(given)
+    else:
+        raise InvalidParameter("permissions must be a list of names, or names separated by "
+                               "commas.")
+    unknown = [p for p in wanted if p not in PERMISSIONS]
+    if unknown:
+        raise InvalidParameter(f"Unknown permission(s) {', '.join(unknown)}: the names are "
+                               f"{', '.join(PERMISSIONS)}.")
+    own = call.session.token
+    if own is not None:
+        wider = [p for p in wanted if p not in own.permissions]
+        if wider:
+            raise TokenPermissionDenied(
+                f"A token cannot give a token more than it has: token {own.id} does not "
+                f"have {', '.join(wider)}.")
+    return sorted(set(wanted), key=list(PERMISSIONS).index)
+
+
+def _expiry(call: Call, given: Any, default: str | None) -> int | None:
+    expiry = parse_expiry(given if given is not None else default, now_us())
+    own = call.session.token
+    if own is not None and own.expiry_time_us is not None and (
+            expiry is None or expiry > own.expiry_time_us):
+        raise InvalidParameter(f"A token cannot make a token that outlives it: token "
+                               f"{own.id} expires at {own.expiry_time_us} (microseconds "
+                               "since 1970); give an earlier expiryTime.")
+    return expiry
+
+
+def _password(given: str | None, what: str) -> str | None:
+    if given is not None and not given:
+        raise InvalidParameter(f"The {what} is empty: give one, or leave it out.")
+    return given
+
+
+def _folder(call: Call, path: str) -> str:
+    """The token folder ``path`` (relative to the session's root) names, as a path of the
+    owner's sandbox; it must be a folder inside it."""
+    try:
+        parts = virtual_parts(path)
+    except PathRefused as exc:
+        if ".." in path.split("/"):
+            raise OutsideTokenPath(f"path {path!r} leads out of "
+                                   f"{'the token' if call.session.token else 'your'}'s "
+                                   "folder.") from None
+        raise InvalidParameter(exc.message) from None
+    full = "/" + "/".join(virtual_parts(call.session.root) + parts)
+    real = resolve_in_sandbox(call.service.sandbox_root(call.user), full)
+    if not real.is_dir():
+        raise InvalidParameter(f"path {path!r} is not a folder (create it first).")
+    return full
+
+
+async def _create(call: Call, fields: dict[str, Any], password: str | None
+                  ) -> tuple[Token, str]:
+    loop = asyncio.get_running_loop()
+    token, text = await loop.run_in_executor(None, call.service.tokens.create,
+                                             fields, password)
+    call.service.add_token(token)
+    return token, text
+
+
+# -- API tokens -----------------------------------------------------------------------
+
+async def create_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Make an API token: a login confined to a folder and to permissions (its
+    tokenString is shown this once)."""
+    _disabled(call, API)
+    fields = {
+        "kind": API, "owner": call.user,
+        "path": _folder(call, p["path"] or "/"),
+        "permissions": _permissions(call, p["permissions"]),
+        "expiry_time_us": _expiry(call, p["expiryTime"], None),
+        "description": p["description"] or "", "user_data": p["userData"] or {},
+        **call.session.ownership(),
+    }
+    token, text = await _create(call, fields, _password(p["password"], "password"))
+    log.info("API token %s created by %s for %s (%s)", token.id, call.who, token.path,
+             ", ".join(token.permissions))
+    return "API token created: keep tokenString, it is not shown again.", {
+        **token.to_api(), "tokenString": text}
+
+
+async def get_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """One API token (never its string)."""
+    return "API token.", _find(call, p["token"], API).to_api()
+
+
+async def get_api_tokens(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """The API tokens the session may see."""
+    found = [t.to_api() for t in call.service.tokens.tokens.values()
+             if t.kind == API and _visible(call.session, t)]
+    return f"{len(found)} API token(s).", found
+
+
+async def delete_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Delete an API token: its sessions end at once, and it authorizes nothing more."""
+    token = _find(call, p["token"], API)
+    call.service.delete_token(token.id)
+    log.info("API token %s deleted by %s", token.id, call.who)
+    return "API token deleted.", token.to_api()
+
+
+# -- shared links ---------------------------------------------------------------------
+
+async def create_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Make a shared link to a manifest's files (its link is shown this once)."""
+    _disabled(call, SHARED)
+    service = call.service
+    manifest = service.find_manifest(call.session, p["manifestId"])
+    if manifest.status is not ManifestStatus.COMPLETE:
+        raise InvalidState(f"Manifest {manifest.id} is {manifest.status.value}: share a "
+                           "manifest whose status is complete.")
+    limit = p["downloadLimit"]
+    if limit is not None and limit < 1:
+        raise InvalidParameter("downloadLimit must be at least 1 (leave it out: no limit).")
+    fields = {
+        "kind": SHARED, "owner": call.user, "permissions": [DOWNLOAD],
+        "path": manifest.root, "manifest_id": manifest.id, "download_limit": limit,
+        "expiry_time_us": _expiry(call, p["expiryTime"], DEFAULT_SHARED_EXPIRY),
+        "description": p["description"] or "", "user_data": p["userData"] or {},
+        **call.session.ownership(),
+    }
+    token, text = await _create(call, fields, _password(p["password"], "passphrase"))
+    address = service.settings.external_address or \
+        f"{socket.gethostname()}:{service.api_port}"
+    link = make_link(address, text, service.api_certificate.fingerprint)
+    log.info("shared link %s created by %s for manifest %s", token.id, call.who,
+             manifest.id)
+    return "Shared link created: keep link, it is not shown again.", {
+        **token.to_api(), "tokenString": text, "link": link}
+
+
+async def get_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """One shared link (never its string)."""
+    return "Shared link.", _find(call, p["token"], SHARED).to_api()
+
+
+async def get_shared_tokens(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """The shared links the session may see."""
+    found = [t.to_api() for t in call.service.tokens.tokens.values()
+             if t.kind == SHARED and _visible(call.session, t)]
+    return f"{len(found)} shared link(s).", found
+
+
+async def delete_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Delete a shared link: it lets no one download any more."""
+    token = _find(call, p["token"], SHARED)
+    call.service.delete_token(token.id)
+    log.info("shared link %s deleted by %s", token.id, call.who)
+    return "Shared link deleted.", token.to_api()
+
+
+async def download_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Send this shared link's files to the asking server (a shared link's session)."""
+    service, token = call.service, call.session.token
+    if token is None or token.kind != SHARED:
+        raise TokenPermissionDenied("send.downloadSharedToken is for a session logged in "
+                                    "with a shared link's token.")
+    token = service.tokens.tokens[token.id]  # (checked by the dispatcher: still there)
+    if token.download_limit is not None and token.download_count >= token.download_limit:
+        raise DownloadLimitReached(
+            f"Shared link {token.id} has been downloaded {token.download_count} time(s), "
+            f"its limit: ask its owner ({token.owner}) for a new link.")
+    manifest = service.manifests.get(token.manifest_id or "")
+    if manifest is None or manifest.status is not ManifestStatus.COMPLETE:
+        raise NotFound(f"The files of shared link {token.id} are no longer offered: ask "
+                       f"its owner ({token.owner}) for a new link.")
+    host = call.session.peer[0]  # (the asking server: files go nowhere else)
+    address = f"[{host}]:{p['recvPort']}" if ":" in host else f"{host}:{p['recvPort']}"
+    destination, _ = await make_destination(
+        call, address=address, transport=p["dataTransport"], token=p["destinationToken"],
+        public_key=p["destinationPublicKey"])
+    transfer = queue_transfer(call, destination, manifest, {
+        "destinationPath": None, "checkpointFrequencySeconds": None, "priority": None,
+        "userData": None, "dataTransport": None, "sendRateMax": None})
+    token.download_count += 1
+    service.tokens.save(token)
+    log.info("shared link %s: download %d, transfer %s to %s", token.id,
+             token.download_count, transfer.id, address)
+    return "Download started.", {
+        "transferId": transfer.id, "totalBytes": transfer.total_bytes,
+        "totalFiles": transfer.total_files, "downloadCount": token.download_count}
+
+
+async def download_shared_link(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Fetch a shared link's files from the server that shares them, into this server."""
+    service = call.service
+    _disabled(call, API)
+    host, port, text, fingerprint = parse_link(p["link"])
+    if service.remote is None:
+        raise InvalidState("This server cannot fetch shared links (no client).")
+    folder_path = p["destinationPath"] or "/"
+    root = service.sandbox_root(call.user)
+    try:
+        parts = virtual_parts(call.session.root) + virtual_parts(folder_path)
+    except PathRefused as exc:
+        raise OutsideTokenPath(exc.message) if call.session.token else \
+            InvalidParameter(exc.message) from None
+    os.makedirs(os.path.join(root, *parts), exist_ok=True)
+    receive_token, receive_text = await _create(call, {
+        "kind": API, "owner": call.user, "permissions": ["receive"],
+        "path": _folder(call, folder_path),
+        "expiry_time_us": parse_expiry(DOWNLOAD_TOKEN_EXPIRY, now_us()),
+        "description": f"receives shared link {split_token(text)[0]} from {host}:{port}",
+        "user_data": {}, **call.session.ownership()}, None)
+    try:
+        result = await service.remote.call(
+            host, port, fingerprint, text, p["password"], "send.downloadSharedToken", {
+                "destinationToken": receive_text, "recvPort": service.recv_port,
+                "destinationPublicKey": public_key_text(service.identity.public),
+                **({"dataTransport": p["dataTransport"]} if p["dataTransport"] else {})})
+    except CommandFailed as exc:
+        service.delete_token(receive_token.id)
+        raise api_error(exc.code, f"The sharing server refused: {exc.message}") from None
+    except ConnectionFailed as exc:
+        service.delete_token(receive_token.id)
+        raise api_error("unreachable", f"Cannot fetch the shared link: {exc}") from None
+    if not isinstance(result, dict) or not isinstance(result.get("transferId"), str):
+        service.delete_token(receive_token.id)
+        raise TokenInvalid("The sharing server gave no transfer for the link.")
+    log.info("%s fetches shared link %s from %s:%d as transfer %s", call.who,
+             split_token(text)[0], host, port, result["transferId"])
+    return "Download started: the files arrive as incoming transfer transferId.", {
+        **result, "token": receive_token.id, "destinationPath": receive_token.path,
+        "sharingServer": f"{host}:{port}"}
+
+
+def register(registry: Registry) -> None:
+    token = (Param("token", str, required=True),)
+    common = (Param("expiryTime", object), Param("password", str, nullable=True),
+              Param("description", str, nullable=True), Param("userData", dict))
+    for command in (
+        Command("createAPIToken", create_api_token, (
+            Param("path", str, nullable=True), Param("permissions", object), *common),
+            permission="tokens"),
+        Command("getAPIToken", get_api_token, token),
+        Command("getAPITokens", get_api_tokens),
+        Command("deleteAPIToken", delete_api_token, token, permission="tokens"),
+        Command("send.createSharedToken", create_shared_token, (
+            Param("manifestId", str, required=True),
+            Param("downloadLimit", int, nullable=True), *common), permission="share"),
+        Command("send.getSharedToken", get_shared_token, token),
+        Command("send.getSharedTokens", get_shared_tokens),
+        Command("send.deleteSharedToken", delete_shared_token, token, permission="share"),
+        Command("send.downloadSharedToken", download_shared_token, (
+            Param("destinationToken", str, required=True),
+            Param("recvPort", int, required=True),
+            Param("destinationPublicKey", str, nullable=True),
+            Param("dataTransport", str, nullable=True)), permission=DOWNLOAD,
+            asyncable=False),
+        Command("recv.downloadSharedLink", download_shared_link, (
+            Param("link", str, required=True), Param("password", str, nullable=True),
+            Param("destinationPath", str, nullable=True),
+            Param("dataTransport", str, nullable=True)), permission="receive"),
+    ):
+        registry.add(command)
