@@ -280,7 +280,8 @@ def user_list(users_file: Path | None) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="jetstream")
 def jetstream_cli() -> None:
-    """jetstream: run a server ('server') or send it an API command ('api')."""
+    """jetstream: run a server ('server'), send it an API command ('api'), or fetch a
+    shared link into it ('get')."""
 
 
 jetstream_cli.add_command(server_cli, "server")
@@ -296,37 +297,80 @@ class _ApiCommand(click.Command):
             formatter.write_dl([(c.name, c.summary) for c in REGISTRY.commands()])
 
 
+def _connection_options(func: Any) -> Any:
+    """--host, --api-control-port and --user, as every console command has them."""
+    for option in reversed((
+        click.option("--host", default="localhost", envvar="JETSTREAM_API_HOST",
+                     show_default=True, help="Server to connect to."),
+        click.option("--api-control-port", "port", type=int, default=DEFAULT_PORT,
+                     envvar="JETSTREAM_API_CONTROL_PORT", show_default=True,
+                     help="Its control API port."),
+        click.option("--user", default=None, envvar="JETSTREAM_API_USER",
+                     help="Log in as this user (password from JETSTREAM_API_PASSWORD, "
+                          "else asked)."),
+    )):
+        func = option(func)
+    return func
+
+
+def _tls_options(func: Any) -> Any:
+    """How the console trusts a server's TLS certificate."""
+    for option in reversed((
+        click.option("--api-fingerprint", "fingerprint", default=None,
+                     envvar="JETSTREAM_API_FINGERPRINT",
+                     help="Trust the server whose TLS certificate has this fingerprint "
+                          "(certificateFingerprint in its getServerInfo)."),
+        click.option("--api-ca-file", "ca_file", type=click.Path(path_type=Path),
+                     default=None, envvar="JETSTREAM_API_CA_FILE",
+                     help="Trust the server's certificate if this CA (PEM) signed it for "
+                          "--host."),
+        click.option("--api-tls/--no-api-tls", "tls", default=None,
+                     help="TLS even to this machine (default: TLS to any other host; plain "
+                          "text to this one). Other hosts' servers are remembered on first "
+                          "use in ~/.config/jetstream/known_servers "
+                          "($JETSTREAM_KNOWN_SERVERS)."),
+    )):
+        func = option(func)
+    return func
+
+
 @jetstream_cli.command("api", cls=_ApiCommand,
                        context_settings={"ignore_unknown_options": True,
                                          "allow_interspersed_args": False})
-@click.option("--host", default="localhost", envvar="JETSTREAM_API_HOST", show_default=True,
-              help="Server to connect to.")
-@click.option("--api-control-port", "port", type=int, default=DEFAULT_PORT,
-              envvar="JETSTREAM_API_CONTROL_PORT", show_default=True,
-              help="Its control API port.")
-@click.option("--user", default=None, envvar="JETSTREAM_API_USER",
-              help="Log in as this user (password from JETSTREAM_API_PASSWORD, else asked).")
-@click.option("--api-fingerprint", "fingerprint", default=None,
-              envvar="JETSTREAM_API_FINGERPRINT",
-              help="Trust the server whose TLS certificate has this fingerprint "
-                   "(certificateFingerprint in its getServerInfo).")
-@click.option("--api-ca-file", "ca_file", type=click.Path(path_type=Path), default=None,
-              envvar="JETSTREAM_API_CA_FILE",
-              help="Trust the server's certificate if this CA (PEM) signed it for --host.")
-@click.option("--api-tls/--no-api-tls", "tls", default=None,
-              help="TLS even to this machine (default: TLS to any other host; plain text "
-                   "to this one). Other hosts' servers are remembered on first use in "
-                   "~/.config/jetstream/known_servers ($JETSTREAM_KNOWN_SERVERS).")
+@_connection_options
+@click.option("--token", default=None, envvar="JETSTREAM_API_TOKEN",
+              help="Log in with this API token's string instead of --user (better given "
+                   "as JETSTREAM_API_TOKEN; its password, if any, from "
+                   "JETSTREAM_API_PASSWORD).")
+@_tls_options
 @click.argument("command")
 @click.argument("parameters", nargs=-1, type=click.UNPROCESSED)
-def api_cli(host: str, port: int, user: str | None, fingerprint: str | None,
-            ca_file: Path | None, tls: bool | None, command: str,
+def api_cli(host: str, port: int, user: str | None, token: str | None,
+            fingerprint: str | None, ca_file: Path | None, tls: bool | None, command: str,
             parameters: tuple[str, ...]) -> None:
     """Send COMMAND with --param=value parameters and print the result as JSON."""
     from .console import run_console
 
     sys.exit(run_console(host, port, user, command, list(parameters),
-                         {"tls": tls, "fingerprint": fingerprint, "ca_file": ca_file}))
+                         {"tls": tls, "fingerprint": fingerprint, "ca_file": ca_file},
+                         token))
+
+
+@jetstream_cli.command("get")
+@_connection_options
+@_tls_options
+@click.argument("link")
+@click.argument("destination_path", required=False)
+def get_cli(host: str, port: int, user: str | None, fingerprint: str | None,
+            ca_file: Path | None, tls: bool | None, link: str,
+            destination_path: str | None) -> None:
+    """Fetch a shared link's files into the local server (its DESTINATION_PATH folder),
+    with a progress bar. The link's passphrase from JETSTREAM_LINK_PASSPHRASE, else
+    asked."""
+    from .get import run_get
+
+    sys.exit(run_get(host, port, user, link, destination_path,
+                     {"tls": tls, "fingerprint": fingerprint, "ca_file": ca_file}))
 
 
 def _main(group: click.Group, prog_name: str) -> None:

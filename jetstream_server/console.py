@@ -22,6 +22,7 @@ import getpass
 import json
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from .client import AsyncClient
@@ -39,8 +40,9 @@ from .errors import (
 )
 from .protocol.tls import normalize_fingerprint
 
-__all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "REGISTRY", "command_help",
-           "commands_help", "parse_parameters", "run_console"]
+__all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "REGISTRY", "Login",
+           "command_help", "commands_help", "connect", "parse_parameters", "read_login",
+           "run_console"]
 
 EXIT_API_ERROR, EXIT_USAGE, EXIT_CONNECT = 1, 2, 3
 _TRUE = {"true", "1", "yes", "on"}
@@ -171,35 +173,79 @@ def parse_parameters(command_name: str, args: list[str]) -> dict[str, Any]:
     return params
 
 
-async def _run(host: str, port: int, user: str | None, password: str | None,
-               command: str, params: dict[str, Any], tls: dict[str, Any]) -> tuple[int, Any]:
+@dataclass(frozen=True)
+class Login:
+    """How the console logs in: as ``user`` with ``password``, or with an API ``token``
+    (and ``password``, the token's, if it has one); neither: not at all."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    async def to(self, client: AsyncClient) -> None:
+        """Log ``client`` in (CommandFailed if refused)."""
+        if self.token is not None:
+            await client.auth_token(self.token, self.password)
+        elif self.user is not None:
+            assert self.password is not None
+            await client.auth(self.user, self.password)
+
+
+def read_login(user: str | None, token: str | None, prog: str) -> Login | None:
+    """The login the options and the environment give (the password from
+    JETSTREAM_API_PASSWORD, else asked for a user; a token's only from the environment);
+    None, having said why on stderr, when a password is needed and cannot be read."""
+    password = os.environ.get("JETSTREAM_API_PASSWORD")
+    if token is not None:
+        return Login(token=token, password=password)
+    if user is not None and password is None:
+        try:
+            password = getpass.getpass(f"Password for {user}: ")
+        except (EOFError, OSError):
+            print(f"{prog}: no password: set JETSTREAM_API_PASSWORD", file=sys.stderr)
+            return None
+    return Login(user, password)
+
+
+async def connect(host: str, port: int, login: Login, tls: dict[str, Any], prog: str
+                  ) -> AsyncClient:
+    """A logged-in client (ConnectionFailed, or CommandFailed when the login is
+    refused)."""
+    client = await AsyncClient.connect(host, port, **tls)
+    if client.trust_note is not None:
+        print(f"{prog}: {client.trust_note}", file=sys.stderr)
     try:
-        client = await AsyncClient.connect(host, port, **tls)
+        await login.to(client)
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def _run(host: str, port: int, login: Login, command: str, params: dict[str, Any],
+               tls: dict[str, Any]) -> tuple[int, Any]:
+    try:
+        client = await connect(host, port, login, tls, "jetstream api")
     except ConnectionFailed as exc:
         return EXIT_CONNECT, str(exc)
-    if client.trust_note is not None:
-        print(f"jetstream api: {client.trust_note}", file=sys.stderr)
+    except CommandFailed as exc:
+        return EXIT_CONNECT, str(exc)
     async with client:
         try:
-            if user is not None:
-                assert password is not None
-                try:
-                    await client.auth(user, password)
-                except CommandFailed as exc:
-                    return EXIT_CONNECT, exc.message
             result = await client.call(command, **params)
         except CommandFailed as exc:
             if exc.code in (RemoteControlRefused.code, TlsRequired.code):
-                return EXIT_CONNECT, exc.message
-            return EXIT_API_ERROR, exc.message
+                return EXIT_CONNECT, str(exc)
+            return EXIT_API_ERROR, str(exc)
         except ConnectionFailed as exc:
             return EXIT_CONNECT, str(exc)
     return 0, result
 
 
 def run_console(host: str, port: int, user: str | None, command: str, args: list[str],
-                tls: dict[str, Any] | None = None) -> int:
-    """Run one command (``tls``: AsyncClient.connect's tls, fingerprint and ca_file)."""
+                tls: dict[str, Any] | None = None, token: str | None = None) -> int:
+    """Run one command (``tls``: AsyncClient.connect's tls, fingerprint and ca_file;
+    ``token``: log in with this API token instead of ``user``)."""
     tls = tls or {}
     try:
         if "--help" in args or "-h" in args:
@@ -214,17 +260,10 @@ def run_console(host: str, port: int, user: str | None, command: str, args: list
     except UsageError as exc:
         print(f"jetstream api: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    password = None
-    if user is not None:
-        password = os.environ.get("JETSTREAM_API_PASSWORD")
-        if password is None:
-            try:
-                password = getpass.getpass(f"Password for {user}: ")
-            except (EOFError, OSError):
-                print("jetstream api: no password: set JETSTREAM_API_PASSWORD",
-                      file=sys.stderr)
-                return EXIT_CONNECT
-    status, value = asyncio.run(_run(host, port, user, password, command, params, tls))
+    login = read_login(user, token, "jetstream api")
+    if login is None:
+        return EXIT_CONNECT
+    status, value = asyncio.run(_run(host, port, login, command, params, tls))
     if status == 0:
         print(json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False))
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -222,8 +223,9 @@ async def create_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         **call.session.ownership(),
     }
     token, text = await _create(call, fields, _password(p["password"], "passphrase"))
-    address = service.settings.external_address or \
-        f"{socket.gethostname()}:{service.api_port}"
+    address = service.settings.external_address or socket.gethostname()
+    if not re.search(r":\d+$", address):  # a host alone: this control port
+        address = f"{address}:{service.api_port}"
     link = make_link(address, text, service.api_certificate.fingerprint)
     log.info("shared link %s created by %s for manifest %s", token.id, call.who,
              manifest.id)

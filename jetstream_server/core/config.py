@@ -56,9 +56,9 @@ SETTINGS: tuple[Setting, ...] = (
                                             "logins, destination tokens)."),
     Setting("api-disable-shared-tokens", bool, "Turn shared links off "
                                                "(send.createSharedToken, their downloads)."),
-    Setting("external-address", str, "HOST:PORT other servers reach this one's control "
-                                      "port at, for shared links (default: the host name "
-                                      "and --api-port)."),
+    Setting("external-address", str, "HOST or HOST:PORT other servers reach this one's "
+                                      "control port at, for shared links (default: the "
+                                      "host name; the port: --api-port)."),
     Setting("recv-port", int, f"Data port, UDP and TCP (default {DEFAULT_PORT}; 0 picks one)."),
     Setting("recv-allow-anonymous", bool,
             "Accept incoming transfers without credentials, as user 'anonymous'."),
