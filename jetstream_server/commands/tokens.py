@@ -182,24 +182,39 @@ async def create_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         **token.to_api(), "tokenString": text}
 
 
+_NAMES = {API: "API token", SHARED: "Shared link"}
+
+
+def _one(call: Call, p: dict[str, Any], kind: str) -> tuple[str, Any]:
+    return f"{_NAMES[kind]}.", _find(call, p["token"], kind).to_api()
+
+
+def _all(call: Call, kind: str) -> tuple[str, Any]:
+    found = [t.to_api() for t in call.service.tokens.tokens.values()
+             if t.kind == kind and _visible(call.session, t)]
+    return f"{len(found)} {_NAMES[kind]}(s).", found
+
+
+def _delete(call: Call, p: dict[str, Any], kind: str) -> tuple[str, Any]:
+    token = _find(call, p["token"], kind)
+    call.service.delete_token(token.id)
+    log.info("%s %s deleted by %s", _NAMES[kind], token.id, call.who)
+    return f"{_NAMES[kind]} deleted.", token.to_api()
+
+
 async def get_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """One API token (never its string)."""
-    return "API token.", _find(call, p["token"], API).to_api()
+    return _one(call, p, API)
 
 
 async def get_api_tokens(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """The API tokens the session may see."""
-    found = [t.to_api() for t in call.service.tokens.tokens.values()
-             if t.kind == API and _visible(call.session, t)]
-    return f"{len(found)} API token(s).", found
+    return _all(call, API)
 
 
 async def delete_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Delete an API token: its sessions end at once, and it authorizes nothing more."""
-    token = _find(call, p["token"], API)
-    call.service.delete_token(token.id)
-    log.info("API token %s deleted by %s", token.id, call.who)
-    return "API token deleted.", token.to_api()
+    return _delete(call, p, API)
 
 
 # -- shared links ---------------------------------------------------------------------
@@ -235,22 +250,17 @@ async def create_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 async def get_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """One shared link (never its string)."""
-    return "Shared link.", _find(call, p["token"], SHARED).to_api()
+    return _one(call, p, SHARED)
 
 
 async def get_shared_tokens(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """The shared links the session may see."""
-    found = [t.to_api() for t in call.service.tokens.tokens.values()
-             if t.kind == SHARED and _visible(call.session, t)]
-    return f"{len(found)} shared link(s).", found
+    return _all(call, SHARED)
 
 
 async def delete_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Delete a shared link: it lets no one download any more."""
-    token = _find(call, p["token"], SHARED)
-    call.service.delete_token(token.id)
-    log.info("shared link %s deleted by %s", token.id, call.who)
-    return "Shared link deleted.", token.to_api()
+    return _delete(call, p, SHARED)
 
 
 async def download_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
