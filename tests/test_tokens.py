@@ -346,6 +346,13 @@ def test_a_shared_link_lets_someone_without_an_account_pull_the_files(
     refused(get(b, soon["link"]), "token_expired")
     refused(get(b, gone["link"]), "token_invalid")
     refused(get(b, "https://example.invalid/x"), "invalid_parameter")
+    # the destination folder is made only once it is known to be inside the sandbox
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "b" / "sandbox" / "out").symlink_to(outside)
+    other = a.call("send.createSharedToken", f"--manifestId={manifest['manifestId']}")
+    refused(get(b, other["link"], "/out/new"), "permission_denied")
+    assert list(outside.iterdir()) == []
     # a shared link's token opens nothing but its download
     refused(with_token(a, made["tokenString"], "getManifests", password="pass phrase"),
             "token_permission_denied")

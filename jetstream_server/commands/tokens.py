@@ -45,7 +45,6 @@ from ..errors import (
     PathRefused,
     TokenInvalid,
     TokenPermissionDenied,
-    TokensDisabled,
     api_error,
 )
 from ..protocol.noise import public_key_text
@@ -67,14 +66,13 @@ DEFAULT_SHARED_EXPIRY = "7d"
 DOWNLOAD_TOKEN_EXPIRY = "7d"
 
 
-def _disabled(call: Call, kind: str) -> None:
-    settings = call.service.settings
-    if kind == API and settings.api_disable_api_tokens:
-        raise TokensDisabled("API tokens are turned off on this server "
-                             "(--api-disable-api-tokens).")
-    if kind == SHARED and settings.api_disable_shared_tokens:
-        raise TokensDisabled("Shared links are turned off on this server "
-                             "(--api-disable-shared-tokens).")
+_NAMES = {API: "API token", SHARED: "shared link"}
+
+
+def _capital(kind: str) -> str:
+    """The name of a token of ``kind``, to begin a sentence."""
+    name = _NAMES[kind]
+    return name[0].upper() + name[1:]
 
 
 def _visible(session: Session, token: Token) -> bool:
@@ -88,8 +86,7 @@ def _find(call: Call, text: str, kind: str) -> Token:
     token_id = split_token(text)[0] if text.startswith("jst.") else text
     token = call.service.tokens.tokens.get(token_id)
     if token is None or token.kind != kind or not _visible(call.session, token):
-        raise NotFound(f"No {'API token' if kind == API else 'shared link'} with id "
-                       f"{token_id}.")
+        raise NotFound(f"No {_NAMES[kind]} with id {token_id}.")
     return token
 
 
@@ -134,19 +131,21 @@ def _password(given: str | None, what: str) -> str | None:
     return given
 
 
-def _folder(call: Call, path: str) -> str:
+def _folder(call: Call, path: str, create: bool = False) -> str:
     """The token folder ``path`` (relative to the session's root) names, as a path of the
-    owner's sandbox; it must be a folder inside it."""
+    owner's sandbox; it must be a folder inside it (``create``: made if missing, once its
+    real place is known to be inside)."""
     try:
         parts = virtual_parts(path)
     except PathRefused as exc:
         if ".." in path.split("/"):
-            raise OutsideTokenPath(f"path {path!r} leads out of "
-                                   f"{'the token' if call.session.token else 'your'}'s "
-                                   "folder.") from None
+            raise OutsideTokenPath(f"path {path!r} leads out of " + (
+                "the token's folder." if call.session.token else "your sandbox.")) from None
         raise InvalidParameter(exc.message) from None
     full = "/" + "/".join(virtual_parts(call.session.root) + parts)
     real = resolve_in_sandbox(call.service.sandbox_root(call.user), full)
+    if create:
+        os.makedirs(real, exist_ok=True)
     if not real.is_dir():
         raise InvalidParameter(f"path {path!r} is not a folder (create it first).")
     return full
@@ -166,7 +165,7 @@ async def _create(call: Call, fields: dict[str, Any], password: str | None
 async def create_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Make an API token: a login confined to a folder and to permissions (its
     tokenString is shown this once)."""
-    _disabled(call, API)
+    call.service.check_tokens_enabled(API)
     fields = {
         "kind": API, "owner": call.user,
         "path": _folder(call, p["path"] or "/"),
@@ -182,11 +181,8 @@ async def create_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         **token.to_api(), "tokenString": text}
 
 
-_NAMES = {API: "API token", SHARED: "Shared link"}
-
-
 def _one(call: Call, p: dict[str, Any], kind: str) -> tuple[str, Any]:
-    return f"{_NAMES[kind]}.", _find(call, p["token"], kind).to_api()
+    return f"{_capital(kind)}.", _find(call, p["token"], kind).to_api()
 
 
 def _all(call: Call, kind: str) -> tuple[str, Any]:
@@ -199,7 +195,7 @@ def _delete(call: Call, p: dict[str, Any], kind: str) -> tuple[str, Any]:
     token = _find(call, p["token"], kind)
     call.service.delete_token(token.id)
     log.info("%s %s deleted by %s", _NAMES[kind], token.id, call.who)
-    return f"{_NAMES[kind]} deleted.", token.to_api()
+    return f"{_capital(kind)} deleted.", token.to_api()
 
 
 async def get_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
@@ -221,7 +217,7 @@ async def delete_api_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 async def create_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Make a shared link to a manifest's files (its link is shown this once)."""
-    _disabled(call, SHARED)
+    call.service.check_tokens_enabled(SHARED)
     service = call.service
     manifest = service.find_manifest(call.session, p["manifestId"])
     if manifest.status is not ManifestStatus.COMPLETE:
@@ -298,21 +294,13 @@ async def download_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any
 async def download_shared_link(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Fetch a shared link's files from the server that shares them, into this server."""
     service = call.service
-    _disabled(call, API)
+    call.service.check_tokens_enabled(API)
     host, port, text, fingerprint = parse_link(p["link"])
     if service.remote is None:
         raise InvalidState("This server cannot fetch shared links (no client).")
-    folder_path = p["destinationPath"] or "/"
-    root = service.sandbox_root(call.user)
-    try:
-        parts = virtual_parts(call.session.root) + virtual_parts(folder_path)
-    except PathRefused as exc:
-        raise OutsideTokenPath(exc.message) if call.session.token else \
-            InvalidParameter(exc.message) from None
-    os.makedirs(os.path.join(root, *parts), exist_ok=True)
     receive_token, receive_text = await _create(call, {
         "kind": API, "owner": call.user, "permissions": ["receive"],
-        "path": _folder(call, folder_path),
+        "path": _folder(call, p["destinationPath"] or "/", create=True),
         "expiry_time_us": parse_expiry(DOWNLOAD_TOKEN_EXPIRY, now_us()),
         "description": f"receives shared link {split_token(text)[0]} from {host}:{port}",
         "user_data": {}, **call.session.ownership()}, None)

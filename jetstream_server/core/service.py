@@ -242,13 +242,7 @@ class Service:
         login (throttled, in a thread): TokensDisabled, TokenInvalid, TokenPasswordWrong
         or TokenExpired otherwise. A failure is logged with the token's id, never its
         string or password."""
-        disabled = {API: self.settings.api_disable_api_tokens,
-                    SHARED: self.settings.api_disable_shared_tokens}
-        if disabled[kind]:
-            what = "API tokens" if kind == API else "shared links"
-            raise TokensDisabled(f"{what.capitalize()} are turned off on this server "
-                                 f"(--api-disable-{kind}-tokens): log in with a user name "
-                                 "and password.")
+        self.check_tokens_enabled(kind, ": log in with a user name and password")
         token_id = split_token(text)[0]
         failure: list[AuthFailed] = []
         found: list[Token] = []
@@ -272,6 +266,15 @@ class Service:
                                token.kind == SHARED else "This is an API token, not a "
                                "shared link.")
         return token
+
+    def check_tokens_enabled(self, kind: str, advice: str = "") -> None:
+        """TokensDisabled when the operator turned tokens of ``kind`` (API or shared)
+        off (``advice``: what to do instead, after a colon)."""
+        if {API: self.settings.api_disable_api_tokens,
+                SHARED: self.settings.api_disable_shared_tokens}[kind]:
+            what = "API tokens" if kind == API else "Shared links"
+            raise TokensDisabled(f"{what} are turned off on this server "
+                                 f"(--api-disable-{kind}-tokens){advice}.")
 
     async def authenticate(self, session: Session, user: str, password: str) -> None:
         """Log an API session in (AuthFailed if the password is wrong)."""
@@ -310,7 +313,7 @@ class Service:
             return
         current = self.tokens.tokens.get(token.id)
         if current is None or current.expired(now_us()):
-            self.end_token_sessions(token.id, "deleted" if current is None else "expired")
+            self.end_token_sessions(token.id, "was deleted" if current is None else "expired")
             if current is None:
                 raise TokenInvalid(f"Token {token.id} was deleted; this session is over.")
             raise TokenExpired(f"Token {token.id} expired; this session is over.")
@@ -328,18 +331,18 @@ class Service:
         if self._token_wakeup is not None:
             self._token_wakeup.set()
 
-    def delete_token(self, token_id: str) -> Token | None:
-        """Remove a token and end its sessions."""
+    def delete_token(self, token_id: str, why: str = "was deleted") -> Token | None:
+        """Remove a token and end its sessions (telling them ``why``)."""
         token = self.tokens.delete(token_id)
         if token is not None:
-            self.end_token_sessions(token_id, "was deleted")
+            self.end_token_sessions(token_id, why)
         return token
 
     def purge_tokens(self) -> int:
         """Remove the expired tokens; how many went."""
         gone = self.tokens.expired(now_us())
         for token in gone:
-            self.delete_token(token.id)
+            self.delete_token(token.id, "expired")
         if gone:
             log.info("purged %d expired token(s)", len(gone))
         return len(gone)
