@@ -61,6 +61,12 @@ class Profile:
     flows: int = 1
     rate_kbps: int = 0
     competing_tcp_s: int = 0  # run a TCP CUBIC flow (iperf3) this long beside jetstream
+    #: the TCP flow starts this long before jetstream joins it (then: a per-second table)
+    tcp_lead_s: int = 0
+    policies: str = "fair"  # each flow's ratePolicy, in turn
+    senders: int = 1  # sending servers (the flows go to them in turn)
+    receiver_flags: tuple[str, ...] = ()
+    sender_flags: tuple[str, ...] = ()
     #: each tool receives into a fresh ext4 file system (a loop-mounted image), so that
     #: none creates its files among the inodes freed by the run before it (see Workdir)
     fresh_fs: bool = False
@@ -84,6 +90,21 @@ PROFILES = {
     "ratemax": Profile("sendRateMax 50 Mbit/s on a 100 Mbit/s, 10 ms link",
                        Link(100, 10, 0), size_mib=128, rate_kbps=50000,
                        tools=("jetstream",)),
+    # a TCP CUBIC flow runs 30 s; a jetstream transfer of each policy joins it at 5 s and
+    # goes on after it (issue 19's rig: 100 Mbit/s, 50 ms round trip, one-BDP queue)
+    **{f"share-{policy}": Profile(
+        f"TCP CUBIC alone 5 s, then with a jetstream transfer ({policy}) 25 s, then "
+        "jetstream alone; 100 Mbit/s, 25 ms one way",
+        Link(100, 25, 0), size_mib=512, competing_tcp_s=30, tcp_lead_s=5, policies=policy,
+        rate_kbps=50000 if policy == "fixed" else 0, tools=("jetstream",))
+       for policy in ("fair", "low", "high", "fixed")},
+    "fair-low": Profile("a fair and a low jetstream transfer at once, 100 Mbit/s, 25 ms one way",
+                        Link(100, 25, 0), size_mib=256, flows=2, policies="fair,low",
+                        tools=("jetstream",)),
+    "limit-in": Profile("two sending servers, one receiver with --incoming-rate-limit 60000, "
+                        "100 Mbit/s, 25 ms one way", Link(100, 25, 0), size_mib=192,
+                        flows=2, senders=2, receiver_flags=("--incoming-rate-limit", "60000"),
+                        tools=("jetstream",)),
 }
 
 
@@ -325,24 +346,33 @@ def one_second_rates(samples: list[list[float]]) -> list[float]:
 
 @contextlib.contextmanager
 def competing_tcp(the_lab: Lab, work: Workdir, seconds: int
-                  ) -> Iterator[Callable[[], dict[str, float]] | None]:
+                  ) -> Iterator[Callable[[], dict[str, Any]] | None]:
     """A TCP CUBIC flow from A to B for ``seconds``, started now; yields a function that
     waits for it and returns its bytes and seconds (None when ``seconds`` is 0)."""
     if not seconds:
         yield None
         return
-    with process(the_lab.argv(the_lab.ns_b, "iperf3", "-s", "-p", "5202"),
-                 work.base / "iperf3-share.log"):
+    log = work.base / "iperf3-share.json"
+    log.unlink(missing_ok=True)
+    # one test, its report in JSON: the receiving end's one-second intervals
+    with process(the_lab.argv(the_lab.ns_b, "iperf3", "-s", "-1", "-J", "-p", "5202"),
+                 log) as server:
         time.sleep(0.5)
+        started = time.monotonic()
         client = subprocess.Popen(
             the_lab.argv(the_lab.ns_a, "iperf3", "-c", the_lab.addr_b, "-p", "5202", "-C",
                          "cubic", "-t", str(seconds), "-J"),
             stdout=subprocess.PIPE, text=True)
 
-        def result() -> dict[str, float]:
+        def result() -> dict[str, Any]:
             out, _ = client.communicate(timeout=seconds + 30)
             received = json.loads(out)["end"]["sum_received"]
-            return {"bytes": received["bytes"], "seconds": received["seconds"]}
+            server.wait(30)
+            intervals = [(i["sum"]["start"], i["sum"]["end"],
+                          i["sum"]["bits_per_second"] / 1e6)
+                         for i in json.loads(log.read_text())["intervals"]]
+            return {"bytes": received["bytes"], "seconds": received["seconds"],
+                    "started": started, "intervals": intervals}
 
         try:
             yield result
@@ -360,22 +390,36 @@ def run_jetstream(the_lab: Lab, work: Workdir, profile: Profile, limit_s: float,
     flags = () if encrypt else ("--no-data-encryption",)
     with contextlib.ExitStack() as stack:
         receiver, _, data_port = stack.enter_context(
-            jetstream_server(the_lab, the_lab.ns_b, work.base / "b", *flags))
-        sender, api_port, _ = stack.enter_context(
-            jetstream_server(the_lab, the_lab.ns_a, work.base / "a", *flags))
+            jetstream_server(the_lab, the_lab.ns_b, work.base / "b", *flags,
+                             *profile.receiver_flags))
+        senders = []
+        for n in range(profile.senders):  # (a second sender has its own home, same data)
+            home = work.base / "a" if n == 0 else work.base / f"a{n}"
+            if n:
+                home.mkdir(exist_ok=True)
+                shutil.copy(work.base / "a" / "users", home / "users")
+                with contextlib.suppress(FileExistsError):
+                    (home / "sandbox").symlink_to(work.a_sandbox)
+            senders.append(stack.enter_context(jetstream_server(
+                the_lab, the_lab.ns_a, home, *flags, *profile.sender_flags)))
+        sender = senders[0][0]
+        api_ports = ",".join(str(port) for _, port, _ in senders)
         driver = subprocess.Popen(
-            the_lab.argv(the_lab.ns_a, sys.executable, str(HERE / "drive.py"), str(api_port),
+            the_lab.argv(the_lab.ns_a, sys.executable, str(HERE / "drive.py"), api_ports,
                          f"{the_lab.addr_b}:{data_port}", work.source,
                          "--flows", str(profile.flows), "--transport", transport,
-                         "--rate-kbps", str(profile.rate_kbps), "--deadline", str(limit_s)),
+                         "--rate-kbps", str(profile.rate_kbps), "--deadline", str(limit_s),
+                         "--policies", profile.policies),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert driver.stdin and driver.stdout
             ready = json.loads(driver.stdout.readline() or "{}")
             if ready.get("ready") != "complete":
                 raise RuntimeError(f"manifest not ready: {ready}")
-            cpu = proc_cpu(sender.pid), proc_cpu(receiver.pid)
+            cpu = sum(proc_cpu(p.pid) for p, _, _ in senders), proc_cpu(receiver.pid)
             tcp = stack.enter_context(competing_tcp(the_lab, work, profile.competing_tcp_s))
+            time.sleep(profile.tcp_lead_s)
+            go_time = time.monotonic()
             driver.stdin.write("go\n")
             driver.stdin.flush()
             spies = [py_spy(pid, spy_dir / f"{side}.speedscope.json", limit_s)
@@ -385,7 +429,8 @@ def run_jetstream(the_lab: Lab, work: Workdir, profile: Profile, limit_s: float,
             for spy in spies:
                 spy.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
                 spy.wait(60)
-            cpu_send, cpu_recv = proc_cpu(sender.pid) - cpu[0], proc_cpu(receiver.pid) - cpu[1]
+            cpu_send = sum(proc_cpu(p.pid) for p, _, _ in senders) - cpu[0]
+            cpu_recv = proc_cpu(receiver.pid) - cpu[1]
             driver.wait(30)
         finally:
             if driver.poll() is None:
@@ -401,12 +446,24 @@ def run_jetstream(the_lab: Lab, work: Workdir, profile: Profile, limit_s: float,
     note = "" if done else ", ".join(
         f"{f['status']} {f['error'] or ''}".strip() for f in flows)
     if len(flows) > 1:  # the shares while all ran, leaving out the first second
+        names = profile.policies.split(",")
+        print("  second | " + " | ".join(f"flow {n} ({names[n % len(names)]})"
+                                         for n in range(len(flows))), flush=True)
+        for second in range(int(max(f["seconds"] for f in flows))):
+            print(f"  {second:6d} | " + " | ".join(
+                f"{acked_rate(f['samples'], second, second + 1):10.1f}" for f in flows))
         until = min(f["seconds"] for f in flows) - 0.5
         rates = [window_rate(f["samples"], 1.0, until) for f in flows]
         note = "while both ran: " + ", ".join(
             f"flow {n} {r:.1f} Mbit/s ({100 * r / sum(rates):.0f}%)"
             for n, r in enumerate(rates)) + (f"; {note}" if note else "")
-    if tcp_report is not None:
+    extra: dict[str, Any] = {"flows": flows}
+    if tcp_report is not None and profile.tcp_lead_s:
+        text, summary = share_report(profile, tcp_report, go_time, flows)
+        print(text, flush=True)
+        extra["share"] = summary
+        note = summary["note"] + (f"; {note}" if note else "")
+    elif tcp_report is not None:
         tcp_mbps = tcp_report["bytes"] * 8 / tcp_report["seconds"] / 1e6
         ours = window_rate(flows[0]["samples"], 1.0, tcp_report["seconds"])
         note = (f"while TCP CUBIC ran ({tcp_report['seconds']:.0f} s): jetstream {ours:.1f} "
@@ -423,7 +480,66 @@ def run_jetstream(the_lab: Lab, work: Workdir, profile: Profile, limit_s: float,
         seconds, delivered,
         files=work.files * len(flows) if done else 0,
         retransmitted=sum(f["blocksRetransmitted"] * f["blockSize"] for f in flows),
-        cpu_send=cpu_send, cpu_recv=cpu_recv, note=note, extra={"flows": flows})
+        cpu_send=cpu_send, cpu_recv=cpu_recv, note=note, extra=extra)
+
+
+def acked_rate(samples: list[list[float]], start: float, end: float) -> float:
+    """Mbit/s of file data acknowledged between two times (driver's samples)."""
+    inside = [(s[0], s[3]) for s in samples if start <= s[0] <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return 0.0
+    return (inside[-1][1] - inside[0][1]) * 8 / (inside[-1][0] - inside[0][0]) / 1e6
+
+
+def share_report(profile: Profile, tcp: dict[str, Any], go_time: float,
+                 flows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """Each second: TCP's goodput (iperf3's receiving end) and each jetstream flow's (file
+    bytes acknowledged), on TCP's clock; and the summary: TCP alone, both while both ran
+    (from 3 s after jetstream joined), jetstream after TCP stopped."""
+    assert profile.link is not None
+    link = profile.link.rate_mbps
+    join = go_time - tcp["started"]  # jetstream's start on TCP's clock
+    tcp_end = tcp["seconds"]
+    end = join + max(f["seconds"] for f in flows)
+    names = profile.policies.split(",")
+    lines = ["  second | TCP CUBIC | " + " | ".join(
+        f"jetstream {names[n % len(names)]}" for n in range(len(flows))) + " | TCP share"]
+
+    def tcp_rate(start: float, stop: float) -> float:
+        inside = [r for s, e, r in tcp["intervals"] if s >= start - 0.01 and e <= stop + 0.01]
+        return sum(inside) / len(inside) if inside else 0.0
+
+    for second in range(int(end)):
+        t = tcp_rate(second, second + 1) if second < tcp_end else 0.0
+        jets = [acked_rate(f["samples"], second - join, second + 1 - join) for f in flows]
+        total = t + sum(jets)
+        lines.append(f"  {second:6d} | {t:9.1f} | " + " | ".join(
+            f"{j:{len('jetstream ' + names[n % len(names)])}.1f}" for n, j in enumerate(jets))
+            + f" | {100 * t / total if total else 0:5.0f}%")
+    alone = tcp_rate(1, int(join))
+    both_from = int(join) + 3
+    tcp_both = tcp_rate(both_from, int(tcp_end))
+    jet_both = sum(acked_rate(f["samples"], both_from - join, int(tcp_end) - join)
+                   for f in flows)
+    after = [sum(acked_rate(f["samples"], s - join, s + 1 - join) for f in flows)
+             for s in range(int(tcp_end) + 1, int(end))]
+    full_after = next((n + 1 for n, r in enumerate(after) if r >= 0.9 * link), None)
+    summary = {
+        "tcpAlone": alone, "tcpBoth": tcp_both, "jetstreamBoth": jet_both,
+        "tcpShare": tcp_both / link, "jetstreamShare": jet_both / link,
+        "fill": (tcp_both + jet_both) / link, "tcpKept": tcp_both / alone if alone else 0,
+        "jetstreamAfter": sum(after[2:]) / len(after[2:]) if after[2:] else 0.0,
+        "secondsToFillAfter": full_after,
+    }
+    summary["note"] = (
+        f"TCP alone {alone:.1f} Mbit/s; both ({both_from}-{int(tcp_end)} s): TCP "
+        f"{tcp_both:.1f} ({100 * tcp_both / link:.0f}% of the link, "
+        f"{100 * summary['tcpKept']:.0f}% of alone), jetstream {jet_both:.1f} "
+        f"({100 * jet_both / link:.0f}%), link "
+        f"{100 * summary['fill']:.0f}% full; after TCP: jetstream "
+        f"{summary['jetstreamAfter']:.1f} Mbit/s, over 90% of the link in "
+        f"{full_after if full_after is not None else 'never'} s")
+    return "\n".join(lines), summary
 
 
 def run_rsync(the_lab: Lab, work: Workdir, limit_s: float) -> Result:

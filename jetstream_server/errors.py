@@ -232,6 +232,13 @@ class InvalidState(ApiError):
     code = "invalid_state"
 
 
+class SetByConfiguration(InvalidState):
+    """A setting the operator gave in the server's configuration (flag, environment or
+    config file) cannot be changed through the API."""
+
+    code = "set_by_configuration"
+
+
 class Busy(ApiError):
     code = "busy"
 
@@ -271,6 +278,7 @@ ERROR_CODES: dict[str, type[ApiError]] = {
         TlsRequired,
         NotFound,
         InvalidState,
+        SetByConfiguration,
         Busy,
         ConnectionDropped,
         InternalError,

@@ -268,6 +268,7 @@ class Server:
         service.scheduler.poke_all()
         service.spawn(service.collect_garbage_forever())
         service.spawn(service.expire_tokens_forever())
+        service.spawn(service.follow_bandwidth_schedule_forever())
         service.remote = RemoteClient()
 
     async def _release(self) -> None:

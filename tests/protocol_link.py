@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import random
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from blake3 import blake3
@@ -14,6 +15,7 @@ from jetstream_server.protocol.endpoint import ReceiverEndpoint
 from jetstream_server.protocol.layout import DIGEST, Layout, Slot
 from jetstream_server.protocol.metadata import FileEntry, Metadata, encode_metadata
 from jetstream_server.protocol.noise import CIPHERS, Handshake, KeyPair
+from jetstream_server.protocol.rate import RatePolicy
 from jetstream_server.protocol.receiver import (
     Checkpoint,
     Closed,
@@ -118,7 +120,9 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         allow_anonymous: bool = False, trusted: tuple[bytes, ...] = (),
         rate_limit_bps: float | None = None, max_time_s: float = 600.0,
         resume: Checkpoint | None = None, start_s: float = 0.0,
-        cipher: str = "aes-256-gcm", encrypt: bool = True) -> Outcome:
+        cipher: str = "aes-256-gcm", encrypt: bool = True,
+        policy: RatePolicy = RatePolicy.FAIR,
+        trace: Callable[[float, SenderCore], None] | None = None) -> Outcome:
     """``resume``: what the receiver kept from an earlier session (its files already
     hold the data of those blocks). ``start_s``: both clocks' reading at the start.
     ``password`` None: the sender has no credentials (``trusted`` keys, or anonymous)."""
@@ -133,7 +137,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
     sender = SenderCore(session, hello, meta, layout, MemorySource(files), now,
                         static=SENDER_KEY, remote_key=RECEIVER_KEY.public,
                         cipher=CIPHERS[cipher], password=password, encrypt_data=encrypt,
-                        rate_limit_bps=rate_limit_bps)
+                        rate_limit_bps=rate_limit_bps, policy=policy)
     logins = MemoryLogins(users if users is not None else {"alice": "pw"}, allow_anonymous,
                           trusted)
     endpoint = ReceiverEndpoint(RECEIVER_KEY, encrypt)  # the very routing the server runs
@@ -243,6 +247,8 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
                 receiver.handle_timer(now)
             receiver_step()
         send_batch()
+        if trace is not None:
+            trace(now, sender)
     return Outcome(
         files=[None if r is None else bytes(r) for r in received],
         complete=sender.phase.value == "done",

@@ -90,7 +90,7 @@ class Attacker:
             if history and self._chance(args.replay):
                 out.append(history[self.random.randrange(len(history))])
             if len(data) >= 5 and self._chance(args.inject):
-                out.append(bytes([0x50 | _DATA]) + data[1:5] + self.random.randbytes(
+                out.append(bytes([0x60 | _DATA]) + data[1:5] + self.random.randbytes(
                     self.random.randrange(6, 1500)))
             if len(history) < 5000:
                 history.append(data)

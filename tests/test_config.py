@@ -30,6 +30,9 @@ def test_toml_values_fill_in_and_given_values_win(tmp_path: Path) -> None:
     ('api-port = "8886"\n', "'api-port' .* must be an integer"),
     ("trigger-log = 1\n", "'trigger-log' .* must be true or false"),
     ("api-port = [\n", "not valid TOML"),
+    ("outgoing-rate-limit = -5\n", "--outgoing-rate-limit is in kbit/s"),
+    ('[[bandwidth-schedule]]\nfrom = "08:00"\nuntil = "9pm"\noutgoing-rate-limit = 1\n',
+     "bandwidth-schedule entry 1: until must be a time of day HH:MM"),
 ])
 def test_bad_toml_is_refused_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
     config = tmp_path / "server.toml"
@@ -78,3 +81,20 @@ def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("api-port = 1234\n")
     assert _run_with({"JETSTREAM_CONFIG": str(config)})["api_port"] == 1234
+
+
+def test_the_shipped_example_config_and_its_schedule_load(tmp_path: Path) -> None:
+    """systemd/jetstream-server.toml, with its commented bandwidth lines switched on."""
+    example = Path(__file__).parent.parent / "systemd" / "jetstream-server.toml"
+    text = example.read_text()
+    for line in ("outgoing-rate-limit = 300000", "borrow-outgoing-rate = true",
+                 "[[bandwidth-schedule]]", 'days = "weekdays"', 'from = "08:00"',
+                 'until = "18:00"', "outgoing-rate-limit = 50000"):
+        text = text.replace("# " + line, line)
+    config = tmp_path / "server.toml"
+    config.write_text(text)
+    settings = load_settings({}, config)
+    assert (settings.outgoing_rate_limit, settings.borrow_outgoing_rate) == (300_000, True)
+    (window,) = settings.bandwidth_schedule
+    assert window.to_api() == {"days": ["mon", "tue", "wed", "thu", "fri"], "from": "08:00",
+                               "until": "18:00", "outgoingRateLimit": 50_000}

@@ -113,7 +113,7 @@ def test_the_endpoint_forgets_the_oldest_sessions_not_logged_in_to_make_room() -
 
 def test_the_endpoint_tells_an_unknown_session_at_most_ten_times_a_second() -> None:
     endpoint = _endpoint()
-    ping = b"\x59\x00\x00\x00\x4d" + os.urandom(40)  # a sealed PING of session 77
+    ping = b"\x69\x00\x00\x00\x4d" + os.urandom(40)  # a sealed PING of session 77
     for i in range(5):
         endpoint.receive_datagram(ping, ("10.0.0.1", 1), 0.01 * i)
     replies = endpoint.datagrams_to_send()

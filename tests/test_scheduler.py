@@ -22,7 +22,7 @@ class RecordingDataPlane:
     def stop(self, transfer_id: str) -> None:
         self.calls.append(("stop", transfer_id, None))
 
-    def set_rate(self, transfer_id: str, rate_kbps: int) -> None:
+    def set_rate(self, transfer_id: str, rate_kbps: int, policy: str) -> None:
         self.calls.append(("rate", transfer_id, rate_kbps))
 
 

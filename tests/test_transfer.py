@@ -139,17 +139,17 @@ async def test_garbage_at_the_data_port_is_dropped_and_counted(
     transfer = await send(client, await _destination(client, b), {"/big.bin": "/big.bin"})
     junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     target = ("127.0.0.1", b.recv_port)
-    for datagram in (b"", b"x" * 10, b"\x07" + os.urandom(1399),  # no version 5
+    for datagram in (b"", b"x" * 10, b"\x07" + os.urandom(1399),  # no version 6
                      b"JS\x01\x06" + os.urandom(40),  # version 1's magic
                      encode_hello(999, 7, bytes(16), b"short")):  # an unknown cipher
         junk.sendto(datagram, target)
     junk.sendto(encode_plain(Kind.KEY, 999, b"\0" * 33), target)  # no sender sends one
-    junk.sendto(b"\x56\0\0\x30\x39" + os.urandom(100), target)  # DATA, unknown session
+    junk.sendto(b"\x66\0\0\x30\x39" + os.urandom(100), target)  # DATA, unknown session
     junk.sendto(encode_hello(998, 1, bytes(16), os.urandom(200)), target)  # fails its tag
     # a datagram of a live session from the wrong address (forged)
     session_id = next(iter(b.endpoint.sessions)) if b.endpoint and b.endpoint.sessions \
         else 1
-    junk.sendto(b"\x58" + session_id.to_bytes(4, "big") + os.urandom(40), target)
+    junk.sendto(b"\x68" + session_id.to_bytes(4, "big") + os.urandom(40), target)
     junk.close()
     for payload in (TCP_PREFACE + b"\xff\xff\xff\xff", TCP_PREFACE + b"\0\0\0\x05abcde"):
         _, writer = await asyncio.open_connection("127.0.0.1", b.recv_port)

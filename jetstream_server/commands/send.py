@@ -34,6 +34,7 @@ from ..errors import (
 from ..protocol.layout import MAX_BLOCKS, Layout
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S
 from ..protocol.noise import public_key_bytes, public_key_text
+from ..protocol.rate import RatePolicy
 from ..protocol.wire import DEFAULT_PORT
 from .context import Call
 from .registry import Command, Param, Registry
@@ -46,6 +47,8 @@ log = logging.getLogger("jetstream.send")
 
 #: Highest accepted sendRateMax: 100 Gbit/s, in kbit/s.
 MAX_RATE_KBPS = 100_000_000
+#: The ratePolicy values.
+POLICIES = tuple(p.value for p in RatePolicy)
 TRANSPORTS = ("udp", "tcp")
 
 
@@ -109,6 +112,18 @@ def _rate(value: int | None, name: str = "sendRateMax") -> int:
     return value
 
 
+def _policy(value: str | None) -> str | None:
+    if value is not None and value not in POLICIES:
+        raise InvalidParameter(f"ratePolicy must be one of {', '.join(POLICIES)}.")
+    return value
+
+
+def _check_fixed(policy: str, rate_kbps: int) -> None:
+    if policy == RatePolicy.FIXED and not rate_kbps:
+        raise InvalidParameter("ratePolicy fixed sends at sendRateMax: give a sendRateMax "
+                               "(kbit/s) above 0.")
+
+
 def _transport(value: str | None, default: str) -> str:
     if value is None:
         return default
@@ -129,8 +144,10 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
             p["destinationToken"] is None:
         raise InvalidParameter("destinationPassword needs destinationUser (or "
                                "destinationToken).")
+    policy = _policy(p["ratePolicy"]) or RatePolicy.FAIR
+    _check_fixed(policy, _rate(p["sendRateMax"]))
     destination, created = await make_destination(
-        call, address=p["destinationAddress"], rate=p["sendRateMax"],
+        call, address=p["destinationAddress"], rate=p["sendRateMax"], policy=policy,
         transport=p["dataTransport"], user=p["destinationUser"],
         password=p["destinationPassword"], token=p["destinationToken"],
         public_key=p["destinationPublicKey"], user_data=p["userData"])
@@ -139,6 +156,7 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def make_destination(call: Call, *, address: str, rate: int | None = None,
+                           policy: str = RatePolicy.FAIR,
                            transport: str | None = None, user: str | None = None,
                            password: str | None = None, token: str | None = None,
                            public_key: str | None = None,
@@ -166,7 +184,7 @@ async def make_destination(call: Call, *, address: str, rate: int | None = None,
         user_data=check_user_data(user_data or {}),
         address=address, host=host, ip="", port=port,
         send_rate_max_kbps=_rate(rate), data_transport=_transport(transport, "udp"),
-        remote_user=user, remote_password=password, remote_token=token,
+        rate_policy=str(policy), remote_user=user, remote_password=password, remote_token=token,
         owner_token=call.session.owner_token,
         owner_token_session=call.session.token_session,
     )
@@ -389,8 +407,10 @@ def queue_transfer(call: Call, destination: Destination, manifest: Manifest,
         total_bytes=manifest.total_size or 0, total_files=manifest.total_files or 0,
         block_size=block_size, total_blocks=layout.total_blocks,
         initial_user_data=dict(user_data), owner_token=call.session.owner_token,
-        owner_token_session=call.session.token_session,
+        owner_token_session=call.session.token_session, rate_policy=_policy(p["ratePolicy"]),
     )
+    _check_fixed(service.scheduler.effective_policy(transfer),
+                 service.scheduler.effective_rate_kbps(transfer))
     service.scheduler.enqueue(transfer)
     log.info("transfer %s created by %s: manifest %s to destination %s", transfer.id,
              call.who, manifest.id, destination.id)
@@ -398,7 +418,9 @@ def queue_transfer(call: Call, destination: Destination, manifest: Manifest,
 
 
 def _transfer(call: Call, transfer: Transfer) -> dict[str, Any]:
-    return transfer.to_api(call.service.scheduler.effective_rate_kbps(transfer))
+    scheduler = call.service.scheduler
+    return transfer.to_api(scheduler.effective_rate_kbps(transfer),
+                           scheduler.effective_policy(transfer))
 
 
 async def get_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
@@ -453,12 +475,20 @@ async def delete_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def set_send_rate(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
-    """Change a transfer's sendRateMax (kbit/s; 0 = automatic)."""
+    """Change a transfer's sendRateMax (kbit/s; 0 = automatic) and/or ratePolicy."""
+    if p["sendRateMax"] is None and p["ratePolicy"] is None:
+        raise InvalidParameter("Give sendRateMax (kbit/s; 0: automatic) or ratePolicy, "
+                               "or both.")
     transfer = call.service.find_transfer(call.session, p["transferId"])
     if transfer.status.ended:
         raise InvalidState(f"Transfer {transfer.id} is {transfer.status.value}; its rate "
                            "can no longer change.")
-    call.service.scheduler.set_rate(transfer, _rate(p["sendRateMax"]))
+    scheduler = call.service.scheduler
+    rate = None if p["sendRateMax"] is None else _rate(p["sendRateMax"])
+    policy = _policy(p["ratePolicy"])
+    _check_fixed(policy or scheduler.effective_policy(transfer),
+                 scheduler.effective_rate_kbps(transfer) if rate is None else rate)
+    scheduler.set_rate(transfer, rate, policy)
     return "Send rate changed.", _transfer(call, transfer)
 
 
@@ -501,6 +531,7 @@ def register(registry: Registry) -> None:
         ("createDestination", create_destination, (
             Param("destinationAddress", str, required=True),
             Param("sendRateMax", int, nullable=True),
+            Param("ratePolicy", str, nullable=True),
             Param("dataTransport", str, nullable=True),
             Param("destinationUser", str, nullable=True),
             Param("destinationPassword", str, nullable=True),
@@ -521,6 +552,7 @@ def register(registry: Registry) -> None:
             Param("destinationPath", str, nullable=True),
             Param("priority", int, nullable=True),
             Param("sendRateMax", int, nullable=True),
+            Param("ratePolicy", str, nullable=True),
             Param("checkpointFrequencySeconds", int, nullable=True),
             Param("dataTransport", str, nullable=True),
             user_data)),
@@ -533,7 +565,8 @@ def register(registry: Registry) -> None:
                                          Param("errorMessage", str, nullable=True))),
         ("deleteTransfer", delete_transfer, transfer_id),
         ("setSendRate", set_send_rate, (*transfer_id,
-                                        Param("sendRateMax", int, required=True))),
+                                        Param("sendRateMax", int, nullable=True),
+                                        Param("ratePolicy", str, nullable=True))),
         ("updateObjectUserData", update_object_user_data, (
             Param("objectId", str, required=True), Param("userData", dict, required=True))),
         ("deleteObjectUserData", delete_object_user_data, (

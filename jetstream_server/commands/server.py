@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.bandwidth import KEYS, check_limit
 from ..core.lifecycle import RequestStatus
 from ..errors import (
     ApiError,
@@ -97,6 +98,24 @@ async def update_gc_settings(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     return "Garbage collection settings updated.", call.service.update_gc_settings(changes)
 
 
+async def update_bandwidth_limits(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Change the server-wide rate limits (raised superuser): incomingRateLimit and
+    outgoingRateLimit (kbit/s, 0: none), borrowIncomingRate and borrowOutgoingRate. They
+    apply to running transfers at once and are kept across restarts (a limit the server's
+    configuration gives cannot be changed here)."""
+    _raised(call)
+    changes = {key: p[key] for key in KEYS if p[key] is not None}
+    if not changes:
+        raise InvalidParameter(f"Give one or more of {', '.join(KEYS)}.")
+    for key in ("incomingRateLimit", "outgoingRateLimit"):
+        if key in changes:
+            try:
+                check_limit(changes[key], key)
+            except ValueError as exc:
+                raise InvalidParameter(f"{exc}.") from None
+    return "Bandwidth limits updated.", call.service.update_bandwidth_limits(changes)
+
+
 async def garbage_collect(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """Collect what ended long enough ago, now (raised superuser)."""
     _raised(call)
@@ -117,5 +136,10 @@ def register(registry: Registry) -> None:
             Param("intervalSeconds", int, nullable=True),
             Param("timeLimitSeconds", int, nullable=True))),
         Command("garbageCollect", garbage_collect),
+        Command("updateBandwidthLimits", update_bandwidth_limits, (
+            Param("incomingRateLimit", int, nullable=True),
+            Param("outgoingRateLimit", int, nullable=True),
+            Param("borrowIncomingRate", bool, nullable=True),
+            Param("borrowOutgoingRate", bool, nullable=True))),
     ):
         registry.add(command)

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..protocol.noise import CIPHERS
 from ..protocol.wire import DEFAULT_PORT
+from .bandwidth import Window, check_limit, parse_schedule
 
 __all__ = ["SETTINGS", "Setting", "Settings", "default_home", "load_settings"]
 
@@ -96,7 +97,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log", Path, "Also write the log to this file."),
     Setting("log-format", str, "Log lines as 'text' (default) or 'json' (one object a line)."),
     Setting("server-name", str, "Friendly server name (default: the host name)."),
+    Setting("incoming-rate-limit", int, "Most this server receives at, in all (kbit/s; "
+                                        "default 0: no limit)."),
+    Setting("outgoing-rate-limit", int, "Most this server sends at, in all (kbit/s; "
+                                        "default 0: no limit)."),
+    Setting("borrow-incoming-rate", bool, "Incoming transfers may also use the outgoing "
+                                          "limit while nothing is sent."),
+    Setting("borrow-outgoing-rate", bool, "Outgoing transfers may also use the incoming "
+                                          "limit while nothing is received."),
 )
+#: The config file's table of limits by time of day (core/bandwidth.py); no flag.
+SCHEDULE_KEY = "bandwidth-schedule"
 _BY_KEY = {s.name: s for s in SETTINGS} | {s.attr: s for s in SETTINGS}
 
 
@@ -142,12 +153,19 @@ class Settings:
     log: Path | None = None
     log_format: str = "text"
     server_name: str = field(default_factory=socket.gethostname)
+    incoming_rate_limit: int = 0
+    outgoing_rate_limit: int = 0
+    borrow_incoming_rate: bool = False
+    borrow_outgoing_rate: bool = False
+    #: the config file's [[bandwidth-schedule]] entries
+    bandwidth_schedule: tuple[Window, ...] = ()
     #: Settings left at their defaults (their paths may be created on start).
     defaulted: frozenset[str] = frozenset()
 
     def public(self) -> dict[str, Any]:
         """The settings as a superuser sees them in getServerInfo's ``configuration``."""
-        return {s.attr: _plain(getattr(self, s.attr)) for s in SETTINGS}
+        return {**{s.attr: _plain(getattr(self, s.attr)) for s in SETTINGS},
+                "bandwidth_schedule": [w.to_api() for w in self.bandwidth_schedule]}
 
 
 def _plain(value: Any) -> Any:
@@ -182,6 +200,11 @@ def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
             raise ConfigError(f"--{key.replace('_', '-')} must be between 0 and 65535.")
     if values.get("log_format", "text") not in ("text", "json"):
         raise ConfigError("--log-format must be 'text' or 'json'.")
+    for key in ("incoming_rate_limit", "outgoing_rate_limit"):
+        try:
+            check_limit(values.get(key, 0), "--" + key.replace("_", "-"))
+        except ValueError as exc:
+            raise ConfigError(f"{exc}.") from None
     if values.get("data_cipher", "aes-256-gcm") not in CIPHERS:
         raise ConfigError(f"--data-cipher must be one of {', '.join(CIPHERS)}.")
     defaulted = frozenset(s.attr for s in SETTINGS if s.attr not in values)
@@ -197,6 +220,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
     values: dict[str, Any] = {}
+    schedule = data.pop(SCHEDULE_KEY, None)
+    if schedule is not None:
+        try:
+            values["bandwidth_schedule"] = parse_schedule(
+                schedule if isinstance(schedule, list) else [schedule])
+        except ValueError as exc:
+            raise ConfigError(f"Config file {path}: {exc}.") from None
     for key, value in data.items():
         setting = _BY_KEY.get(key)
         if setting is None:

@@ -55,6 +55,8 @@ class Destination(Owned):
     port: int
     send_rate_max_kbps: int
     data_transport: str
+    #: how its transfers share the path (fair, low, high, fixed): protocol/rate.py
+    rate_policy: str = "fair"
     remote_user: str | None = None
     remote_password: str | None = field(default=None, repr=False)
     #: a token of the receiving server (its string: a secret, stored sealed)
@@ -76,11 +78,11 @@ class Destination(Owned):
         """True when ``wanted`` asks for this destination (idempotent create): the same
         parameters, and its key if it names one (this one's may have been pinned)."""
         return (self.owner, self.owner_token, self.host, self.port, self.send_rate_max_kbps,
-                self.data_transport, self.remote_user, self.remote_password,
-                self.remote_token) == (
+                self.data_transport, self.rate_policy, self.remote_user,
+                self.remote_password, self.remote_token) == (
             wanted.owner, wanted.owner_token, wanted.host, wanted.port,
-            wanted.send_rate_max_kbps, wanted.data_transport, wanted.remote_user,
-            wanted.remote_password, wanted.remote_token) and \
+            wanted.send_rate_max_kbps, wanted.data_transport, wanted.rate_policy,
+            wanted.remote_user, wanted.remote_password, wanted.remote_token) and \
             wanted.public_key in (None, self.public_key)
 
     def to_api(self, queued: int, encrypts: bool = True) -> dict[str, Any]:
@@ -97,6 +99,7 @@ class Destination(Owned):
             self.remote_token.split(".")[1],
             "hasCredentials": self.remote_password is not None or self.remote_token is not None,
             "sendRateMax": self.send_rate_max_kbps,
+            "ratePolicy": self.rate_policy,
             "dataTransport": self.data_transport,
             "connectionId": None,
             "encryptionEnabled": encrypts,
@@ -203,6 +206,11 @@ class Transfer(Owned):
     total_blocks: int
     #: userData as given to createTransfer (what recv.transferComplete.json reports).
     initial_user_data: dict[str, Any] = field(default_factory=dict)
+    #: None: the destination's (fair, low, high, fixed)
+    rate_policy: str | None = None
+    #: the limit in force while it sends (kbit/s; 0: none): the lowest of its
+    #: sendRateMax, its share of this server's outgoing limit and what the receiver allows
+    rate_limit_kbps: int = 0
     status: TransferStatus = TransferStatus.PENDING
     error_message: str | None = None
     #: the stable code of the error, when the receiver gave one (token_expired, ...)
@@ -222,9 +230,9 @@ class Transfer(Owned):
     #: truncated, garbage): what an attacker on the path tried
     datagrams_dropped: dict[str, int] = field(default_factory=dict)
 
-    def to_api(self, effective_rate_kbps: int) -> dict[str, Any]:
-        """The Transfer structure (``effective_rate_kbps``: its own limit or its
-        destination's)."""
+    def to_api(self, effective_rate_kbps: int, policy: str = "fair") -> dict[str, Any]:
+        """The Transfer structure (``effective_rate_kbps``, ``policy``: its own limit
+        and rate policy, or its destination's)."""
         return {
             "transferId": self.id,
             "destinationId": self.destination_id,
@@ -232,6 +240,8 @@ class Transfer(Owned):
             "destinationPath": self.destination_path,
             "priority": self.priority,
             "sendRateMax": effective_rate_kbps,
+            "ratePolicy": policy,
+            "rateLimit": self.rate_limit_kbps,
             "checkpointFrequencySeconds": self.checkpoint_frequency_s,
             "dataTransport": self.data_transport,
             "status": self.status.value,

@@ -42,8 +42,8 @@ class DataPlane(Protocol):
     def stop(self, transfer_id: str) -> None:
         """Stop moving data (suspend, cancel, fail or delete); progress is kept."""
 
-    def set_rate(self, transfer_id: str, rate_kbps: int) -> None:
-        """Change a running transfer's rate limit (kbit/s; 0: automatic)."""
+    def set_rate(self, transfer_id: str, rate_kbps: int, policy: str) -> None:
+        """Change a running transfer's rate limit (kbit/s; 0: automatic) and policy."""
         ...
 
     def block_size(self, transport: str, ip: str) -> int:
@@ -97,6 +97,13 @@ class Scheduler:
             return transfer.send_rate_max_kbps
         destination = self.destinations.get(transfer.destination_id)
         return destination.send_rate_max_kbps if destination else 0
+
+    def effective_policy(self, transfer: Transfer) -> str:
+        """The transfer's rate policy: its own, else its destination's."""
+        if transfer.rate_policy is not None:
+            return transfer.rate_policy
+        destination = self.destinations.get(transfer.destination_id)
+        return destination.rate_policy if destination else "fair"
 
     def enqueue(self, transfer: Transfer) -> None:
         """Queue a new transfer (and start it if its destination is free)."""
@@ -171,11 +178,16 @@ class Scheduler:
             self._stop(transfer, "cancel")
         del self.transfers[transfer.id]
 
-    def set_rate(self, transfer: Transfer, rate_kbps: int) -> None:
-        """Change a transfer's rate limit, at once if it runs."""
-        transfer.send_rate_max_kbps = rate_kbps
+    def set_rate(self, transfer: Transfer, rate_kbps: int | None,
+                 policy: str | None = None) -> None:
+        """Change a transfer's rate limit and/or rate policy, at once if it runs."""
+        if rate_kbps is not None:
+            transfer.send_rate_max_kbps = rate_kbps
+        if policy is not None:
+            transfer.rate_policy = policy
         if transfer.status is TransferStatus.SENDING and self.data_plane is not None:
-            self.data_plane.set_rate(transfer.id, self.effective_rate_kbps(transfer))
+            self.data_plane.set_rate(transfer.id, self.effective_rate_kbps(transfer),
+                                     self.effective_policy(transfer))
         self._changed(transfer)
 
     # -- reports from the data plane --------------------------------------------------

@@ -11,19 +11,21 @@ ended. It imports nothing above the core: the server composes it with the data p
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import socket
 import time
 import weakref
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol, TypeVar
 
 from .. import __version__
 from ..errors import (
     AuthFailed,
     NotFound,
+    SetByConfiguration,
     TokenExpired,
     TokenInvalid,
     TokenPermissionDenied,
@@ -32,6 +34,7 @@ from ..errors import (
 )
 from ..protocol.noise import CIPHERS, public_key_text
 from .atrest import SecretBox
+from .bandwidth import KEYS, Bandwidth, Limits
 from .config import Settings
 from .identity import load_api_certificate, load_server_key
 from .ids import new_id, now_us
@@ -188,6 +191,8 @@ class Service:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gc_wakeup: asyncio.Event | None = None
         self._gc: dict[str, int] = {**DEFAULT_GC, **(self.state.setting("gc") or {})}
+        #: server-wide rate limits and every running transfer's share of them
+        self.bandwidth = Bandwidth(self._bandwidth_base(), settings.bandwidth_schedule)
 
     def attach(self, data_plane: DataPlane | None, receiver: Receiver | None,
                api_port: int, recv_port: int) -> None:
@@ -642,6 +647,44 @@ class Service:
                 pass
             self.garbage_collect()
 
+    # -- server-wide rate limits -------------------------------------------------------
+
+    def _bandwidth_base(self) -> Limits:
+        """The limits the configuration gives; those it leaves out as
+        updateBandwidthLimits last set them (stored), else none."""
+        stored = self.state.setting("bandwidth") or {}
+        return Limits(**{attr: stored.get(attr, getattr(self.settings, attr))
+                         if attr in self.settings.defaulted else getattr(self.settings, attr)
+                         for attr in KEYS.values()})
+
+    def update_bandwidth_limits(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change the base limits (API keys), at once for running transfers, and keep
+        them across restarts; SetByConfiguration for a limit the configuration gives."""
+        for key in changes:
+            attr = KEYS[key]
+            if attr not in self.settings.defaulted:
+                flag = "--" + attr.replace("_", "-")
+                raise SetByConfiguration(
+                    f"{key} is set by {flag} in this server's configuration (its command "
+                    f"line, the environment variable JETSTREAM_{attr.upper()} or the "
+                    f"config file); change it there and restart the server, or remove it "
+                    "there to manage it with updateBandwidthLimits.")
+        base = replace(self.bandwidth.base, **{KEYS[k]: v for k, v in changes.items()})
+        self.bandwidth.set_base(base)
+        self.state.put_setting("bandwidth", {attr: getattr(base, attr) for attr in
+                                             KEYS.values() if attr in self.settings.defaulted})
+        log.info("bandwidth limits changed: %s", base.to_api())
+        return self.bandwidth.to_api()
+
+    async def follow_bandwidth_schedule_forever(self) -> None:
+        """Apply the schedule's limits at each of its boundaries (a task; cancel to
+        stop). Checked every minute as well, so that a change of the clock is followed."""
+        while self.bandwidth.schedule:
+            now = dt.datetime.now()
+            self.bandwidth.tick(now)
+            wait = (self.bandwidth.next_boundary(now) - now).total_seconds()
+            await asyncio.sleep(min(wait, 60.0) + 0.01)
+
     # -- server information -----------------------------------------------------------
 
     def server_info(self, session: Session) -> dict[str, Any]:
@@ -649,6 +692,7 @@ class Service:
         info: dict[str, Any] = {
             "allowRemoteControl": self.settings.api_allow_remote_control,
             "apiControlPort": self.api_port,
+            "bandwidthLimits": self.bandwidth.to_api(),
             "apiVersion": API_VERSION,
             "APITokensAvailable": not self.settings.api_disable_api_tokens,
             "sharedTokensAvailable": not self.settings.api_disable_shared_tokens,

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..core.bandwidth import Bandwidth
 from ..core.ids import now_us
 from ..core.lifecycle import RECEIVE, ReceiveStatus
 from ..core.netaddr import plain_host
@@ -52,6 +53,8 @@ class ReceiveHost(Protocol):
 
     #: incoming transfers by id, kept (and stored) by the host
     receives: dict[str, ReceiveRecord]
+    #: the server-wide incoming limit: each incoming transfer's share, told its sender
+    bandwidth: Bandwidth
 
     async def authorize_sender(self, address: str, user: str, password: str | None,
                                client_key: bytes, token: str | None = None) -> Grant:
@@ -276,7 +279,13 @@ class ReceiveSession:
                 f"{exc.message}"
         if not self._closed:
             self.core.login_decided(user, refusal)
+            if user is not None:
+                self.host.bandwidth.join("in", self, self._share)
             self.step(time.monotonic())
+
+    def _share(self, kbps: int) -> None:
+        """This transfer's share of the incoming limit: told to the sender in each ACK."""
+        self.core.rate_limit_kbps = kbps
 
     # -- records ----------------------------------------------------------------------------
 
@@ -480,6 +489,7 @@ class ReceiveSession:
         if self._closed:
             return
         self._closed = True
+        self.host.bandwidth.leave("in", self)
         for timer in (self._timer, self._write_timer):
             if timer is not None:
                 timer.cancel()

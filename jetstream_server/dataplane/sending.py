@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..core.bandwidth import Bandwidth
 from ..core.ids import now_us
 from ..core.lifecycle import CONNECTION, ConnectionState, TransferStatus
 from ..core.netaddr import is_loopback
@@ -30,6 +31,7 @@ from ..protocol.channel import DATA_OVERHEAD
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S, FileEntry, Metadata, encode_metadata
 from ..protocol.noise import Cipher, KeyPair, public_key_bytes, public_key_text
+from ..protocol.rate import RatePolicy
 from ..protocol.sender import KeyProbe, SenderCore, SendPhase
 from ..protocol.wire import (
     FRAME,
@@ -106,6 +108,8 @@ class SendHost(Protocol):
     """What the sending side needs of the server around it."""
 
     scheduler: Scheduler
+    #: the server-wide outgoing limit: each running transfer's share
+    bandwidth: Bandwidth
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a task the host owns (and cancels when it closes)."""
@@ -221,10 +225,10 @@ class SendingPlane:
         if session is not None:
             session.stop()
 
-    def set_rate(self, transfer_id: str, rate_kbps: int) -> None:
+    def set_rate(self, transfer_id: str, rate_kbps: int, policy: str) -> None:
         session = self.sessions.get(transfer_id)
         if session is not None:
-            session.set_rate(rate_kbps)
+            session.set_rate(rate_kbps, policy)
 
 
 class SendSession:
@@ -243,6 +247,10 @@ class SendSession:
         self._gso: GsoSender | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._refused = 0
+        #: its own sendRateMax, and its share of the server's outgoing limit (kbit/s; 0:
+        #: none): it sends at the lower
+        self.own_kbps = 0
+        self.share_kbps = 0
         #: stopping to resume later (server shutdown), not for good
         self.pausing = False
         self._checkpoint_at = time.monotonic() + (transfer.checkpoint_frequency_s or
@@ -259,9 +267,22 @@ class SendSession:
         self._stopped = True
         self.wake()
 
-    def set_rate(self, rate_kbps: int) -> None:
+    def set_rate(self, rate_kbps: int, policy: str) -> None:
+        self.own_kbps = rate_kbps
         if self.core is not None:
-            self.core.set_rate_limit(rate_kbps * 1000, time.monotonic())
+            self.core.set_policy(RatePolicy(policy), time.monotonic())
+            self.plane.host.bandwidth.change("out", self.transfer.id, cap_kbps=rate_kbps)
+            self._apply_rate()
+
+    def _share(self, kbps: int) -> None:
+        self.share_kbps = kbps
+        self._apply_rate()
+
+    def _apply_rate(self) -> None:
+        if self.core is not None:
+            limits = [r for r in (self.own_kbps, self.share_kbps) if r]
+            self.core.set_rate_limit(min(limits) * 1000 if limits else None,
+                                     time.monotonic())
             self.wake()
 
     def wake(self) -> None:
@@ -292,7 +313,8 @@ class SendSession:
             destination, plane = self.destination, self.plane
             hello = Hello(bytes.fromhex(transfer.id), block_size, len(metadata),
                           layout.meta_blocks, destination.remote_user or transfer.owner)
-            rate = plane.host.scheduler.effective_rate_kbps(transfer)
+            self.own_kbps = plane.host.scheduler.effective_rate_kbps(transfer)
+            policy = RatePolicy(plane.host.scheduler.effective_policy(transfer))
             pinned = destination.public_key
             self.core = core = SenderCore(
                 session_id, hello, metadata, layout, source, time.monotonic(),
@@ -300,8 +322,10 @@ class SendSession:
                 remote_key=public_key_bytes(pinned) if pinned is not None else None,
                 cipher=plane.cipher, password=destination.remote_password,
                 token=destination.remote_token,
-                encrypt_data=plane.encrypts, rate_limit_bps=rate * 1000 or None,
-                reliable=tcp)
+                encrypt_data=plane.encrypts, reliable=tcp, policy=policy)
+            plane.host.bandwidth.join("out", transfer.id, self._share,
+                                      priority=transfer.priority, cap_kbps=self.own_kbps)
+            self._apply_rate()
             self._connection("connect")
             if tcp:
                 await self._connect_tcp()
@@ -318,6 +342,7 @@ class SendSession:
             log.exception("transfer %s: internal error", transfer.id)
             error = f"Internal error while sending: {exc!r}; the server log has details."
         finally:
+            self.plane.host.bandwidth.leave("out", transfer.id)
             self._connection("disconnect")
             self._close_socket()
             if source is not None:
@@ -424,6 +449,7 @@ class SendSession:
         if core.dropped:
             transfer.datagrams_dropped = dict(self._dropped_base + core.dropped)
         transfer.blocks_acked = core.blocks_acked
+        transfer.rate_limit_kbps = round((core.limit_bps or 0) / 1000)
         transfer.block_size = core.layout.block_size
         transfer.total_blocks = core.layout.total_blocks
         if core.packets_recv:

@@ -175,6 +175,8 @@ class ReceiverCore:
             raise Garbage("bad metadata size")
         self.session = session
         self.hello = hello
+        #: the most the sender may send at (kbit/s; 0: no limit), told in every ACK
+        self.rate_limit_kbps = 0
         self.client_key = client_key
         self.channel = channel
         self.address = address
@@ -484,7 +486,7 @@ class ReceiverCore:
             chunk = _fit_u32(cum, ranges[i:i + MAX_ACK_RANGES])
             out.append(self.channel.seal(Kind.ACK, encode_ack(Ack(
                 cum, self.packets, self.bytes, int(now * 1e6), self._echo_ts or 0, delay_us,
-                self.committed, flags, chunk))))
+                self.committed, flags, chunk, self.rate_limit_kbps))))
         return out
 
     def _expires_at(self) -> float:

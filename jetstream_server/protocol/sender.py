@@ -26,7 +26,7 @@ from .channel import DATA_OVERHEAD, Channel
 from .layout import Layout, Slot
 from .noise import Cipher, Handshake, KeyPair, public_key_text
 from .ranges import RangeSet
-from .rate import Pacer, RateController
+from .rate import Pacer, RateController, RatePolicy
 from .wire import (
     ACK_COMPLETE,
     ACK_DELAY_S,
@@ -71,6 +71,9 @@ MAX_RTO_S = 2.0
 SILENCE_TIMEOUT_S = 10.0
 KEEPALIVE_S = 0.5
 UNPACED_BPS = 1e12
+#: The window counts as what holds the sender back when it is this many blocks from full
+#: (two ACKs' worth): blocks acknowledged together leave it short of full between ACKs.
+WINDOW_SLACK = 32
 #: Bytes in flight in the TCP data mode (TCP's buffers hold the rest back), and blocks
 #: (many small files: each is remembered until acknowledged).
 RELIABLE_WINDOW_BYTES = 64 * 1024 * 1024
@@ -117,7 +120,8 @@ class SenderCore:
                  source: BlockSource, now: float, *, static: KeyPair,
                  remote_key: bytes | None, cipher: Cipher, password: str | None = None,
                  token: str | None = None, encrypt_data: bool = True,
-                 rate_limit_bps: float | None = None, reliable: bool = False) -> None:
+                 rate_limit_bps: float | None = None, reliable: bool = False,
+                 policy: RatePolicy = RatePolicy.FAIR) -> None:
         self.session = session
         if token is not None:
             password = f"{token}\n{password or ''}"
@@ -148,9 +152,11 @@ class SenderCore:
         #: failed in a way a new session may cure (network trouble, receiver restart)
         self.retry = False
         self.rate_limit_bps = rate_limit_bps or None
-        self.controller = RateController()
+        #: the rate the receiver allows (its incoming limit's share for this transfer)
+        self.receiver_limit_bps: float | None = None
         #: bytes of a full data datagram
         self.datagram_size = DATA_OVERHEAD + layout.block_size
+        self.controller = RateController(policy, datagram_bytes=self.datagram_size)
         #: recent DATA datagrams' mean size: the window is in bytes, and small files
         #: make small datagrams (a block each)
         self._mean_size = float(self.datagram_size)
@@ -223,9 +229,20 @@ class SenderCore:
         return self.phase in (SendPhase.DONE, SendPhase.FAILED)
 
     def set_rate_limit(self, rate_limit_bps: float | None, now: float) -> None:
-        """Change sendRateMax (bits a second; None: automatic)."""
+        """Change this server's limit (bits a second; None: automatic)."""
         self.rate_limit_bps = rate_limit_bps or None
         self.pacer.set_rate(self._rate(), now)
+
+    def set_policy(self, policy: RatePolicy, now: float) -> None:
+        """Change the rate policy."""
+        self.controller.set_policy(policy, now)
+        self.pacer.set_rate(self._rate(), now)
+
+    @property
+    def limit_bps(self) -> float | None:
+        """The rate not to exceed: this server's limit or the receiver's, the lower."""
+        limits = [r for r in (self.rate_limit_bps, self.receiver_limit_bps) if r]
+        return min(limits) if limits else None
 
     def fail(self, message: str) -> None:
         """End the session with ``message`` (the transfer's errorMessage)."""
@@ -363,6 +380,7 @@ class SenderCore:
                                     limited=self.window_limited,
                                     app_limited=self.phase is not SendPhase.DATA)
         self.window_limited = False
+        self.receiver_limit_bps = ack.rate_kbps * 1000 or None
         self.pacer.set_rate(self._rate(), now)
         in_flight = self.in_flight
         for start, end in [(0, ack.cum), *ack.ranges]:
@@ -401,14 +419,15 @@ class SenderCore:
             self.blocks_lost += 1
 
     def _rate(self) -> float:
-        if self.reliable and self.rate_limit_bps is None:
+        limit = self.limit_bps
+        if self.reliable and limit is None:
             return UNPACED_BPS  # TCP's own flow control sets the pace
-        return self.controller.pacing_bps(self.rate_limit_bps)
+        return self.controller.pacing_bps(limit)
 
     def _window_blocks(self) -> float:
         if self.reliable:
             return min(RELIABLE_WINDOW_BYTES / self._mean_size, RELIABLE_WINDOW_BLOCKS)
-        return self.controller.window_bytes() / self._mean_size + 64
+        return self.controller.window_bytes(self.limit_bps) / self._mean_size
 
     # -- outputs ----------------------------------------------------------------------
 
@@ -434,6 +453,9 @@ class SenderCore:
                 break
             data.append(datagram)
             pacer.consume(len(datagram))
+        if len(self.in_flight) >= window - WINDOW_SLACK:
+            # (nearly) full: what is acknowledged at once may never let it fill exactly
+            self.window_limited = True
         # equal sizes side by side go to the kernel in one system call (GSO): files of a
         # few blocks alternate full blocks, a short last one and a digest block; the order
         # within a batch, all sent at one time, does not matter to the receiver

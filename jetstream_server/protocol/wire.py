@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 #: The protocol version (the versions before it: docs/protocol.md).
-VERSION = 5
+VERSION = 6
 #: JetStream's port number, of both the control API (TCP) and the data port (UDP and TCP).
 DEFAULT_PORT = 8886
 TCP_PREFACE = b"JSTD"
@@ -96,8 +96,8 @@ TS_MASK = 0xFFFFFFFF
 COOKIE_LEN = 16
 _HELLO_CLEAR = struct.Struct(f"!B{COOKIE_LEN}s")  # cipher, cookie
 _HELLO = struct.Struct("!16sIQQB")  # transfer id, block size, meta size, meta blocks, flags
-_ACK = struct.Struct("!QQQQQIQBH")  # cum, packets, bytes, recv ts, echo ts, echo delay,
-#                                     committed files, flags, range count
+_ACK = struct.Struct("!QQQQQIQIBH")  # cum, packets, bytes, recv ts, echo ts, echo delay,
+#                                      committed files, rate (kbit/s), flags, range count
 _RANGE = struct.Struct("!II")  # gap from the previous range's end, length
 _ERROR = struct.Struct("!H")
 #: A KEY_REQUEST is at least as long as the KEY it asks for (no amplification).
@@ -225,7 +225,7 @@ class Hello:
 def hello_prologue(session: int, cipher_code: int) -> bytes:
     """What both ends bind into the handshake besides its messages: the protocol, the
     session id and the cipher (so that none of them can be changed on the way)."""
-    return b"JetStream data v5" + HEADER.pack(first_byte(Kind.HELLO), session) + \
+    return b"JetStream data v6" + HEADER.pack(first_byte(Kind.HELLO), session) + \
         bytes([cipher_code])
 
 
@@ -276,6 +276,9 @@ class Ack:
     committed: int  # files verified and under their final names
     flags: int  # ACK_READY, ACK_COMPLETE, ACK_ECHO
     ranges: list[tuple[int, int]]  # received [start, end) ranges above cum
+    #: the most the sender may send at, kbit/s (0: no limit): the receiver's incoming
+    #: limit's share for this transfer
+    rate_kbps: int = 0
 
 
 ACK_READY = 1  # the receiver has accepted the metadata: file data may flow
@@ -291,7 +294,8 @@ ACK_DELAY_S = 0.005
 def encode_ack(ack: Ack) -> bytes:
     """An ACK's body."""
     parts = [_ACK.pack(ack.cum, ack.packets, ack.bytes, ack.recv_ts_us, ack.echo_ts_us,
-                       ack.echo_delay_us, ack.committed, ack.flags, len(ack.ranges))]
+                       ack.echo_delay_us, ack.committed, ack.rate_kbps, ack.flags,
+                       len(ack.ranges))]
     previous = ack.cum
     for start, end in ack.ranges:
         parts.append(_RANGE.pack(start - previous, end - start))
@@ -303,7 +307,7 @@ def decode_ack(body: bytes | memoryview) -> Ack:
     """The ACK in a message's body; Garbage if malformed."""
     if len(body) < _ACK.size:
         raise Truncated("bad ACK length")
-    cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, count = \
+    cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, rate, flags, count = \
         _ACK.unpack_from(body, 0)
     if len(body) != _ACK.size + count * _RANGE.size:
         raise Garbage("bad ACK range count")
@@ -314,7 +318,8 @@ def decode_ack(body: bytes | memoryview) -> Ack:
         start = previous + gap
         ranges.append((start, start + length))
         previous = start + length
-    return Ack(cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, ranges)
+    return Ack(cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, ranges,
+               rate)
 
 
 #: ERROR codes: the transfer is refused for good; or the receiver is busy (too many
