@@ -9,6 +9,7 @@ import pytest
 from jetstream_server.protocol.rate import (
     CUBIC_PARAMETERS,
     LIMIT_MARGIN,
+    SHARE_CUT,
     RateController,
     RatePolicy,
 )
@@ -62,8 +63,8 @@ def test_random_loss_leaves_the_window_alone_and_a_filling_queue_shrinks_it(
     assert grown > 1.8 * 100e6 / 8 * 0.020
     path.run(0.03, 0.040, lose=1)  # the round trip doubled: the queue overflows
     assert sum(controller.congestion_events.values()) == 1  # once a round trip, however many losses
-    beta = CUBIC_PARAMETERS[policy][0]
-    assert controller.window_bytes() == pytest.approx(grown * beta, rel=0.05)
+    low, high = SHARE_CUT  # (toward the window a CUBIC flow averages at these events)
+    assert low * grown * 0.99 <= controller.window_bytes() <= high * grown * 1.01
 
 
 def test_high_gives_way_less_than_fair() -> None:

@@ -209,3 +209,47 @@ async def test_the_outgoing_limit_is_shared_and_a_lower_own_limit_wins(
     finally:
         a.stop()
         b.stop()
+
+
+async def test_borrowing_lends_the_idle_incoming_limit_and_takes_it_back(
+        tmp_path: Path, login: Callable[..., Any]) -> None:
+    """JetStream's example, scaled down: 400 in and 600 out with borrowing. A sends with
+    all 1000 while nothing comes in; when B starts sending to A, A's incoming transfer
+    gets its 400 (told to B's sender) and A's outgoing one falls to 600."""
+    a = ServerProcess(make_home(tmp_path / "a"), "--outgoing-rate-limit", "600",
+                      "--incoming-rate-limit", "400", "--borrow-outgoing-rate")
+    b = ServerProcess(make_home(tmp_path / "b"))
+    try:
+        alice_a, alice_b = await login(a, "alice"), await login(b, "alice")
+        out_data, in_data = os.urandom(1_200_000), os.urandom(300_000)
+        (tmp_path / "a" / "sandbox" / "out.bin").write_bytes(out_data)
+        (tmp_path / "b" / "sandbox" / "in.bin").write_bytes(in_data)
+
+        async def destination(client: AsyncClient, port: int) -> str:
+            made = await client.call(
+                "createDestination", destinationAddress=f"127.0.0.1:{port}",
+                destinationUser="bob", destinationPassword=PASSWORDS["bob"])
+            return str(made["destinationId"])
+
+        async def rate_limit_becomes(client: AsyncClient, tid: str, kbps: int) -> None:
+            async with asyncio.timeout(20):
+                while (got := await client.call("getTransfer", transferId=tid))[
+                        "rateLimit"] != kbps:
+                    assert got["status"] in ("pending", "sending"), got
+                    await asyncio.sleep(0.05)
+
+        outgoing = (await send(alice_a, await destination(alice_a, b.recv_port),
+                               {"/out.bin": "/out.bin"}))["transferId"]
+        await rate_limit_becomes(alice_a, outgoing, 1000)  # 600 + the idle 400
+        incoming = (await send(alice_b, await destination(alice_b, a.recv_port),
+                               {"/in.bin": "/in.bin"}))["transferId"]
+        await rate_limit_becomes(alice_b, incoming, 400)  # A's incoming limit, via ACKs
+        await rate_limit_becomes(alice_a, outgoing, 600)  # taken back
+        for client, tid in ((alice_b, incoming), (alice_a, outgoing)):
+            done = await wait_transfer(client, tid, timeout_s=40)
+            assert done["status"] == "complete", done["errorMessage"]
+        assert (tmp_path / "b" / "sandbox" / "out.bin").read_bytes() == out_data
+        assert (tmp_path / "a" / "sandbox" / "in.bin").read_bytes() == in_data
+    finally:
+        a.stop()
+        b.stop()

@@ -166,6 +166,7 @@ class _Cubic:
         self.cwnd = self.w_max = self._w_last_max = cwnd
         self.k = 0.0
         self.epoch = now
+        self.epoch_cwnd = cwnd  # the window when the epoch began
         self.recovery_until = now
 
     def grow(self, now: float, rtt: float, ceiling: float) -> None:
@@ -173,7 +174,7 @@ class _Cubic:
         t = now - self.epoch
         cubic = self.c * (t + rtt - self.k) ** 3 + self.w_max
         beta = self.beta  # the Reno-friendly estimate of the same epoch
-        reno = self.w_max * beta + 3 * (1 - beta) / (1 + beta) * t / max(rtt, 0.001)
+        reno = self.epoch_cwnd + 3 * (1 - beta) / (1 + beta) * t / max(rtt, 0.001)
         target = min(max(cubic, reno), self.cwnd * 1.5, ceiling)
         self.cwnd = max(self.cwnd, target)
 
@@ -193,7 +194,8 @@ class _Cubic:
         else:
             self.w_max = self._w_last_max = self.cwnd
         self.cwnd = max(self.cwnd * beta, MIN_WINDOW_DATAGRAMS)
-        self.k = (self.w_max * (1 - self.beta) / self.c) ** (1 / 3)
+        self.epoch_cwnd = self.cwnd
+        self.k = (max(self.w_max - self.cwnd, 0.0) / self.c) ** (1 / 3)  # (RFC 9438 4.2)
         self.epoch = now
         self.recovery_until = now + 1.25 * rtt
         return True
@@ -418,10 +420,10 @@ class RateController:
         """The window (datagrams) at which a CUBIC flow (two, for high) averages at the
         recent rate of congestion events (RFC 9438's response function,
         (C (3 + beta) / (4 (1 - beta)))^(1/4) (RTT / p)^(3/4), with p the events per
-        datagram: TFRC's average of the last intervals, RFC 5348). Flows that see the
-        same events (the fillings of one queue) have the same fair rate whatever they
-        had before: a decrease toward it converges in a few events where CUBIC's own
-        takes many. None before two events."""
+        datagram: TFRC's average of the last intervals, RFC 5348; the first from the end
+        of start-up). Flows that see the same events (the fillings of one queue) have the
+        same fair rate whatever they had before: a decrease toward it converges in a few
+        events where CUBIC's own takes many. None before the first event."""
         marks = self._event_sent
         if len(marks) < 2:
             return None
@@ -491,6 +493,7 @@ class RateController:
         cwnd = START_WINDOW_GAIN * self.btl_bps / 8 * self.min_rtt_s / self.datagram_bytes
         self._cubic = _Cubic(beta, c, max(cwnd, MIN_WINDOW_DATAGRAMS), now)
         self._cubic.recovery_until = now + 2 * self.rtt_s  # (start-up's own losses)
+        self._event_sent.append(self._sent)  # (the first interval runs from here)
 
     @property
     def gain(self) -> float:
