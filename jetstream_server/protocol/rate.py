@@ -115,8 +115,10 @@ CUBIC_PARAMETERS = {RatePolicy.FAIR: (0.7, 0.4), RatePolicy.HIGH: (0.85, 0.8)}
 #:   flow that came after others sees, whose minimum round trip holds their queue;
 #: - the queue nearly full: the round trip FULL_QUEUE of the way from its minimum to the
 #:   highest at which losses were found in the last LOSS_RTT_WINDOW_S (where the queue
-#:   overflows), when that span is at least FULL_QUEUE_SPAN of the minimum; once a
-#:   filling (again after the queue drained to half).
+#:   overflows; a flow that came after others counts their standing queue in its
+#:   minimum, and finds its losses with less queue than above), when that span is at
+#:   least FULL_QUEUE_SPAN of the minimum; once a filling (again after the queue drained
+#:   to half).
 CONGESTION_QUEUE = 0.5
 QUEUE_MIN_S = 0.002
 FULL_QUEUE = 0.9
@@ -423,7 +425,8 @@ class RateController:
         datagram: TFRC's average of the last intervals, RFC 5348; the first from the end
         of start-up). Flows that see the same events (the fillings of one queue) have the
         same fair rate whatever they had before: a decrease toward it converges in a few
-        events where CUBIC's own takes many. None before the first event."""
+        events where CUBIC's own takes many. None at the first event (no interval has
+        ended: the decrease is CUBIC's own)."""
         marks = self._event_sent
         if len(marks) < 2:
             return None
@@ -492,7 +495,8 @@ class RateController:
         beta, c = CUBIC_PARAMETERS[self.policy]
         cwnd = START_WINDOW_GAIN * self.btl_bps / 8 * self.min_rtt_s / self.datagram_bytes
         self._cubic = _Cubic(beta, c, max(cwnd, MIN_WINDOW_DATAGRAMS), now)
-        self._cubic.recovery_until = now + 2 * self.rtt_s  # (start-up's own losses)
+        # start-up's own losses are found for a while: the queue it built drains first
+        self._cubic.recovery_until = now + 3 * max(self.rtt_s, 2 * self.min_rtt_s)
         self._event_sent.append(self._sent)  # (the first interval runs from here)
 
     @property
