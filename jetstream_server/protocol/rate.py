@@ -357,8 +357,12 @@ class RateController:
         if self._cubic is not None and window_limited:
             # the window grows only while it is what holds the sender back, and to no
             # more than a few of the path's products (a queue a few times the path's delay)
-            ceiling = WINDOW_CEILING * self.btl_bps / 8 * self.min_rtt_s / self.datagram_bytes
-            self._cubic.grow(now, self.rtt_s, max(ceiling, MIN_WINDOW_DATAGRAMS * 2))
+            product = self.btl_bps / 8 * self.min_rtt_s / self.datagram_bytes
+            self._cubic.grow(now, self.rtt_s, max(WINDOW_CEILING * product,
+                                                  MIN_WINDOW_DATAGRAMS * 2))
+            if len(self._event_sent) == 1:  # no event since start-up: CUBIC's curve starts
+                # flat, so the window keeps up with the estimate start-up left growing
+                self._cubic.cwnd = max(self._cubic.cwnd, START_WINDOW_GAIN * product)
         if now >= self._round_end:
             self._next_round(now, sent, lost, app_limited)
 
