@@ -48,6 +48,7 @@ class Limits:
     borrow_outgoing_rate: bool = False
 
     def to_api(self) -> dict[str, Any]:
+        """The four limits under their API keys."""
         return {key: getattr(self, attr) for key, attr in KEYS.items()}
 
 
@@ -62,6 +63,7 @@ class Window:
     changes: dict[str, Any] = field(hash=False)
 
     def covers(self, when: dt.datetime) -> bool:
+        """Whether the entry is in force at ``when`` (local time)."""
         minute = when.hour * 60 + when.minute
         if self.start < self.end:
             return when.weekday() in self.days and self.start <= minute < self.end
@@ -70,6 +72,7 @@ class Window:
             ((when.weekday() - 1) % 7 in self.days and minute < self.end)
 
     def to_api(self) -> dict[str, Any]:
+        """The entry as bandwidthLimits shows it (the API keys of the limits it sets)."""
         return {"days": [DAYS[d] for d in sorted(self.days)],
                 "from": f"{self.start // 60:02d}:{self.start % 60:02d}",
                 "until": f"{self.end // 60:02d}:{self.end % 60:02d}",
