@@ -6,7 +6,6 @@ from __future__ import annotations
 import heapq
 import random
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from blake3 import blake3
@@ -121,8 +120,7 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
         rate_limit_bps: float | None = None, max_time_s: float = 600.0,
         resume: Checkpoint | None = None, start_s: float = 0.0,
         cipher: str = "aes-256-gcm", encrypt: bool = True,
-        policy: RatePolicy = RatePolicy.FAIR,
-        trace: Callable[[float, SenderCore], None] | None = None) -> Outcome:
+        policy: RatePolicy = RatePolicy.FAIR) -> Outcome:
     """``resume``: what the receiver kept from an earlier session (its files already
     hold the data of those blocks). ``start_s``: both clocks' reading at the start.
     ``password`` None: the sender has no credentials (``trusted`` keys, or anonymous)."""
@@ -247,8 +245,6 @@ def run(files: list[bytes | None], link: LinkConfig, *, block_size: int = 1024,
                 receiver.handle_timer(now)
             receiver_step()
         send_batch()
-        if trace is not None:
-            trace(now, sender)
     return Outcome(
         files=[None if r is None else bytes(r) for r in received],
         complete=sender.phase.value == "done",
