@@ -43,6 +43,19 @@ async def _fails(code: str, match: str, call: Any) -> None:
     assert failed.value.code == code
 
 
+async def _rate_limit_becomes(client: AsyncClient, tid: str, kbps: int,
+                              or_complete: bool = False) -> dict[str, Any]:
+    """The transfer once its rateLimit is ``kbps`` (it must still be queued or sending,
+    or, with ``or_complete``, may have completed)."""
+    async with asyncio.timeout(20):
+        while True:
+            got: dict[str, Any] = await client.call("getTransfer", transferId=tid)
+            if got["rateLimit"] == kbps or (or_complete and got["status"] == "complete"):
+                return got
+            assert got["status"] in ("pending", "sending"), got
+            await asyncio.sleep(0.05)
+
+
 async def test_rate_policies_are_checked_shown_and_changed(
         connect: Connect, silent_port: int, home: Path) -> None:
     alice = await connect("alice")
@@ -153,23 +166,14 @@ async def test_the_receivers_incoming_limit_reaches_the_sender_and_follows_chang
             destinationUser="bob", destinationPassword=PASSWORDS["bob"], sendRateMax=2000)
         transfer = await send(alice, destination["destinationId"], {"/f.bin": "/f.bin"})
         tid = transfer["transferId"]
-
-        async def rate_limit_becomes(kbps: int) -> dict[str, Any]:
-            async with asyncio.timeout(20):
-                while True:
-                    got: dict[str, Any] = await alice.call("getTransfer", transferId=tid)
-                    if got["rateLimit"] == kbps or got["status"] != "sending":
-                        return got
-                    await asyncio.sleep(0.05)
-
-        got = await rate_limit_becomes(800)  # the receiver's, below our sendRateMax
-        assert (got["status"], got["rateLimit"]) == ("sending", 800)
+        got = await _rate_limit_becomes(alice, tid, 800)  # the receiver's, below our own
+        assert got["status"] == "sending"
         await root.call("updateBandwidthLimits", incomingRateLimit=1500)
-        got = await rate_limit_becomes(1500)
-        assert (got["status"], got["rateLimit"]) == ("sending", 1500)
+        got = await _rate_limit_becomes(alice, tid, 1500)
+        assert got["status"] == "sending"
         await root.call("updateBandwidthLimits", incomingRateLimit=0)
-        got = await rate_limit_becomes(2000)  # no limit there: our own sendRateMax
-        assert got["rateLimit"] == 2000 or got["status"] == "complete"
+        # no limit there: our own sendRateMax
+        await _rate_limit_becomes(alice, tid, 2000, or_complete=True)
         done = await wait_transfer(alice, tid, timeout_s=30)
         assert done["status"] == "complete", done["errorMessage"]
         assert (tmp_path / "b" / "sandbox" / "f.bin").read_bytes() == data
@@ -191,17 +195,9 @@ async def test_the_outgoing_limit_is_shared_and_a_lower_own_limit_wins(
             destinationUser="bob", destinationPassword=PASSWORDS["bob"])
         transfer = await send(alice, destination["destinationId"], {"/f.bin": "/f.bin"})
         tid = transfer["transferId"]
-        async with asyncio.timeout(20):
-            while (got := await alice.call("getTransfer", transferId=tid))["rateLimit"] \
-                    != 900:
-                assert got["status"] in ("pending", "sending"), got
-                await asyncio.sleep(0.05)
-        got = await alice.call("setSendRate", transferId=tid, sendRateMax=600)
-        async with asyncio.timeout(20):
-            while (got := await alice.call("getTransfer", transferId=tid))["rateLimit"] \
-                    != 600:
-                assert got["status"] == "sending", got
-                await asyncio.sleep(0.05)
+        await _rate_limit_becomes(alice, tid, 900)
+        await alice.call("setSendRate", transferId=tid, sendRateMax=600)
+        await _rate_limit_becomes(alice, tid, 600)
         await alice.call("setSendRate", transferId=tid, sendRateMax=0)
         done = await wait_transfer(alice, tid, timeout_s=30)
         assert done["status"] == "complete", done["errorMessage"]
@@ -231,20 +227,13 @@ async def test_borrowing_lends_the_idle_incoming_limit_and_takes_it_back(
                 destinationUser="bob", destinationPassword=PASSWORDS["bob"])
             return str(made["destinationId"])
 
-        async def rate_limit_becomes(client: AsyncClient, tid: str, kbps: int) -> None:
-            async with asyncio.timeout(20):
-                while (got := await client.call("getTransfer", transferId=tid))[
-                        "rateLimit"] != kbps:
-                    assert got["status"] in ("pending", "sending"), got
-                    await asyncio.sleep(0.05)
-
         outgoing = (await send(alice_a, await destination(alice_a, b.recv_port),
                                {"/out.bin": "/out.bin"}))["transferId"]
-        await rate_limit_becomes(alice_a, outgoing, 1000)  # 600 + the idle 400
+        await _rate_limit_becomes(alice_a, outgoing, 1000)  # 600 + the idle 400
         incoming = (await send(alice_b, await destination(alice_b, a.recv_port),
                                {"/in.bin": "/in.bin"}))["transferId"]
-        await rate_limit_becomes(alice_b, incoming, 400)  # A's incoming limit, via ACKs
-        await rate_limit_becomes(alice_a, outgoing, 600)  # taken back
+        await _rate_limit_becomes(alice_b, incoming, 400)  # A's incoming limit, via ACKs
+        await _rate_limit_becomes(alice_a, outgoing, 600)  # taken back
         for client, tid in ((alice_b, incoming), (alice_a, outgoing)):
             done = await wait_transfer(client, tid, timeout_s=40)
             assert done["status"] == "complete", done["errorMessage"]
