@@ -323,9 +323,15 @@ def py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
                             stderr=subprocess.DEVNULL)
 
 
-def window_rate(samples: list[list[float]], start: float, end: float) -> float:
-    """Mbit/s of bytesSent between two times, from the driver's (time, bytesSent)."""
-    inside = [(s[0], s[1]) for s in samples if start <= s[0] <= end]
+#: Columns of the driver's samples: (time, bytesSent, blocksRetransmitted, file bytes
+#: acknowledged).
+SENT, ACKED = 1, 3
+
+
+def window_rate(samples: list[list[float]], start: float, end: float,
+                column: int = SENT) -> float:
+    """Mbit/s between two times of one of the driver's counters (bytesSent by default)."""
+    inside = [(s[0], s[column]) for s in samples if start <= s[0] <= end]
     if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
         return 0.0
     return (inside[-1][1] - inside[0][1]) * 8 / (inside[-1][0] - inside[0][0]) / 1e6
@@ -484,11 +490,8 @@ def run_jetstream(the_lab: Lab, work: Workdir, profile: Profile, limit_s: float,
 
 
 def acked_rate(samples: list[list[float]], start: float, end: float) -> float:
-    """Mbit/s of file data acknowledged between two times (driver's samples)."""
-    inside = [(s[0], s[3]) for s in samples if start <= s[0] <= end]
-    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
-        return 0.0
-    return (inside[-1][1] - inside[0][1]) * 8 / (inside[-1][0] - inside[0][0]) / 1e6
+    """Mbit/s of file data acknowledged between two times."""
+    return window_rate(samples, start, end, ACKED)
 
 
 def share_report(profile: Profile, tcp: dict[str, Any], go_time: float,

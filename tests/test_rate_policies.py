@@ -56,6 +56,25 @@ async def _rate_limit_becomes(client: AsyncClient, tid: str, kbps: int,
             await asyncio.sleep(0.05)
 
 
+async def _send_file(client: AsyncClient, sandbox: Path, to: ServerProcess, name: str,
+                     data: bytes, **destination: Any) -> str:
+    """Write ``name`` into ``sandbox`` and send it to user bob on ``to``: the transfer id."""
+    (sandbox / name).write_bytes(data)
+    made = await client.call(
+        "createDestination", destinationAddress=f"127.0.0.1:{to.recv_port}",
+        destinationUser="bob", destinationPassword=PASSWORDS["bob"], **destination)
+    transfer = await send(client, made["destinationId"], {f"/{name}": f"/{name}"})
+    return str(transfer["transferId"])
+
+
+async def _arrives(client: AsyncClient, tid: str, path: Path, data: bytes,
+                   timeout_s: float = 30) -> None:
+    """The transfer completes and ``path`` holds ``data``."""
+    done = await wait_transfer(client, tid, timeout_s=timeout_s)
+    assert done["status"] == "complete", done["errorMessage"]
+    assert path.read_bytes() == data
+
+
 async def test_rate_policies_are_checked_shown_and_changed(
         connect: Connect, silent_port: int, home: Path) -> None:
     alice = await connect("alice")
@@ -160,12 +179,8 @@ async def test_the_receivers_incoming_limit_reaches_the_sender_and_follows_chang
         await root.call("superuser")
         await root.call("updateBandwidthLimits", incomingRateLimit=800)
         data = os.urandom(600_000)  # 6 s at 800 kbit/s
-        (tmp_path / "a" / "sandbox" / "f.bin").write_bytes(data)
-        destination = await alice.call(
-            "createDestination", destinationAddress=f"127.0.0.1:{b.recv_port}",
-            destinationUser="bob", destinationPassword=PASSWORDS["bob"], sendRateMax=2000)
-        transfer = await send(alice, destination["destinationId"], {"/f.bin": "/f.bin"})
-        tid = transfer["transferId"]
+        tid = await _send_file(alice, tmp_path / "a" / "sandbox", b, "f.bin", data,
+                               sendRateMax=2000)
         got = await _rate_limit_becomes(alice, tid, 800)  # the receiver's, below our own
         assert got["status"] == "sending"
         await root.call("updateBandwidthLimits", incomingRateLimit=1500)
@@ -174,9 +189,7 @@ async def test_the_receivers_incoming_limit_reaches_the_sender_and_follows_chang
         await root.call("updateBandwidthLimits", incomingRateLimit=0)
         # no limit there: our own sendRateMax
         await _rate_limit_becomes(alice, tid, 2000, or_complete=True)
-        done = await wait_transfer(alice, tid, timeout_s=30)
-        assert done["status"] == "complete", done["errorMessage"]
-        assert (tmp_path / "b" / "sandbox" / "f.bin").read_bytes() == data
+        await _arrives(alice, tid, tmp_path / "b" / "sandbox" / "f.bin", data)
     finally:
         a.stop()
         b.stop()
@@ -189,19 +202,12 @@ async def test_the_outgoing_limit_is_shared_and_a_lower_own_limit_wins(
     try:
         alice = await login(a, "alice")
         data = os.urandom(400_000)
-        (tmp_path / "a" / "sandbox" / "f.bin").write_bytes(data)
-        destination = await alice.call(
-            "createDestination", destinationAddress=f"127.0.0.1:{b.recv_port}",
-            destinationUser="bob", destinationPassword=PASSWORDS["bob"])
-        transfer = await send(alice, destination["destinationId"], {"/f.bin": "/f.bin"})
-        tid = transfer["transferId"]
+        tid = await _send_file(alice, tmp_path / "a" / "sandbox", b, "f.bin", data)
         await _rate_limit_becomes(alice, tid, 900)
         await alice.call("setSendRate", transferId=tid, sendRateMax=600)
         await _rate_limit_becomes(alice, tid, 600)
         await alice.call("setSendRate", transferId=tid, sendRateMax=0)
-        done = await wait_transfer(alice, tid, timeout_s=30)
-        assert done["status"] == "complete", done["errorMessage"]
-        assert (tmp_path / "b" / "sandbox" / "f.bin").read_bytes() == data
+        await _arrives(alice, tid, tmp_path / "b" / "sandbox" / "f.bin", data)
     finally:
         a.stop()
         b.stop()
@@ -218,27 +224,17 @@ async def test_borrowing_lends_the_idle_incoming_limit_and_takes_it_back(
     try:
         alice_a, alice_b = await login(a, "alice"), await login(b, "alice")
         out_data, in_data = os.urandom(1_200_000), os.urandom(300_000)
-        (tmp_path / "a" / "sandbox" / "out.bin").write_bytes(out_data)
-        (tmp_path / "b" / "sandbox" / "in.bin").write_bytes(in_data)
-
-        async def destination(client: AsyncClient, port: int) -> str:
-            made = await client.call(
-                "createDestination", destinationAddress=f"127.0.0.1:{port}",
-                destinationUser="bob", destinationPassword=PASSWORDS["bob"])
-            return str(made["destinationId"])
-
-        outgoing = (await send(alice_a, await destination(alice_a, b.recv_port),
-                               {"/out.bin": "/out.bin"}))["transferId"]
+        outgoing = await _send_file(alice_a, tmp_path / "a" / "sandbox", b, "out.bin",
+                                    out_data)
         await _rate_limit_becomes(alice_a, outgoing, 1000)  # 600 + the idle 400
-        incoming = (await send(alice_b, await destination(alice_b, a.recv_port),
-                               {"/in.bin": "/in.bin"}))["transferId"]
+        incoming = await _send_file(alice_b, tmp_path / "b" / "sandbox", a, "in.bin",
+                                    in_data)
         await _rate_limit_becomes(alice_b, incoming, 400)  # A's incoming limit, via ACKs
         await _rate_limit_becomes(alice_a, outgoing, 600)  # taken back
-        for client, tid in ((alice_b, incoming), (alice_a, outgoing)):
-            done = await wait_transfer(client, tid, timeout_s=40)
-            assert done["status"] == "complete", done["errorMessage"]
-        assert (tmp_path / "b" / "sandbox" / "out.bin").read_bytes() == out_data
-        assert (tmp_path / "a" / "sandbox" / "in.bin").read_bytes() == in_data
+        await _arrives(alice_b, incoming, tmp_path / "a" / "sandbox" / "in.bin", in_data,
+                       timeout_s=40)
+        await _arrives(alice_a, outgoing, tmp_path / "b" / "sandbox" / "out.bin", out_data,
+                       timeout_s=40)
     finally:
         a.stop()
         b.stop()
