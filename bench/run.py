@@ -84,6 +84,9 @@ PROFILES = {
                           tools=("jetstream", "rsync"), fresh_fs=True),
     "fairness": Profile("two jetstream transfers at once, 100 Mbit/s, 25 ms one way",
                         Link(100, 25, 0), size_mib=128, flows=2, tools=("jetstream",)),
+    "fairness-2s": Profile("two jetstream transfers at once from two sending servers, "
+                           "100 Mbit/s, 25 ms one way", Link(100, 25, 0), size_mib=128,
+                           flows=2, senders=2, tools=("jetstream",)),
     "tcp-share": Profile("jetstream and a TCP CUBIC flow at once, 100 Mbit/s, 25 ms one way",
                          Link(100, 25, 0), size_mib=256, competing_tcp_s=15,
                          tools=("jetstream",)),

@@ -8,8 +8,12 @@ import pytest
 
 from jetstream_server.protocol.rate import (
     CUBIC_PARAMETERS,
+    ENSEMBLE_EVENT,
+    ENSEMBLE_WAIT_S,
     LIMIT_MARGIN,
     SHARE_CUT,
+    STARTUP_GAIN,
+    Ensemble,
     RateController,
     RatePolicy,
 )
@@ -139,3 +143,90 @@ def test_a_running_transfer_changes_policy_from_the_rate_it_has() -> None:
     assert controller.pacing_bps() < rate / 10
     controller.set_policy(RatePolicy.FAIR, path.now)
     assert controller.window_bytes() > 0 and controller.policy is RatePolicy.FAIR
+
+
+def _started(ensemble: Ensemble, rate_bps: float = 100e6) -> tuple[RateController, Path]:
+    """A fair transfer of ``ensemble`` out of start-up on a clean 20 ms path."""
+    controller = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
+    ensemble.add(controller)
+    path = Path(controller, rate_bps)
+    path.run(0.2, 0.020)
+    path.run(0.2, 0.030)
+    path.run(0.5, 0.020)
+    assert not controller.startup
+    return controller, path
+
+
+def test_a_transfer_to_a_destination_others_send_to_takes_an_equal_part_of_their_window(
+        ) -> None:
+    """RFC 9040's ensemble sharing: no start-up of its own, and the others give way at
+    once (through congestion events, CUBIC flows take many seconds to get there)."""
+    ensemble = Ensemble()
+    first, first_path = _started(ensemble)
+    window = first.window_bytes()
+    second = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
+    ensemble.add(second)
+    second_path = Path(second, 50e6)
+    second_path.now = first_path.now
+    second_path.run(0.01, 0.020)
+    assert not second.startup
+    assert second.window_bytes() == pytest.approx(window / 2, rel=0.01)
+    assert first.window_bytes() == pytest.approx(window / 2, rel=0.01)
+    first_path.rate_bps = 50e6  # (each delivers half the path now)
+    first_path.run(0.5, 0.020, limited=False)  # (past the losses of start-up's queue)
+    second_path.run(0.5, 0.020, limited=False)
+    # one path: an event of one is the other's too (each gives way by its own window)
+    second_before = second.window_bytes()
+    first_path.run(0.03, 0.040, lose=1)
+    assert sum(first.congestion_events.values()) == 1
+    assert second.congestion_events == {ENSEMBLE_EVENT: 1}
+    assert second.window_bytes() < 0.9 * second_before
+    assert 0.8 < second.window_bytes() / first.window_bytes() < 1.25
+    # the first ends: the second takes its window
+    before = second.window_bytes() + first.window_bytes()
+    ensemble.remove(first, first_path.now)
+    assert second.window_bytes() == pytest.approx(before)
+    assert ensemble.members == [second] and first.ensemble is None
+
+
+def test_a_transfer_waits_for_an_earlier_start_up_of_its_ensemble_then_shares() -> None:
+    ensemble = Ensemble()
+    first = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
+    second = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
+    ensemble.add(first)
+    ensemble.add(second)
+    first_path, second_path = Path(first), Path(second, 2e6)
+    first_path.run(0.04, 0.020)
+    second_path.now = first_path.now
+    second_path.run(0.1, 0.020)  # the first is starting up: the second waits, not growing
+    assert second.startup and second.waiting and second.gain == 1.0
+    first_path.run(0.2, 0.030)
+    assert not first.startup
+    second_path.run(0.01, 0.020)  # the first is out: the second takes half its window
+    assert not second.startup
+    assert second.window_bytes() == pytest.approx(first.window_bytes(), rel=0.01)
+
+
+def test_the_wait_for_another_start_up_is_bounded() -> None:
+    ensemble = Ensemble()
+    first = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
+    second = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
+    ensemble.add(first)
+    ensemble.add(second)
+    Path(first).run(0.05, 0.020)  # starts up, then nothing more is heard of it
+    path = Path(second, 2e6)
+    path.now = 0.05
+    path.run(1.0, 0.020)
+    assert second.waiting
+    path.run(ENSEMBLE_WAIT_S - 0.99, 0.020)  # (just past the bound)
+    assert not second.waiting and second.gain == STARTUP_GAIN
+
+
+def test_low_and_fixed_transfers_are_not_in_an_ensemble() -> None:
+    ensemble = Ensemble()
+    for policy in (RatePolicy.LOW, RatePolicy.FIXED):
+        ensemble.add(RateController(policy, datagram_bytes=DATAGRAM))
+    assert ensemble.members == []
+    fair, path = _started(ensemble)
+    fair.set_policy(RatePolicy.LOW, path.now)  # (its window is no longer shared)
+    assert ensemble.members == [] and fair.ensemble is None

@@ -31,7 +31,7 @@ from ..protocol.channel import DATA_OVERHEAD
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S, FileEntry, Metadata, encode_metadata
 from ..protocol.noise import Cipher, KeyPair, public_key_bytes, public_key_text
-from ..protocol.rate import RatePolicy
+from ..protocol.rate import Ensemble, RatePolicy
 from ..protocol.sender import KeyProbe, SenderCore, SendPhase
 from ..protocol.wire import (
     FRAME,
@@ -144,6 +144,8 @@ class SendingPlane:
         self.encrypts = encrypts
         self.udp_offload = udp_offload
         self.sessions: dict[str, SendSession] = {}
+        #: the UDP transfers to each destination address, sharing its path's window
+        self.ensembles: dict[tuple[str, int], Ensemble] = {}
         #: failed attempts in a row, per transfer, for the retry back-off
         self.attempts: dict[str, int] = {}
 
@@ -323,6 +325,10 @@ class SendSession:
                 cipher=plane.cipher, password=destination.remote_password,
                 token=destination.remote_token,
                 encrypt_data=plane.encrypts, reliable=tcp, policy=policy)
+            if not tcp:
+                ensemble = plane.ensembles.setdefault((destination.ip, destination.port),
+                                                      Ensemble())
+                ensemble.add(core.controller)
             plane.host.bandwidth.join("out", transfer.id, self._share,
                                       priority=transfer.priority, cap_kbps=self.own_kbps)
             self._apply_rate()
@@ -343,6 +349,8 @@ class SendSession:
             error = f"Internal error while sending: {exc!r}; the server log has details."
         finally:
             self.plane.host.bandwidth.leave("out", transfer.id)
+            if self.core is not None:
+                self._leave_ensemble(self.core)
             self._connection("disconnect")
             self._close_socket()
             if source is not None:
@@ -434,6 +442,14 @@ class SendSession:
             transfer.id, transfer.destination_path, files, transfer.initial_user_data,
             {"serverName": self.plane.server_name, "user": transfer.owner},
             transfer.checkpoint_frequency_s))
+
+    def _leave_ensemble(self, core: SenderCore) -> None:
+        key = (self.destination.ip, self.destination.port)
+        ensemble = self.plane.ensembles.get(key)
+        if ensemble is not None:
+            ensemble.remove(core.controller, time.monotonic())
+            if not ensemble.members:
+                del self.plane.ensembles[key]
 
     def _count(self) -> None:
         core, transfer = self.core, self.transfer

@@ -11,8 +11,9 @@ window by the transfer's :class:`RatePolicy`:
 - every policy but ``low`` starts as BBR does: the rate doubles each round trip until
   the estimate stops growing or a queue builds;
 - ``fair`` and ``high`` then keep a CUBIC window (RFC 9438), decreased on congestion:
-  a loss while the round trip shows a filling queue. Random loss, with the queue near
-  empty, is not congestion and leaves the window alone;
+  a loss while the round trip shows a filling queue, or the queue nearly full. Random
+  loss, with the queue near empty, is not congestion and leaves the window alone. The
+  transfers of one server to one destination share one window (:class:`Ensemble`);
 - ``low`` paces at a rate that keeps the queueing delay under a small target (LEDBAT,
   RFC 6817): it yields to any flow that fills the queue, and takes the link when alone;
 - ``fixed`` paces at its rate limit, whatever the path says.
@@ -26,7 +27,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from enum import StrEnum
 
-__all__ = ["Pacer", "RateController", "RatePolicy"]
+__all__ = ["Ensemble", "Pacer", "RateController", "RatePolicy"]
 
 #: A delivery-rate sample spans at least this long (shorter ones are mostly noise).
 MIN_SAMPLE_S = 0.03
@@ -37,8 +38,11 @@ MIN_RTT_WINDOW_S = 30.0
 #: A sendRateMax is paced at this fraction of itself, so that no window of time, however
 #: it falls on the pacer's bursts, sees more than the limit.
 LIMIT_MARGIN = 0.99
-#: Start-up ends when the round trip grows this much (and by a quarter) above its minimum.
+#: Start-up ends when the round trip grows this much (and by STARTUP_QUEUE of itself, or
+#: STARTUP_QUEUE_MAX_S on long paths, as HyStart caps it) above its minimum.
 QUEUE_BUILDING_S = 0.002
+STARTUP_QUEUE = 0.25
+STARTUP_QUEUE_MAX_S = 0.02
 #: Loss above this is not compensated for, whatever the round trip says.
 MAX_LOSS_COMPENSATED = 0.25
 #: The smallest window, in datagrams (twice the datagrams the receiver acknowledges at once).
@@ -111,28 +115,36 @@ CUBIC_PARAMETERS = {RatePolicy.FAIR: (0.7, 0.4), RatePolicy.HIGH: (0.85, 0.8)}
 #:   A loss with less queue than that is random loss on the path, which no flow cures by
 #:   slowing down (TCP Veno's distinction); at half the path's delay of queue, the window
 #:   after the decrease (0.7 x 1.5) still fills the path;
-#: - losses HEAVY_LOSS above the path's random loss (smoothed over round trips): what a
-#:   flow that came after others sees, whose minimum round trip holds their queue;
+#: - losses HEAVY_LOSS above the path's random loss (smoothed over round trips) while the
+#:   round trip shows no such queue: what a flow that came after others sees, whose
+#:   minimum round trip holds their queue;
 #: - the queue nearly full: the round trip FULL_QUEUE of the way from its minimum to the
 #:   highest at which losses were found in the last LOSS_RTT_WINDOW_S (where the queue
 #:   overflows; a flow that came after others counts their standing queue in its
 #:   minimum, and finds its losses with less queue than above), when that span is at
 #:   least FULL_QUEUE_SPAN of the minimum; once a filling (again after the queue drained
-#:   to half).
+#:   to half);
+#: - the queue filling: from MARK_FROM of that way to FULL_QUEUE, each datagram sent adds
+#:   (fill - MARK_FROM) / (FULL_QUEUE - MARK_FROM) to a count, and at MARK_DATAGRAMS the
+#:   window gives way (once a filling, as above): RED's idea, a flow's chance to give way
+#:   is its share of the datagrams, so of two flows the larger gives way first.
 CONGESTION_QUEUE = 0.5
 QUEUE_MIN_S = 0.002
 FULL_QUEUE = 0.9
 FULL_QUEUE_SPAN = 0.1
 HEAVY_LOSS = 0.05
 LOSS_RTT_WINDOW_S = 30.0
+MARK_FROM = 0.6
+MARK_DATAGRAMS = 1000
 #: The response function's constant, (C (3 + beta) / (4 (1 - beta)))^(1/4): CUBIC's
 #: (C 0.4, beta 0.7) for fair, for a rate FAIR_FACTOR of CUBIC's (a transfer meets each
 #: filling of the queue just before a TCP flow's losses do, and so takes a little more
 #: than CUBIC's rate at the same events: measured, docs/benchmarks.md); for high the one
 #: that gives twice CUBIC's rate.
 FAIR_FACTOR = 0.8
-RESPONSE = {RatePolicy.FAIR: (FAIR_FACTOR * 1.233) ** 0.25,
-            RatePolicy.HIGH: (2 * 1.233) ** 0.25}
+RESPONSE = 1.233 ** 0.25
+#: CUBIC's largest window over its average, (1 / (1 - beta)) / (1 / (1 - beta) - 1 / 4).
+PLATEAU = 1.333 / 1.233
 #: A decrease goes toward the response function's window, but to no less than the first
 #: and no more than the second fraction of the window.
 SHARE_CUT = (0.5, 0.85)
@@ -155,6 +167,11 @@ LOW_GAIN_DOWN = 0.1
 LOW_CEILING = 1.25
 #: low's first rate (it grows from there, without a start-up).
 LOW_INITIAL_BPS = 2e6
+#: The congestion event a member of an ensemble takes from another.
+ENSEMBLE_EVENT = "another transfer to the destination"
+#: A transfer waits at most this long (from its first file data) for an earlier one of its
+#: ensemble to end start-up, then starts up on its own.
+ENSEMBLE_WAIT_S = 3.0
 #: Out of start-up, the pacing rate is this times the window over the round trip (as
 #: Linux paces TCP in congestion avoidance).
 WINDOW_PACING_GAIN = 1.2
@@ -165,7 +182,7 @@ class _Cubic:
 
     def __init__(self, beta: float, c: float, cwnd: float, now: float) -> None:
         self.beta, self.c = beta, c
-        self.cwnd = self.w_max = self._w_last_max = cwnd
+        self.cwnd = self.w_max = cwnd
         self.k = 0.0
         self.epoch = now
         self.epoch_cwnd = cwnd  # the window when the epoch began
@@ -180,22 +197,25 @@ class _Cubic:
         target = min(max(cubic, reno), self.cwnd * 1.5, ceiling)
         self.cwnd = max(self.cwnd, target)
 
-    def congestion(self, now: float, rtt: float, fair: float | None = None) -> bool:
+    def restart(self, cwnd: float, now: float) -> None:
+        """A new window (the ensemble's share): the curve starts again from it."""
+        self.cwnd = self.w_max = self.epoch_cwnd = cwnd
+        self.k = 0.0
+        self.epoch = now
+
+    def congestion(self, now: float, rtt: float, fair: float, floor: float = 0.0) -> bool:
         """A congestion event: decrease (once a round trip). False when ignored.
-        ``fair``: the window the response function gives for the recent events (see
-        RateController._fair_window): the decrease goes toward it, within SHARE_CUT."""
+        ``fair``: the largest window of a flow that shares fairly at the recent rate of
+        events (see RateController._fair_window): the window goes toward ``beta`` of it
+        (within SHARE_CUT of itself, and to no less than ``floor`` if that is below beta
+        of it) and grows back to it, not to where it was."""
         if now < self.recovery_until:
             return False
-        beta = self.beta
-        if fair is not None:
-            low, high = SHARE_CUT
-            beta = min(max(fair / self.cwnd, low), high)
-        if self.cwnd < self._w_last_max:  # fast convergence: give way to newer flows
-            self._w_last_max = self.cwnd
-            self.w_max = self.cwnd * (1 + self.beta) / 2
-        else:
-            self.w_max = self._w_last_max = self.cwnd
-        self.cwnd = max(self.cwnd * beta, MIN_WINDOW_DATAGRAMS)
+        low, high = SHARE_CUT
+        low = min(max(low, floor / self.cwnd), self.beta)
+        cut = min(max(self.beta * fair / self.cwnd, low), high)
+        self.w_max = max(fair, self.cwnd * cut)
+        self.cwnd = max(self.cwnd * cut, MIN_WINDOW_DATAGRAMS)
         self.epoch_cwnd = self.cwnd
         self.k = (max(self.w_max - self.cwnd, 0.0) / self.c) ** (1 / 3)  # (RFC 9438 4.2)
         self.epoch = now
@@ -229,6 +249,8 @@ class RateController:
         self.all_loss = 0.0  # smoothed fraction lost, per round, queue or not
         #: a decrease may be taken (the queue has drained to half since the last one)
         self._queue_armed = True
+        self._mark_credit = 0.0  # the queue filling's count (see MARK_DATAGRAMS)
+        self._marked_sent = 0  # datagrams sent when it was last counted
         self.recent_rtt_s: float | None = None  # a smoothed recent round trip
         self.loss = 0.0  # smoothed fraction of datagrams lost, per round, without a queue
         # the sender's datagram counts (sent, lost) when the loss was last measured
@@ -240,8 +262,17 @@ class RateController:
         self._queue_seen = self._holding = False
         self._cubic: _Cubic | None = None
         self._sent = 0  # datagrams sent, at the last ACK
-        #: datagrams sent at the last congestion events (the loss-event intervals)
+        #: datagrams sent at the congestion events since the first after start-up (the
+        #: loss-event intervals)
         self._event_sent: deque[int] = deque(maxlen=len(EVENT_WEIGHTS) + 1)
+        self._startup_end = 0.0  # when start-up ended (or the ensemble last shared)
+        #: no event since start-up ended: the window keeps up with the estimate
+        self._fresh_window = False
+        #: the transfers of this server to the same destination (see Ensemble)
+        self.ensemble: Ensemble | None = None
+        self._since = 0.0  # when it began sending file data (the end of app-limited)
+        self._app_limited = True
+        self._clock = 0.0  # the time of the last ACK
         self.low_bps = LOW_INITIAL_BPS
         self.path_bps = 0.0  # the fastest delivery seen (low's step)
         self._low_queue_s = 0.0  # the queueing delay at the last round's end
@@ -254,6 +285,8 @@ class RateController:
         if policy is self.policy:
             return
         rate = self.pacing_bps()
+        if self.ensemble is not None and policy not in CUBIC_PARAMETERS:
+            self.ensemble.remove(self, now)  # (its window is no longer a CUBIC one)
         self.policy = policy
         if policy is RatePolicy.LOW:
             self.startup = False
@@ -300,7 +333,9 @@ class RateController:
         self._full_queue(now)
         if not self.queue_free:
             self._round_clean = False
-            if self.startup and self.recent_rtt_s > self.min_rtt_s * 1.25 + QUEUE_BUILDING_S:
+            building = self.min_rtt_s + min(STARTUP_QUEUE * self.min_rtt_s,
+                                            STARTUP_QUEUE_MAX_S) + QUEUE_BUILDING_S
+            if self.startup and self.recent_rtt_s > building:
                 # a queue is building at the bottleneck: stop pushing
                 if self._full_rounds:  # (and the estimate stopped growing)
                     self._end_startup(now)
@@ -324,6 +359,11 @@ class RateController:
         receiver is ready for file data): as ``limited``, and start-up goes on."""
         window_limited, limited = limited and not app_limited, limited or app_limited
         self._sent = sent
+        if self._app_limited and not app_limited:
+            self._since = now
+        self._app_limited, self._clock = app_limited, now
+        if self.startup and self.ensemble is not None and not app_limited:
+            self.ensemble.join(self, now)
         deliveries = self._deliveries
         deliveries.append((receiver_time_s, received_bytes))
         span = max(self.round_s, MIN_SAMPLE_S)
@@ -357,11 +397,14 @@ class RateController:
         if self._cubic is not None and window_limited:
             # the window grows only while it is what holds the sender back, and to no
             # more than a few of the path's products (a queue a few times the path's delay)
-            product = self.btl_bps / 8 * self.min_rtt_s / self.datagram_bytes
+            product = self.product
             self._cubic.grow(now, self.rtt_s, max(WINDOW_CEILING * product,
                                                   MIN_WINDOW_DATAGRAMS * 2))
-            if len(self._event_sent) == 1:  # no event since start-up: CUBIC's curve starts
+            if self._fresh_window:  # no event since start-up: CUBIC's curve starts
                 # flat, so the window keeps up with the estimate start-up left growing
+                # (an ensemble's members with an equal part of theirs together)
+                if self.ensemble is not None:
+                    product = self.ensemble.product_part()
                 self._cubic.cwnd = max(self._cubic.cwnd, START_WINDOW_GAIN * product)
         if now >= self._round_end:
             self._next_round(now, sent, lost, app_limited)
@@ -391,16 +434,24 @@ class RateController:
         if span < max(FULL_QUEUE_SPAN * floor, QUEUE_MIN_S):
             self._queue_armed = True
             return  # no queue worth the name: losses tell
-        if recent < floor + span * 0.5:
+        fill = (recent - floor) / span
+        if fill < 0.5:
             self._queue_armed = True
-        elif self._queue_armed and recent >= floor + span * FULL_QUEUE:
+        elif self._queue_armed and fill >= FULL_QUEUE:
             self._congestion(now, "full queue")
+        elif self._queue_armed and fill >= MARK_FROM:
+            # (RED's idea: a flow's chance to give way is its share of the datagrams)
+            sent = self._sent - self._marked_sent
+            self._mark_credit += sent * (fill - MARK_FROM) / (FULL_QUEUE - MARK_FROM)
+            if self._mark_credit >= MARK_DATAGRAMS:
+                self._congestion(now, "filling queue")
+        self._marked_sent = self._sent
 
     def _on_loss(self, now: float) -> None:
         """Datagrams were found lost: congestion, when a queue is filling."""
         if self._queue_seen:
             self._holding = True  # the queue overflowed: the estimate lags the path
-        if self.congested and self._queue_armed and not self.startup:
+        if self.congested and not self.startup:
             self._congestion(now, "loss with a queue")  # (start-up ends by its own rules)
 
     def _congestion(self, now: float, reason: str) -> None:
@@ -412,37 +463,57 @@ class RateController:
                 self._low_recovery_until = now + 1.25 * self.rtt_s
                 self.congestion_events[reason] += 1
                 self._queue_armed = False
+                self._mark_credit = 0.0
         elif self.policy in CUBIC_PARAMETERS:
             if self.startup:
                 self._end_startup(now)
                 self.congestion_events[reason] += 1
             elif self._cubic is not None and self._cubic.congestion(
-                    now, self.rtt_s, self._fair_window()):
+                    now, self.rtt_s, self._fair_window(now),
+                    0.0 if self._event_sent else self.product):
                 self._event_sent.append(self._sent)
+                self._fresh_window = False
                 self.congestion_events[reason] += 1
                 self._queue_armed = False
+                self._mark_credit = 0.0
+                if self.ensemble is not None and reason != ENSEMBLE_EVENT:
+                    self.ensemble.congestion(self, now)
 
-    def _fair_window(self) -> float | None:
-        """The window (datagrams) at which a CUBIC flow (two, for high) averages at the
-        recent rate of congestion events (RFC 9438's response function,
-        (C (3 + beta) / (4 (1 - beta)))^(1/4) (RTT / p)^(3/4), with p the events per
-        datagram: TFRC's average of the last intervals, RFC 5348; the first from the end
-        of start-up). Flows that see the same events (the fillings of one queue) have the
-        same fair rate whatever they had before: a decrease toward it converges in a few
-        events where CUBIC's own takes many. None at the first event (no interval has
-        ended: the decrease is CUBIC's own)."""
+    @property
+    def product(self) -> float:
+        """The bottleneck-delay product (datagrams): what the estimate takes to fill."""
+        return self.btl_bps / 8 * self.min_rtt_s / self.datagram_bytes
+
+    def _fair_window(self, now: float) -> float:
+        """The largest window (datagrams) of a CUBIC flow (two, for high) that meets
+        congestion events as often as this one has lately: by RFC 9438's response
+        function it averages (C (3 + beta) / (4 (1 - beta)))^(1/4) (RTT / p)^(3/4), with p
+        the events per datagram (TFRC's average of the last intervals, RFC 5348, from the
+        first event on), and its largest window is PLATEAU times that. At the first event
+        no interval in datagrams says anything yet (what a flow sent since start-up is the
+        share its start-up happened to take), so the time T since start-up sets it: the
+        window CUBIC takes T to come back to, C T^3 / (1 - beta) (or the Reno-friendly
+        3 T / ((1 + beta) RTT)), the same for every flow that meets the same filling of one
+        queue; no more than the window itself."""
+        assert self._cubic is not None
+        share = FAIR_FACTOR * (2 if self.policy is RatePolicy.HIGH else 1)
         marks = self._event_sent
-        if len(marks) < 2:
-            return None
+        if not marks:
+            beta, c = CUBIC_PARAMETERS[RatePolicy.FAIR]
+            t = now - self._startup_end
+            return min(share * max(c * t ** 3 / (1 - beta), 3 / (1 + beta) * t / self.rtt_s),
+                       self._cubic.cwnd)
         intervals = [b - a for a, b in zip(marks, list(marks)[1:], strict=False)][::-1]
         open_interval = self._sent - marks[-1]
-        weights = EVENT_WEIGHTS[:len(intervals)]
-        mean = sum(w * i for w, i in zip(weights, intervals, strict=False)) / sum(weights)
-        if open_interval > mean:  # (TFRC counts the interval since the last event too)
-            mean = (mean + open_interval) / 2
+        mean: float = open_interval
+        if intervals:
+            weights = EVENT_WEIGHTS[:len(intervals)]
+            mean = sum(w * i for w, i in zip(weights, intervals, strict=False)) / sum(weights)
+            if open_interval > mean:  # (TFRC counts the interval since the last event too)
+                mean = (mean + open_interval) / 2
         p = 1 / max(mean, 1)
         rtt = (self.min_rtt_s + self.rtt_s) / 2
-        return float(RESPONSE[self.policy] * (rtt / p) ** 0.75)
+        return float(share * RESPONSE * PLATEAU * (rtt / p) ** 0.75)
 
     def _next_round(self, now: float, sent: int, lost: int, app_limited: bool) -> None:
         self._round_end = now + self.round_s
@@ -454,7 +525,7 @@ class RateController:
             if not self.startup and now >= self._recovery_until:
                 # (not the losses of what was sent before the last decrease)
                 self.all_loss = 0.875 * self.all_loss + 0.125 * ratio
-                if self.all_loss - self.loss > HEAVY_LOSS:
+                if self.all_loss - self.loss > HEAVY_LOSS and not self.congested:
                     self.all_loss = self.loss
                     self._congestion(now, "heavy loss")
             self._counted = (sent, lost)
@@ -463,7 +534,7 @@ class RateController:
         if self.policy is RatePolicy.LOW:
             self._low_round()
         elif self.startup:
-            if app_limited:
+            if app_limited or self.waiting:
                 return  # a round without enough to send says nothing about the path
             if self.btl_bps >= self._full_bw * 1.25:
                 self._full_bw = self.btl_bps
@@ -501,12 +572,62 @@ class RateController:
         self._cubic = _Cubic(beta, c, max(cwnd, MIN_WINDOW_DATAGRAMS), now)
         # start-up's own losses are found for a while: the queue it built drains first
         self._cubic.recovery_until = now + 3 * max(self.rtt_s, 2 * self.min_rtt_s)
-        self._event_sent.append(self._sent)  # (the first interval runs from here)
+        self._startup_end = now
+        self._event_sent.clear()
+        self._fresh_window = True
 
     @property
     def gain(self) -> float:
         """Start-up's pacing gain (1 while it holds, and out of start-up)."""
-        return STARTUP_GAIN if self.startup and not self._holding else 1.0
+        return STARTUP_GAIN if self.startup and not self._holding and not self.waiting \
+            else 1.0
+
+    @property
+    def waiting(self) -> bool:
+        """Start-up waits for that of an earlier transfer of its ensemble (see Ensemble),
+        at most ENSEMBLE_WAIT_S from its first file data."""
+        return self.ensemble is not None and self.sending_data and \
+            self._clock < self._since + ENSEMBLE_WAIT_S and self.ensemble.starting_before(self)
+
+    @property
+    def sending_data(self) -> bool:
+        """It has file data to send (it is past the metadata)."""
+        return not self._app_limited
+
+    @property
+    def window(self) -> float:
+        """The CUBIC window, in datagrams (0 before there is one)."""
+        return self._cubic.cwnd if self._cubic is not None else 0.0
+
+    @property
+    def sharing(self) -> bool:
+        """Out of start-up with a CUBIC window: its window can be shared."""
+        return self._cubic is not None and not self.startup
+
+    def give_way(self, now: float) -> None:
+        """Another transfer of its ensemble met a congestion event: so does this one."""
+        self._congestion(now, ENSEMBLE_EVENT)
+
+    def take_share(self, cwnd: float, btl_bps: float, min_rtt_s: float, now: float) -> None:
+        """Out of start-up with ``cwnd`` of the ensemble's windows (or into it, already
+        out): the curve and the event history start again from it."""
+        self.startup = False
+        self.all_loss = self.loss
+        self.min_rtt_s = min(self.min_rtt_s, min_rtt_s) if self.recent_rtt_s else min_rtt_s
+        self.btl_bps = btl_bps
+        self._samples.clear()  # (the estimate is of this share from now on)
+        self._samples.append((now, btl_bps))
+        if self._cubic is None:
+            beta, c = CUBIC_PARAMETERS[self.policy]
+            self._cubic = _Cubic(beta, c, max(cwnd, MIN_WINDOW_DATAGRAMS), now)
+        else:
+            self._cubic.restart(max(cwnd, MIN_WINDOW_DATAGRAMS), now)
+        # (the losses of a start-up's queue are found for a while, as after start-up)
+        self._cubic.recovery_until = max(self._cubic.recovery_until,
+                                         now + 3 * max(self.rtt_s, 2 * self.min_rtt_s))
+        self._startup_end = now
+        self._event_sent.clear()
+        self._fresh_window = True
 
     def pacing_bps(self, limit_bps: float | None = None) -> float:
         """The rate to pace at now, never above ``limit_bps`` when one is set."""
@@ -540,3 +661,75 @@ class RateController:
             return max(STARTUP_GAIN * self.btl_bps / 8 * max(self.min_rtt_s, 0.005),
                        256 * 1024) + 64 * self.datagram_bytes
         return self._cubic.cwnd * self.datagram_bytes
+
+
+class Ensemble:
+    """The transfers of one server to one destination (``fair`` and ``high``): they cross
+    the same path, so they share one window's worth of it as RFC 9040's ensemble sharing
+    does, instead of each finding its share through congestion events (which takes a
+    CUBIC flow many; two transfers started together keep much of the split their
+    start-ups made). A transfer that starts while others run takes an equal part of their
+    windows instead of a start-up of its own (one whose start-up began first is waited
+    for, up to ENSEMBLE_WAIT_S); a congestion event of one is every one's (each gives way
+    by its own window and history, so equal shares stay equal); one that ends leaves its
+    window to the others."""
+
+    def __init__(self) -> None:
+        self.members: list[RateController] = []
+
+    def add(self, controller: RateController) -> None:
+        """A transfer to the destination begins (``fair`` and ``high`` only: the others
+        have no CUBIC window to share)."""
+        if controller.policy in CUBIC_PARAMETERS:
+            self.members.append(controller)
+            controller.ensemble = self
+
+    def remove(self, controller: RateController, now: float) -> None:
+        """``controller``'s transfer ended: the others take its window."""
+        if controller not in self.members:
+            return
+        self.members.remove(controller)
+        controller.ensemble = None
+        sharing = [m for m in self.members if m.sharing]
+        if controller.sharing and sharing:
+            extra, btl = controller.window / len(sharing), controller.btl_bps / len(sharing)
+            for member in sharing:
+                member.take_share(member.window + extra, member.btl_bps + btl,
+                                  member.min_rtt_s, now)
+
+    def congestion(self, controller: RateController, now: float) -> None:
+        """``controller`` met a congestion event: the path is the others' too, and so is
+        the event (each gives way by its own window and history, once a round trip)."""
+        for member in self.members:
+            if member is not controller and member.sharing:
+                member.give_way(now)
+
+    def product_part(self) -> float:
+        """An equal part of the members' bottleneck-delay products (out of start-up)."""
+        sharing = [m for m in self.members if m.sharing]
+        return sum(m.product for m in sharing) / max(len(sharing), 1)
+
+    def starting_before(self, controller: RateController) -> bool:
+        """Whether a member that came before ``controller`` is in its start-up, sending
+        file data."""
+        for member in self.members:
+            if member is controller:
+                return False
+            if member.startup and member.sending_data:
+                return True
+        return False
+
+    def join(self, controller: RateController, now: float) -> None:
+        """``controller`` is in its start-up, sending file data: if others run out of
+        theirs, it takes an equal part of their windows (and they give it up)."""
+        sharing = [m for m in self.members if m.sharing and m is not controller]
+        if not sharing:
+            return
+        part = len(sharing) / (len(sharing) + 1)
+        count = len(sharing) + 1
+        total, btl = sum(m.window for m in sharing), sum(m.btl_bps for m in sharing)
+        for member in sharing:
+            member.take_share(member.window * part, member.btl_bps * part,
+                              member.min_rtt_s, now)
+        controller.take_share(total / count, btl / count,
+                              min(m.min_rtt_s for m in sharing), now)
