@@ -342,10 +342,14 @@ def _tls_options(func: Any) -> Any:
               help="Log in with this API token's string instead of --user (better given "
                    "as JETSTREAM_API_TOKEN; its password, if any, from "
                    "JETSTREAM_API_PASSWORD).")
+@click.option("--superuser", is_flag=True,
+              help="Raise the session to superuser before COMMAND (for the commands only a "
+                   "raised superuser may run; the user must be one of the server's "
+                   "--superuser names).")
 @_tls_options
 @click.argument("command")
 @click.argument("parameters", nargs=-1, type=click.UNPROCESSED)
-def api_cli(host: str, port: int, user: str | None, token: str | None,
+def api_cli(host: str, port: int, user: str | None, token: str | None, superuser: bool,
             fingerprint: str | None, ca_file: Path | None, tls: bool | None, command: str,
             parameters: tuple[str, ...]) -> None:
     """Send COMMAND with --param=value parameters and print the result as JSON."""
@@ -353,7 +357,7 @@ def api_cli(host: str, port: int, user: str | None, token: str | None,
 
     sys.exit(run_console(host, port, user, command, list(parameters),
                          {"tls": tls, "fingerprint": fingerprint, "ca_file": ca_file},
-                         token))
+                         token, superuser))
 
 
 @jetstream_cli.command("get")

@@ -223,7 +223,7 @@ async def connect(host: str, port: int, login: Login, tls: dict[str, Any], prog:
 
 
 async def _run(host: str, port: int, login: Login, command: str, params: dict[str, Any],
-               tls: dict[str, Any]) -> tuple[int, Any]:
+               tls: dict[str, Any], superuser: bool = False) -> tuple[int, Any]:
     try:
         client = await connect(host, port, login, tls, "jetstream api")
     except ConnectionFailed as exc:
@@ -232,6 +232,8 @@ async def _run(host: str, port: int, login: Login, command: str, params: dict[st
         return EXIT_CONNECT, str(exc)
     async with client:
         try:
+            if superuser:
+                await client.call("superuser")
             result = await client.call(command, **params)
         except CommandFailed as exc:
             if exc.code in (RemoteControlRefused.code, TlsRequired.code):
@@ -243,9 +245,11 @@ async def _run(host: str, port: int, login: Login, command: str, params: dict[st
 
 
 def run_console(host: str, port: int, user: str | None, command: str, args: list[str],
-                tls: dict[str, Any] | None = None, token: str | None = None) -> int:
+                tls: dict[str, Any] | None = None, token: str | None = None,
+                superuser: bool = False) -> int:
     """Run one command (``tls``: AsyncClient.connect's tls, fingerprint and ca_file;
-    ``token``: log in with this API token instead of ``user``)."""
+    ``token``: log in with this API token instead of ``user``; ``superuser``: raise the
+    session first)."""
     tls = tls or {}
     try:
         if "--help" in args or "-h" in args:
@@ -263,7 +267,7 @@ def run_console(host: str, port: int, user: str | None, command: str, args: list
     login = read_login(user, token, "jetstream api")
     if login is None:
         return EXIT_CONNECT
-    status, value = asyncio.run(_run(host, port, login, command, params, tls))
+    status, value = asyncio.run(_run(host, port, login, command, params, tls, superuser))
     if status == 0:
         print(json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False))
     else:

@@ -221,6 +221,28 @@ async def test_manifests_from_python_mappings_and_their_errors(connect: Connect,
     assert deleted["manifestId"] == bad["manifestId"]
 
 
+async def test_a_transfer_of_a_manifest_still_being_built_waits_for_it(
+        connect: Connect, home: Path, silent_port: int) -> None:
+    alice = await connect("alice")
+    folder = home / "sandbox" / "many"
+    folder.mkdir()
+    for n in range(2000):
+        (folder / f"{n:05}.txt").write_bytes(b"x")
+    destination = await alice.call("createDestination",
+                                   destinationAddress=f"127.0.0.1:{silent_port}")
+    manifest = await alice.call("createManifest", fileMappings=["/many:/in/many"])
+    assert manifest["status"] == "pending"
+    transfer = await alice.call("createTransfer", destinationId=destination["destinationId"],
+                                manifestId=manifest["manifestId"])  # at once, as users do
+    assert (transfer["totalFiles"], transfer["totalBytes"]) == (2000, 2000)
+    for name in ("waitForManifest", "send.waitForManifest"):
+        waited = await alice.call(name, manifestId=manifest["manifestId"])
+        assert (waited["status"], waited["totalFiles"]) == ("complete", 2000)
+    with pytest.raises(CommandFailed, match="timeoutSeconds must be between 0 and 3600"):
+        await alice.call("waitForManifest", manifestId=manifest["manifestId"],
+                         timeoutSeconds=-1)
+
+
 async def _transfer_with_failed_manifest(client: AsyncClient, manifest_id: str) -> None:
     destination = await client.call("createDestination", destinationAddress="127.0.0.1:9")
     await client.call("createTransfer", destinationId=destination["destinationId"],

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,18 +99,25 @@ def test_a_manifest_from_the_console_with_repeated_mappings(server_process: Star
     assert created.returncode == 0, created.stderr
     manifest = json.loads(created.stdout)
     assert manifest["status"] == "pending" and manifest["userData"] == {"job": 42}
-    deadline = time.monotonic() + 20
-    while True:
-        got = json.loads(server.api("getManifest", "--manifestId", manifest["manifestId"],
-                                    user="alice", password=PASSWORDS["alice"]).stdout)
-        if got["status"] != "pending" or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    got = server.call("waitForManifest", "--manifestId", manifest["manifestId"],
+                      "--timeoutSeconds=20")
     assert (got["status"], got["totalFiles"], got["totalSize"]) == ("complete", 2, 4101)
     files = json.loads(server.api("getManifestFiles", "--manifestId", manifest["manifestId"],
                                   user="alice", password=PASSWORDS["alice"]).stdout)
     assert sorted(f["destPath"] for f in files["fileMappings"]) == ["/in/clip.mov",
                                                                    "/in/notes.txt"]
+
+
+def test_superuser_raises_the_session_before_the_command(server_process: Start) -> None:
+    server = server_process("--superuser", "root")
+    root = PASSWORDS["root"]
+    refused = server.api("garbageCollect", user="root", password=root)
+    assert refused.returncode == 1 and "call superuser first" in refused.stderr
+    done = server.api("--superuser", "garbageCollect", user="root", password=root)
+    assert done.returncode == 0, done.stderr
+    not_one = server.api("--superuser", "garbageCollect", user="alice",
+                         password=PASSWORDS["alice"])
+    assert not_one.returncode == 1 and "alice is not a superuser" in not_one.stderr
 
 
 def _start_fails(home: Path, *args: str, env: dict[str, str] | None = None) -> str:

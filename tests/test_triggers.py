@@ -82,13 +82,19 @@ async def test_destination_triggers_name_the_destination_and_the_client(
         client = await _client(server)
         client_port = client._writer.get_extra_info("sockname")[1]
         created = await client.call("createDestination", destinationAddress="localhost:9100")
-        await client.call("createDestination", destinationAddress="localhost:9100")  # again
+        again = await client.call("createDestination", destinationAddress="localhost:9100")
+        assert again["destinationId"] == created["destinationId"]  # the same one, answered
+        await client.call("createDestination", destinationAddress="[::1]:9101")
         await client.call("deleteDestination", destinationId=created["destinationId"])
         (deleted,) = await wait_calls(triggers, "send.destinationDeleted")
         await client.close()
     made = calls(triggers, "send.destinationCreated")
-    assert [c["args"] for c in made] == [["127.0.0.1:9100", f"127.0.0.1:{client_port}"]]
-    assert deleted["args"] == ["127.0.0.1:9100", f"127.0.0.1:{client_port}"]
+    me = f"127.0.0.1:{client_port}"
+    # every successful createDestination, a destination that existed too (as JetStream's
+    # documentation says); an IPv6 address in brackets, as <ip>:<port> must be read
+    assert [c["args"] for c in made] == [["127.0.0.1:9100", me], ["127.0.0.1:9100", me],
+                                         ["[::1]:9101", me]]
+    assert deleted["args"] == ["127.0.0.1:9100", me]
 
 
 @pytest.fixture

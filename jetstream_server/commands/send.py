@@ -6,13 +6,14 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..core.ids import new_id, now_us
 from ..core.lifecycle import MANIFEST, ManifestStatus
 from ..core.manifests import build_file_list, parse_console_mapping
-from ..core.netaddr import host_name_problem
+from ..core.netaddr import host_name_problem, host_port
 from ..core.objects import (
     DEFAULT_PRIORITY,
     Destination,
@@ -50,6 +51,11 @@ MAX_RATE_KBPS = 100_000_000
 #: The ratePolicy values.
 POLICIES = tuple(p.value for p in RatePolicy)
 TRANSPORTS = ("udp", "tcp")
+#: How long createTransfer and waitForManifest wait for a manifest still being built (at
+#: most, for waitForManifest's timeoutSeconds), and how often they look.
+MANIFEST_WAIT_S = 600
+MANIFEST_WAIT_MAX_S = 3600
+MANIFEST_POLL_S = 0.02
 
 
 # -- destinations ---------------------------------------------------------------------
@@ -151,6 +157,10 @@ async def create_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
         transport=p["dataTransport"], user=p["destinationUser"],
         password=p["destinationPassword"], token=p["destinationToken"],
         public_key=p["destinationPublicKey"], user_data=p["userData"])
+    # (on every successful call, as JetStream's trigger documentation says: also when the
+    # destination existed)
+    call.fire("send.destinationCreated", host_port(destination.ip, destination.port),
+              call.session.peer_text)
     return ("Destination created." if created else "Destination exists."), \
         _destination(call, destination)
 
@@ -198,8 +208,8 @@ async def make_destination(call: Call, *, address: str, rate: int | None = None,
     service.save_destination(wanted)
     if service.scheduler.data_plane is not None:
         service.scheduler.data_plane.prepare(wanted)
-    log.info("destination %s (%s:%d) created by %s", wanted.id, wanted.ip, port, call.who)
-    call.fire("send.destinationCreated", f"{wanted.ip}:{port}", _peer(call))
+    log.info("destination %s (%s) created by %s", wanted.id, host_port(wanted.ip, port),
+             call.who)
     return wanted, True
 
 
@@ -211,12 +221,6 @@ def _visible(call: Call, table: dict[str, T]) -> list[T]:
 def _unfinished(call: Call, match: Callable[[Transfer], bool]) -> list[str]:
     """The ids of the unfinished transfers ``match`` picks."""
     return [t.id for t in call.service.transfers.values() if match(t) and not t.status.ended]
-
-
-def _peer(call: Call) -> str:
-    """The API client that asked, as ``<ip>:<port>``."""
-    host, port = call.session.peer
-    return f"{host}:{port}"
 
 
 def _destination(call: Call, destination: Destination) -> dict[str, Any]:
@@ -248,8 +252,8 @@ async def delete_destination(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     del service.destinations[destination.id]
     service.forget("destination", destination.id)
     log.info("destination %s deleted by %s", destination.id, call.user)
-    call.fire("send.destinationDeleted", f"{destination.ip}:{destination.port}",
-                          _peer(call))
+    call.fire("send.destinationDeleted", host_port(destination.ip, destination.port),
+              call.session.peer_text)
     return "Destination deleted.", _destination(call, destination)
 
 
@@ -327,6 +331,28 @@ async def _build_manifest(call: Call, manifest: Manifest) -> None:
              manifest.total_size)
 
 
+async def _built(manifest: Manifest, timeout_s: float) -> None:
+    """Wait until ``manifest`` is no longer being built (InvalidState after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while manifest.status is ManifestStatus.PENDING:
+        if time.monotonic() >= deadline:
+            raise InvalidState(f"Manifest {manifest.id} is still being built after "
+                               f"{timeout_s:g} s; wait again (waitForManifest), or see its "
+                               "status with getManifest.")
+        await asyncio.sleep(MANIFEST_POLL_S)
+
+
+async def wait_for_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Wait until a manifest is built (complete, or failed: see its status and
+    errorMessage), at most timeoutSeconds (default 600), and return it."""
+    manifest = call.service.find_manifest(call.session, p["manifestId"])
+    timeout_s = p["timeoutSeconds"]
+    if timeout_s is not None and not 0 <= timeout_s <= MANIFEST_WAIT_MAX_S:
+        raise InvalidParameter(f"timeoutSeconds must be between 0 and {MANIFEST_WAIT_MAX_S}.")
+    await _built(manifest, MANIFEST_WAIT_S if timeout_s is None else timeout_s)
+    return f"Manifest {manifest.status.value}.", manifest.to_api()
+
+
 async def get_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     """One manifest: status, totals, errorMessage."""
     return "Manifest.", call.service.find_manifest(call.session, p["manifestId"]).to_api()
@@ -364,6 +390,7 @@ async def create_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     service = call.service
     destination = service.find_destination(call.session, p["destinationId"])
     manifest = service.find_manifest(call.session, p["manifestId"])
+    await _built(manifest, MANIFEST_WAIT_S)  # (a manifest just requested: as waitForManifest)
     transfer = queue_transfer(call, destination, manifest, p)
     return "Transfer created.", _transfer(call, transfer)
 
@@ -545,6 +572,8 @@ def register(registry: Registry) -> None:
             Param("fileMappings", object), Param("mappings", object), user_data)),
         ("getManifest", get_manifest, (manifest_id,)),
         ("getManifestFiles", get_manifest_files, (manifest_id,)),
+        ("waitForManifest", wait_for_manifest, (
+            manifest_id, Param("timeoutSeconds", int, nullable=True))),
         ("getManifests", get_manifests, ()),
         ("deleteManifest", delete_manifest, (manifest_id,)),
         ("createTransfer", create_transfer, (
@@ -573,4 +602,4 @@ def register(registry: Registry) -> None:
             Param("objectId", str, required=True), Param("key", str, required=True))),
     ):
         registry.add(Command("send." + name, handler, params,
-                             permission="read" if name.startswith("get") else "send"))
+                             permission="read" if name.startswith(("get", "wait")) else "send"))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.ids import now_us
 from ..core.lifecycle import ManifestStatus
+from ..core.netaddr import host_port
 from ..core.sandbox import resolve_in_sandbox, virtual_parts
 from ..core.tokens import (
     API,
@@ -275,7 +276,7 @@ async def download_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any
         raise NotFound(f"The files of shared link {token.id} are no longer offered: ask "
                        f"its owner ({token.owner}) for a new link.")
     host = call.session.peer[0]  # (the asking server: files go nowhere else)
-    address = f"[{host}]:{p['recvPort']}" if ":" in host else f"{host}:{p['recvPort']}"
+    address = host_port(host, p["recvPort"])
     destination, _ = await make_destination(
         call, address=address, transport=p["dataTransport"], token=p["destinationToken"],
         public_key=p["destinationPublicKey"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["host_name_problem", "is_loopback", "plain_host"]
+__all__ = ["host_name_problem", "host_port", "is_loopback", "plain_host"]
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -28,6 +28,11 @@ def plain_host(host: str) -> str:
     address = _address(host)
     return host if address is None or ":" not in host or address.version == 6 else \
         str(address)
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:8886``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def host_name_problem(host: str) -> str | None:

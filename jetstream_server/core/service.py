@@ -39,6 +39,7 @@ from .config import Settings
 from .identity import load_api_certificate, load_server_key
 from .ids import new_id, now_us
 from .lifecycle import MANIFEST, RECEIVE, TRANSFER, ManifestStatus, ReceiveStatus, TransferStatus
+from .netaddr import host_port
 from .objects import Destination, FileMapping, Manifest, Owned, Transfer
 from .ratelog import LimitedLog
 from .receives import Grant, ReceiveRecord, remove_partial_files
@@ -116,8 +117,7 @@ class Session:
     @property
     def peer_text(self) -> str:
         """The peer as ``host:port`` (``[v6]:port``)."""
-        host, port = self.peer
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return host_port(*self.peer)
 
     @property
     def root(self) -> str:
