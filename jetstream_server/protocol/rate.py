@@ -136,12 +136,11 @@ HEAVY_LOSS = 0.05
 LOSS_RTT_WINDOW_S = 30.0
 MARK_FROM = 0.6
 MARK_DATAGRAMS = 1000
-#: The response function's constant, (C (3 + beta) / (4 (1 - beta)))^(1/4): CUBIC's
-#: (C 0.4, beta 0.7) for fair, for a rate FAIR_FACTOR of CUBIC's (a transfer meets each
-#: filling of the queue just before a TCP flow's losses do, and so takes a little more
-#: than CUBIC's rate at the same events: measured, docs/benchmarks.md); for high the one
-#: that gives twice CUBIC's rate.
-FAIR_FACTOR = 0.8
+#: The response function's constant, (C (3 + beta) / (4 (1 - beta)))^(1/4) for CUBIC's
+#: C 0.4 and beta 0.7; fair aims at FAIR_FACTOR of CUBIC's rate at the same events, high
+#: at twice that (0.8 was too little once the queue's filling counted as events: TCP took
+#: 63-74% in some runs; docs/benchmarks.md).
+FAIR_FACTOR = 1.0
 RESPONSE = 1.233 ** 0.25
 #: CUBIC's largest window over its average, (1 / (1 - beta)) / (1 / (1 - beta) - 1 / 4).
 PLATEAU = 1.333 / 1.233
@@ -468,9 +467,8 @@ class RateController:
             if self.startup:
                 self._end_startup(now)
                 self.congestion_events[reason] += 1
-            elif self._cubic is not None and self._cubic.congestion(
-                    now, self.rtt_s, self._fair_window(now),
-                    0.0 if self._event_sent else self.product):
+            elif self._cubic is not None and self._cubic.congestion(  # (never below what
+                    now, self.rtt_s, self._fair_window(now), self.product):  # it delivers)
                 self._event_sent.append(self._sent)
                 self._fresh_window = False
                 self.congestion_events[reason] += 1
