@@ -280,8 +280,8 @@ def user_list(users_file: Path | None) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="jetstream")
 def jetstream_cli() -> None:
-    """jetstream: run a server ('server'), send it an API command ('api'), or fetch a
-    shared link into it ('get')."""
+    """jetstream: run a server ('server'), send it an API command ('api'), copy files to
+    another server through it ('cp'), or fetch a shared link into it ('get')."""
 
 
 jetstream_cli.add_command(server_cli, "server")
@@ -358,6 +358,35 @@ def api_cli(host: str, port: int, user: str | None, token: str | None, superuser
     sys.exit(run_console(host, port, user, command, list(parameters),
                          {"tls": tls, "fingerprint": fingerprint, "ca_file": ca_file},
                          token, superuser))
+
+
+@jetstream_cli.command("cp", context_settings={"allow_interspersed_args": True})
+@_connection_options
+@_tls_options
+@click.option("--json", "json_lines", is_flag=True,
+              help="One line of progress JSON a second instead of the progress bar.")
+@click.option("--detach", is_flag=True,
+              help="On Ctrl-C leave the transfer running (default: cancel it).")
+@click.option("--send-rate-max", "rate_kbps", type=click.IntRange(0), default=None,
+              help="kbit/s (0: as fast as the path allows).")
+@click.option("--rate-policy", "policy", type=click.Choice(["fair", "low", "high", "fixed"]),
+              default=None, help="How to share the link (default fair).")
+@click.argument("paths", nargs=-1, required=True)
+def cp_cli(host: str, port: int, user: str | None, fingerprint: str | None,
+           ca_file: Path | None, tls: bool | None, json_lines: bool, detach: bool,
+           rate_kbps: int | None, policy: str | None, paths: tuple[str, ...]) -> None:
+    """Copy files and folders of your sandbox (SRC...) to another server through the
+    local one: jetstream cp SRC... [USER@]HOST[:PORT]:DST (or DESTINATION_ID:DST). USER's
+    password from JETSTREAM_DESTINATION_PASSWORD, else asked. Exit 0 only when the
+    transfer is complete."""
+    from .cp import run_cp
+
+    if len(paths) < 2:
+        raise click.UsageError("name at least one SRC and the TARGET ([USER@]HOST[:PORT]:DST).")
+    sys.exit(run_cp(host, port, user, list(paths[:-1]), paths[-1],
+                    {"tls": tls, "fingerprint": fingerprint, "ca_file": ca_file},
+                    json_lines=json_lines, detach=detach, rate_kbps=rate_kbps,
+                    policy=policy))
 
 
 @jetstream_cli.command("get")
