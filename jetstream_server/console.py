@@ -41,8 +41,8 @@ from .errors import (
 from .protocol.tls import normalize_fingerprint
 
 __all__ = ["EXIT_API_ERROR", "EXIT_CONNECT", "EXIT_USAGE", "REGISTRY", "Login",
-           "command_help", "commands_help", "connect", "parse_parameters", "read_login",
-           "run_console"]
+           "command_help", "commands_help", "connect", "failed", "parse_parameters",
+           "read_login", "run_console"]
 
 EXIT_API_ERROR, EXIT_USAGE, EXIT_CONNECT = 1, 2, 3
 _TRUE = {"true", "1", "yes", "on"}
@@ -205,6 +205,13 @@ def read_login(user: str | None, token: str | None, prog: str) -> Login | None:
             print(f"{prog}: no password: set JETSTREAM_API_PASSWORD", file=sys.stderr)
             return None
     return Login(user, password)
+
+
+def failed(prog: str, exc: CommandFailed | ConnectionFailed) -> int:
+    """Say on stderr why a request failed; the exit status (EXIT_API_ERROR when the
+    server refused it, EXIT_CONNECT when the connection failed)."""
+    print(f"{prog}: {exc}", file=sys.stderr)
+    return EXIT_CONNECT if isinstance(exc, ConnectionFailed) else EXIT_API_ERROR
 
 
 async def connect(host: str, port: int, login: Login, tls: dict[str, Any], prog: str

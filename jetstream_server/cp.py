@@ -40,7 +40,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .console import EXIT_API_ERROR, EXIT_CONNECT, EXIT_USAGE, Login, connect, read_login
+from .console import EXIT_API_ERROR, EXIT_CONNECT, EXIT_USAGE, Login, connect, failed, read_login
 from .errors import CommandFailed, ConnectionFailed, UsageError
 
 __all__ = ["Target", "parse_target", "run_cp"]
@@ -174,12 +174,8 @@ class _Copy:
                     manifestId=manifest["manifestId"], **rate)
                 self.started["transferId"] = transfer["transferId"]
                 return await _follow(client, transfer, json_lines)
-            except CommandFailed as exc:
-                print(f"{PROG}: {exc}", file=sys.stderr)
-                return EXIT_API_ERROR
-            except ConnectionFailed as exc:
-                print(f"{PROG}: {exc}", file=sys.stderr)
-                return EXIT_CONNECT
+            except (CommandFailed, ConnectionFailed) as exc:
+                return failed(PROG, exc)
 
     async def cancel(self, transfer_id: str) -> str:
         """Cancel the transfer (after an interrupt); what happened, to say."""

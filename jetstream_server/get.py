@@ -29,7 +29,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .console import EXIT_API_ERROR, EXIT_CONNECT, connect, read_login
+from .console import EXIT_API_ERROR, EXIT_CONNECT, connect, failed, read_login
 from .errors import CommandFailed, ConnectionFailed, TokenPasswordWrong
 
 __all__ = ["run_get"]
@@ -78,12 +78,8 @@ async def _get(host: str, port: int, login: Any, link: str, destination_path: st
                 params["password"] = getpass.getpass("Passphrase of the link: ")
                 started = await client.call("recv.downloadSharedLink", **params)
             return await _follow(client, started)
-        except CommandFailed as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            return EXIT_API_ERROR
-        except ConnectionFailed as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            return EXIT_CONNECT
+        except (CommandFailed, ConnectionFailed) as exc:
+            return failed(PROG, exc)
 
 
 async def _follow(client: Any, started: dict[str, Any]) -> int:

@@ -109,7 +109,8 @@ def test_ctrl_c_cancels_the_transfer_or_leaves_it_running(
          "alice", "--json", "--send-rate-max", "2000", *(["--detach"] if detach else []),
          "/big.bin", f"bob@127.0.0.1:{b.recv_port}:/in"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        stdin=subprocess.DEVNULL)
+        stdin=subprocess.DEVNULL,  # (Ctrl-C's signal acts even where the tests run with
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # it ignored)
     try:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())  # (the transfer exists)

@@ -189,12 +189,18 @@ def test_a_transfer_to_a_destination_others_send_to_takes_an_equal_part_of_their
     assert ensemble.members == [second] and first.ensemble is None
 
 
-def test_a_transfer_waits_for_an_earlier_start_up_of_its_ensemble_then_shares() -> None:
+def _two_to_one_place() -> tuple[RateController, RateController]:
+    """Two fair transfers of one ensemble, the first added first."""
     ensemble = Ensemble()
     first = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
     second = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
     ensemble.add(first)
     ensemble.add(second)
+    return first, second
+
+
+def test_a_transfer_waits_for_an_earlier_start_up_of_its_ensemble_then_shares() -> None:
+    first, second = _two_to_one_place()
     first_path, second_path = Path(first), Path(second, 2e6)
     first_path.run(0.04, 0.020)
     second_path.now = first_path.now
@@ -208,11 +214,7 @@ def test_a_transfer_waits_for_an_earlier_start_up_of_its_ensemble_then_shares() 
 
 
 def test_the_wait_for_another_start_up_is_bounded() -> None:
-    ensemble = Ensemble()
-    first = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
-    second = RateController(RatePolicy.FAIR, datagram_bytes=DATAGRAM)
-    ensemble.add(first)
-    ensemble.add(second)
+    first, second = _two_to_one_place()
     Path(first).run(0.05, 0.020)  # starts up, then nothing more is heard of it
     path = Path(second, 2e6)
     path.now = 0.05
