@@ -8,6 +8,7 @@ so that neither pays for the other at start.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import getpass
 import json
 import logging
@@ -78,7 +79,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            # ISO 8601 with the zone's offset: lines from servers in different zones compare
+            "time": dt.datetime.fromtimestamp(record.created).astimezone().isoformat(
+                timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -91,12 +94,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def _setup_logging(log_file: Path | None, log_format: str = "text") -> None:
+def _setup_logging(log_file: Path | None, log_format: str = "text",
+                   level: str = "info") -> None:
     formatter: logging.Formatter = (
         JsonFormatter() if log_format == "json" else
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.setLevel(logging.INFO)
+    root.setLevel(level.upper())
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(formatter)
     root.addHandler(stderr)
@@ -148,7 +152,7 @@ def run_server(config_file: Path | None, given: dict[str, Any]) -> None:
         settings = load_settings(given, config_file)
     except ConfigError as exc:
         _fail(str(exc))
-    _setup_logging(settings.log, settings.log_format)
+    _setup_logging(settings.log, settings.log_format, settings.log_level)
     _raise_fd_limit()
     import uvloop
 

@@ -57,6 +57,8 @@ class TriggerRunner:
     def __init__(self, trigger_dir: Path | None, log_runs: bool = False) -> None:
         self.trigger_dir = trigger_dir
         self.log_runs = log_runs
+        #: runs are logged at INFO with --trigger-log (and their output shown), else at DEBUG
+        self._level = logging.INFO if log_runs else logging.DEBUG
         self.api_port = 0
         self.runs = 0
         self.dropped = 0
@@ -127,8 +129,7 @@ class TriggerRunner:
                 if exc.errno == errno.ETXTBSY and attempt < ETXTBSY_RETRIES:
                     await asyncio.sleep(0.05)
                     continue
-                if self.log_runs:
-                    log.info("trigger %s could not start: %s", event.name, exc)
+                log.log(self._level, "trigger %s could not start: %s", event.name, exc)
                 return
         self._running = proc
         self.runs += 1
@@ -138,9 +139,9 @@ class TriggerRunner:
             await proc.wait()
         finally:
             self._running = None
+        log.log(self._level, "trigger %s %s exited %s after %.3f s", event.name,
+                list(event.args), proc.returncode, time.monotonic() - started)
         if self.log_runs:
-            log.info("trigger %s %s exited %s after %.3f s", event.name, list(event.args),
-                     proc.returncode, time.monotonic() - started)
             for data in (out, err):  # to the console only, never to the --log file
                 if data:
                     sys.stderr.write(data.decode(errors="replace"))

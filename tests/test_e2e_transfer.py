@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,10 @@ def test_wrong_credentials_fail_the_transfer_and_write_nothing(
     assert got["status"] == "error"
     assert "refused user 'bob': wrong user name or password" in got["errorMessage"]
     assert os.listdir(tmp_path / "b" / "sandbox") == []
+    # the receiver's operator sees who tried: a warning with the sender's address
+    assert re.search(r" WARNING jetstream\.recv: refused a transfer login from "
+                     r"127\.0\.0\.1:\d+ as 'bob': The receiving server refused user 'bob'",
+                     b.log_path.read_text())
 
 
 def test_without_udp_offload_the_same_files_arrive(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import signal
@@ -70,6 +71,33 @@ def test_json_log_lines(tmp_path: Path) -> None:
     assert server.stop() == 0
     entries = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert {"time", "level", "logger", "message"} <= set(entries[0])
+    stamp = dt.datetime.fromisoformat(entries[0]["time"])  # ISO 8601, with its zone
+    assert stamp.utcoffset() is not None
+    assert abs(stamp.timestamp() - time.time()) < 60
     assert any("listening on TCP" in e["message"] for e in entries)
-    assert any(e["message"] == "alice logged in from 127.0.0.1:" + e["message"].rsplit(":")[-1]
-               for e in entries)
+    # a successful login is a DEBUG record, not an INFO one
+    assert not any("logged in from" in e["message"] for e in entries)
+
+
+def test_log_level_debug_shows_logins_and_trigger_runs(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "h")
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    (triggers / "send.destinationCreated").write_text("#!/bin/sh\nexit 0\n")
+    (triggers / "send.destinationCreated").chmod(0o755)
+    log_file = tmp_path / "server.log"
+    server = ServerProcess(home, "--log-level", "debug", "--log", str(log_file),
+                           "--trigger-dir", str(triggers))
+    server.call("createDestination", "--destinationAddress=127.0.0.1:9")
+    deadline = time.monotonic() + 10
+    while "trigger send.destinationCreated" not in log_file.read_text() and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.stop() == 0
+    text = log_file.read_text()
+    assert " DEBUG jetstream.api: alice logged in from 127.0.0.1:" in text
+    assert " DEBUG jetstream.triggers: trigger send.destinationCreated " in text
+    bad = subprocess.run([command("jetstream-server"), "--log-level", "loud"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0
+    assert "--log-level must be one of debug, info, warning, error" in bad.stderr

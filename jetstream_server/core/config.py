@@ -24,6 +24,9 @@ from .bandwidth import Window, check_limit, parse_schedule
 
 __all__ = ["SETTINGS", "Setting", "Settings", "default_home", "load_settings"]
 
+#: The --log-level names.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -96,6 +99,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trigger-on-api", bool, "Run on.<command> triggers after every API command."),
     Setting("log", Path, "Also write the log to this file."),
     Setting("log-format", str, "Log lines as 'text' (default) or 'json' (one object a line)."),
+    Setting("log-level", str, "Log from this level on: debug, info (default), warning, error."),
     Setting("server-name", str, "Friendly server name (default: the host name)."),
     Setting("incoming-rate-limit", int, "Most this server receives at, in all (kbit/s; "
                                         "default 0: no limit)."),
@@ -152,6 +156,7 @@ class Settings:
     trigger_on_api: bool = False
     log: Path | None = None
     log_format: str = "text"
+    log_level: str = "info"
     server_name: str = field(default_factory=socket.gethostname)
     incoming_rate_limit: int = 0
     outgoing_rate_limit: int = 0
@@ -200,6 +205,8 @@ def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
             raise ConfigError(f"--{key.replace('_', '-')} must be between 0 and 65535.")
     if values.get("log_format", "text") not in ("text", "json"):
         raise ConfigError("--log-format must be 'text' or 'json'.")
+    if values.get("log_level", "info") not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}.")
     for key in ("incoming_rate_limit", "outgoing_rate_limit"):
         try:
             check_limit(values.get(key, 0), "--" + key.replace("_", "-"))

@@ -287,7 +287,7 @@ class Service:
             raise AuthFailed("Authentication failed: wrong user name or password.")
         session.user, session.raised = user, False
         session.token = session.token_session = None
-        log.info("%s logged in from %s", user, session.peer_text)
+        log.debug("%s logged in from %s", user, session.peer_text)
 
     async def authenticate_token(self, session: Session, text: str, password: str | None
                                  ) -> Token:
@@ -301,8 +301,8 @@ class Service:
         session.user, session.raised = token.owner, False
         session.token, session.token_session = token, new_id()
         self._token_sessions.setdefault(token.id, weakref.WeakSet()).add(session)
-        log.info("token %s of %s logged in from %s", token.id, token.owner,
-                 session.peer_text)
+        log.debug("token %s of %s logged in from %s", token.id, token.owner,
+                  session.peer_text)
         return token
 
     def is_superuser(self, user: str) -> bool:

@@ -15,7 +15,8 @@ import orjson
 from ..core.bandwidth import Bandwidth
 from ..core.ids import now_us
 from ..core.lifecycle import RECEIVE, ReceiveStatus
-from ..core.netaddr import plain_host
+from ..core.netaddr import host_port, plain_host
+from ..core.ratelog import LimitedLog
 from ..core.receives import Grant, ReceiveRecord
 from ..errors import AuthFailed, DiskError, PermissionDenied
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S
@@ -36,6 +37,8 @@ __all__ = ["MAX_QUEUED_WRITE_BYTES", "ReceiveHost", "ReceiveSession", "SendFunc"
            "SessionOwner"]
 
 log = logging.getLogger("jetstream.recv")
+#: refused logins are warnings, but a guesser's flood is not (at most 5 in 10 s)
+limited_log = LimitedLog(log)
 
 #: Received bytes waiting for the disk before the data socket stops being read.
 MAX_QUEUED_WRITE_BYTES = 64 * 1024 * 1024
@@ -273,6 +276,9 @@ class ReceiveSession:
                 login.token)
             user, refusal = self.grant.user, ""
         except (AuthFailed, PermissionDenied) as exc:
+            limited_log.warning("login", "refused a transfer login from %s as %r: %s",
+                                host_port(plain_host(self.address[0]), self.address[1]),
+                                login.user, exc.message)
             # (a refusal of a token's says its stable code: the sender's errorCode)
             refusal = exc.message if exc.code == AuthFailed.code else \
                 f"{exc.code}: The receiving server refused the destination token: " \
