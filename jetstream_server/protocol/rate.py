@@ -137,10 +137,9 @@ LOSS_RTT_WINDOW_S = 30.0
 MARK_FROM = 0.6
 MARK_DATAGRAMS = 1000
 #: The response function's constant, (C (3 + beta) / (4 (1 - beta)))^(1/4) for CUBIC's
-#: C 0.4 and beta 0.7; fair aims at FAIR_FACTOR of CUBIC's rate at the same events, high
-#: at twice that (0.8 was too little once the queue's filling counted as events: TCP took
-#: 63-74% in some runs; docs/benchmarks.md).
-FAIR_FACTOR = 1.0
+#: C 0.4 and beta 0.7; fair aims at CUBIC's rate at the same events, high at twice that
+#: (0.8 of it was too little once the queue's filling counted as events: TCP took 63-74%
+#: in some runs; docs/benchmarks.md).
 RESPONSE = 1.233 ** 0.25
 #: CUBIC's largest window over its average, (1 / (1 - beta)) / (1 / (1 - beta) - 1 / 4).
 PLATEAU = 1.333 / 1.233
@@ -195,12 +194,6 @@ class _Cubic:
         reno = self.epoch_cwnd + 3 * (1 - beta) / (1 + beta) * t / max(rtt, 0.001)
         target = min(max(cubic, reno), self.cwnd * 1.5, ceiling)
         self.cwnd = max(self.cwnd, target)
-
-    def restart(self, cwnd: float, now: float) -> None:
-        """A new window (the ensemble's share): the curve starts again from it."""
-        self.cwnd = self.w_max = self.epoch_cwnd = cwnd
-        self.k = 0.0
-        self.epoch = now
 
     def congestion(self, now: float, rtt: float, fair: float, floor: float = 0.0) -> bool:
         """A congestion event: decrease (once a round trip). False when ignored.
@@ -494,7 +487,7 @@ class RateController:
         3 T / ((1 + beta) RTT)), the same for every flow that meets the same filling of one
         queue; no more than the window itself."""
         assert self._cubic is not None
-        share = FAIR_FACTOR * (2 if self.policy is RatePolicy.HIGH else 1)
+        share = 2.0 if self.policy is RatePolicy.HIGH else 1.0
         marks = self._event_sent
         if not marks:
             beta, c = CUBIC_PARAMETERS[RatePolicy.FAIR]
@@ -565,11 +558,17 @@ class RateController:
     def _start_window(self, now: float) -> None:
         """The CUBIC window begins at the path's bottleneck-delay product (the queue
         start-up built drains)."""
+        self._new_window(START_WINDOW_GAIN * self.product, now)
+
+    def _new_window(self, cwnd: float, now: float) -> None:
+        """A CUBIC window of ``cwnd`` datagrams, its curve and event history starting now
+        (out of start-up, or with a new share of the ensemble's)."""
+        recovery = self._cubic.recovery_until if self._cubic is not None else now
         beta, c = CUBIC_PARAMETERS[self.policy]
-        cwnd = START_WINDOW_GAIN * self.btl_bps / 8 * self.min_rtt_s / self.datagram_bytes
         self._cubic = _Cubic(beta, c, max(cwnd, MIN_WINDOW_DATAGRAMS), now)
         # start-up's own losses are found for a while: the queue it built drains first
-        self._cubic.recovery_until = now + 3 * max(self.rtt_s, 2 * self.min_rtt_s)
+        self._cubic.recovery_until = max(recovery,
+                                         now + 3 * max(self.rtt_s, 2 * self.min_rtt_s))
         self._startup_end = now
         self._event_sent.clear()
         self._fresh_window = True
@@ -615,17 +614,7 @@ class RateController:
         self.btl_bps = btl_bps
         self._samples.clear()  # (the estimate is of this share from now on)
         self._samples.append((now, btl_bps))
-        if self._cubic is None:
-            beta, c = CUBIC_PARAMETERS[self.policy]
-            self._cubic = _Cubic(beta, c, max(cwnd, MIN_WINDOW_DATAGRAMS), now)
-        else:
-            self._cubic.restart(max(cwnd, MIN_WINDOW_DATAGRAMS), now)
-        # (the losses of a start-up's queue are found for a while, as after start-up)
-        self._cubic.recovery_until = max(self._cubic.recovery_until,
-                                         now + 3 * max(self.rtt_s, 2 * self.min_rtt_s))
-        self._startup_end = now
-        self._event_sent.clear()
-        self._fresh_window = True
+        self._new_window(cwnd, now)
 
     def pacing_bps(self, limit_bps: float | None = None) -> float:
         """The rate to pace at now, never above ``limit_bps`` when one is set."""
