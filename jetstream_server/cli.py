@@ -23,6 +23,7 @@ import click
 
 from . import __version__
 from .core.config import SETTINGS, Setting, default_home, load_settings
+from .core.objects import OVERWRITE_RULES
 from .core.private import private_file
 from .core.users import (
     check_user_name,
@@ -285,7 +286,8 @@ def user_list(users_file: Path | None) -> None:
 @click.version_option(__version__, prog_name="jetstream")
 def jetstream_cli() -> None:
     """jetstream: run a server ('server'), send it an API command ('api'), copy files to
-    another server through it ('cp'), or fetch a shared link into it ('get')."""
+    another server through it ('cp'), follow transfers ('status'), or fetch a shared
+    link into it ('get')."""
 
 
 jetstream_cli.add_command(server_cli, "server")
@@ -375,10 +377,15 @@ def api_cli(host: str, port: int, user: str | None, token: str | None, superuser
               help="kbit/s (0: as fast as the path allows).")
 @click.option("--rate-policy", "policy", type=click.Choice(["fair", "low", "high", "fixed"]),
               default=None, help="How to share the link (default fair).")
+@click.option("--overwrite", type=click.Choice(OVERWRITE_RULES), default=None,
+              help="Files that exist there: always replaced (the default), never, ifNewer, "
+                   "ifDifferent (size or modification time), ifChecksumDiffers (only the "
+                   "parts that differ are sent).")
 @click.argument("paths", nargs=-1, required=True)
 def cp_cli(host: str, port: int, user: str | None, fingerprint: str | None,
            ca_file: Path | None, tls: bool | None, json_lines: bool, detach: bool,
-           rate_kbps: int | None, policy: str | None, paths: tuple[str, ...]) -> None:
+           rate_kbps: int | None, policy: str | None, overwrite: str | None,
+           paths: tuple[str, ...]) -> None:
     """Copy files and folders of your sandbox (SRC...) to another server through the
     local one: jetstream cp SRC... [USER@]HOST[:PORT]:DST (or DESTINATION_ID:DST). USER's
     password from JETSTREAM_DESTINATION_PASSWORD, else asked. Exit 0 only when the
@@ -390,7 +397,30 @@ def cp_cli(host: str, port: int, user: str | None, fingerprint: str | None,
     sys.exit(run_cp(host, port, user, list(paths[:-1]), paths[-1],
                     {"tls": tls, "fingerprint": fingerprint, "ca_file": ca_file},
                     json_lines=json_lines, detach=detach, rate_kbps=rate_kbps,
-                    policy=policy))
+                    policy=policy, overwrite=overwrite))
+
+
+@jetstream_cli.command("status")
+@_connection_options
+@_tls_options
+@click.option("--json", "json_lines", is_flag=True,
+              help="One line of progress JSON a second per transfer instead of bars.")
+@click.argument("transfer_id", required=False)
+def status_cli(host: str, port: int, user: str | None, fingerprint: str | None,
+               ca_file: Path | None, tls: bool | None, json_lines: bool,
+               transfer_id: str | None) -> None:
+    """Follow a transfer (TRANSFER_ID), or every unfinished one of yours, until it ends,
+    with progress bars. Exit 0 when each is complete, 1 when one failed or was
+    cancelled; Ctrl-C stops watching (the transfers go on)."""
+    from .console import EXIT_CONNECT, read_login
+    from .watch import run_status
+
+    login = read_login(user, None, "jetstream status")
+    if login is None:
+        sys.exit(EXIT_CONNECT)
+    sys.exit(run_status(host, port, login,
+                        {"tls": tls, "fingerprint": fingerprint, "ca_file": ca_file},
+                        transfer_id, json_lines))
 
 
 @jetstream_cli.command("get")

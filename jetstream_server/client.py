@@ -4,6 +4,8 @@
         await api.auth("alice", "secret")
         manifest = await api.send.createManifest(mappings={"/dst/a.txt": "/src/a.txt"})
         manifest = await api.wait_for_manifest(manifest["manifestId"])
+        transfer = await api.send.createTransfer(destinationId=..., manifestId=...)
+        await api.wait_for_transfer(transfer["transferId"], on_progress=print)
 
     with Client.connect("localhost", 8886) as api:
         api.server.auth("alice", "secret")
@@ -32,21 +34,23 @@ import itertools
 import os
 import ssl
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from .errors import CommandFailed, ConnectionFailed, UntrustedServer
+from .errors import CommandFailed, ConnectionFailed, TransferFailed, UntrustedServer
 from .protocol.lines import MAX_LINE_BYTES
 from .protocol.tls import certificate_fingerprint, normalize_fingerprint
 from .protocol.wire import DEFAULT_PORT as DEFAULT_API_PORT
 
 __all__ = ["DEFAULT_API_PORT", "AsyncClient", "Client", "CommandFailed", "ConnectionFailed",
-           "KnownServers", "UntrustedServer", "is_local"]
+           "KnownServers", "TransferFailed", "UntrustedServer", "is_local"]
 
 _T = TypeVar("_T")
+#: A transfer's statuses once it has ended.
+_ENDED = ("complete", "error", "cancelled")
 
 
 class _Namespace:
@@ -283,6 +287,39 @@ class AsyncClient:
                     return manifest
                 await asyncio.sleep(poll_s)
 
+    async def transfer_progress(self, transfer_id: str, interval_s: float = 1.0
+                                ) -> AsyncIterator[dict[str, Any]]:
+        """The transfer's Transfer structure every ``interval_s`` until it ends (the last
+        one yielded is its final state: complete, error or cancelled)::
+
+            async for transfer in api.transfer_progress(transfer_id):
+                print(transfer["bytesComplete"], transfer["currentRate"])
+        """
+        while True:
+            transfer: dict[str, Any] = await self.call("send.getTransfer",
+                                                       transferId=transfer_id)
+            yield transfer
+            if transfer["status"] in _ENDED:
+                return
+            await asyncio.sleep(interval_s)
+
+    async def wait_for_transfer(
+            self, transfer_id: str,
+            timeout: float | None = None,  # noqa: ASYNC109 (the documented signature)
+            on_progress: Callable[[dict[str, Any]], object] | None = None,
+            interval_s: float = 1.0) -> dict[str, Any]:
+        """Wait until the transfer ends; return its final Transfer structure if it is
+        complete, raise :class:`TransferFailed` if it ended in error or was cancelled
+        (TimeoutError after ``timeout`` seconds; the transfer goes on). ``on_progress``
+        is called with each Transfer structure looked at."""
+        async with asyncio.timeout(timeout):
+            async for transfer in self.transfer_progress(transfer_id, interval_s):
+                if on_progress is not None:
+                    on_progress(transfer)
+        if transfer["status"] != "complete":
+            raise TransferFailed(transfer)
+        return transfer
+
     async def close(self) -> None:
         """Close the connection."""
         self._writer.close()
@@ -353,6 +390,15 @@ class Client:
     def wait_for_manifest(self, manifest_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """Poll until the manifest is no longer pending; return it."""
         return self._run(self._inner.wait_for_manifest(manifest_id, timeout_s))
+
+    def wait_for_transfer(
+            self, transfer_id: str, timeout: float | None = None,
+            on_progress: Callable[[dict[str, Any]], object] | None = None,
+            interval_s: float = 1.0) -> dict[str, Any]:
+        """As :meth:`AsyncClient.wait_for_transfer` (``on_progress`` runs in the client's
+        thread)."""
+        return self._run(self._inner.wait_for_transfer(transfer_id, timeout, on_progress,
+                                                       interval_s))
 
     def close(self) -> None:
         """Close the connection and stop the private loop."""

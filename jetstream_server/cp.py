@@ -12,8 +12,9 @@ must trust this one's key (or take anonymous transfers).
 It makes the destination (``createDestination`` answers with the matching one if it
 exists), the manifest and the transfer (which waits for the manifest), then follows the
 transfer until it ends: a progress bar on a terminal, or with ``--json`` one line of JSON
-a second (``transferId``, ``status``, ``totalBytes``, ``bytesDone``, ``totalFiles``,
-``currentRate`` and ``averageRate`` in kbit/s, ``estimatedTimeRemaining`` in seconds).
+a second (see ``jetstream_server.watch``). ``--overwrite`` says what happens to files that
+exist there (createTransfer's ``overwrite``: always, never, ifNewer, ifDifferent,
+ifChecksumDiffers).
 
 Exit status: 0 the transfer is complete; 1 it failed (its message on stderr), or the
 server refused a request; 2 usage; 3 cannot connect or log in; 130 interrupted (the
@@ -24,30 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
-
-from .console import EXIT_API_ERROR, EXIT_CONNECT, EXIT_USAGE, Login, connect, failed, read_login
+from .console import EXIT_CONNECT, EXIT_USAGE, Login, connect, failed, read_login
 from .errors import CommandFailed, ConnectionFailed, UsageError
+from .watch import follow
 
 __all__ = ["Target", "parse_target", "run_cp"]
 
 PROG = "jetstream cp"
-#: How often the transfer is looked at (and, with --json, reported).
-POLL_S = 1.0
 #: A local server's destination id.
 _DESTINATION_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -102,7 +92,8 @@ def _mappings(sources: list[str], folder: str) -> dict[str, str]:
 
 def run_cp(host: str, port: int, user: str | None, sources: list[str], target_text: str,
            tls: dict[str, Any], *, json_lines: bool = False, detach: bool = False,
-           rate_kbps: int | None = None, policy: str | None = None) -> int:
+           rate_kbps: int | None = None, policy: str | None = None,
+           overwrite: str | None = None) -> int:
     """Copy ``sources`` to the target through the local server; the exit status."""
     try:
         target = parse_target(target_text)
@@ -128,7 +119,7 @@ def run_cp(host: str, port: int, user: str | None, sources: list[str], target_te
     copy = _Copy(host, port, login, tls, started)
     try:
         return asyncio.run(copy.run(target, remote_password, mappings, json_lines,
-                                    rate_kbps, policy))
+                                    rate_kbps, policy, overwrite))
     except KeyboardInterrupt:
         transfer_id = started.get("transferId")
         if transfer_id is None:
@@ -150,7 +141,7 @@ class _Copy:
 
     async def run(self, target: Target, remote_password: str | None,
                   mappings: dict[str, str], json_lines: bool, rate_kbps: int | None,
-                  policy: str | None) -> int:
+                  policy: str | None, overwrite: str | None) -> int:
         try:
             client = await connect(self.host, self.port, self.login, self.tls, PROG)
         except (ConnectionFailed, CommandFailed) as exc:
@@ -171,9 +162,9 @@ class _Copy:
                 manifest = await client.call("send.createManifest", fileMappings=mappings)
                 transfer = await client.call(
                     "send.createTransfer", destinationId=destination_id,
-                    manifestId=manifest["manifestId"], **rate)
+                    manifestId=manifest["manifestId"], overwrite=overwrite, **rate)
                 self.started["transferId"] = transfer["transferId"]
-                return await _follow(client, transfer, json_lines)
+                return await follow(client, [transfer["transferId"]], json_lines, PROG)
             except (CommandFailed, ConnectionFailed) as exc:
                 return failed(PROG, exc)
 
@@ -186,53 +177,3 @@ class _Copy:
         except (ConnectionFailed, CommandFailed) as exc:
             return f"transfer {transfer_id} could not be cancelled: {exc}"
         return f"transfer {transfer_id} cancelled."
-
-
-def _done_bytes(transfer: dict[str, Any]) -> int:
-    """File bytes the receiver has acknowledged (about: blocks are whole)."""
-    total = int(transfer["totalBytes"] or 0)
-    if transfer["status"] == "complete":
-        return total
-    return min(int(transfer["blocksAcked"] or 0) * int(transfer["blockSize"] or 0), total)
-
-
-async def _follow(client: Any, transfer: dict[str, Any], json_lines: bool) -> int:
-    """Report the transfer's progress until it ends; the exit status."""
-    transfer_id, total = transfer["transferId"], int(transfer["totalBytes"] or 0)
-    began = last_time = time.monotonic()
-    last_done = 0
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TextColumn("{task.fields[rates]}"), TimeRemainingColumn())
-    with Progress(*columns, disable=json_lines or not sys.stderr.isatty()) as progress:
-        task = progress.add_task(f"{transfer['totalFiles']} file(s)", total=total, rates="")
-        while True:
-            transfer = await client.call("send.getTransfer", transferId=transfer_id)
-            now, done = time.monotonic(), _done_bytes(transfer)
-            current = (done - last_done) * 8 / 1000 / max(now - last_time, 1e-3)
-            average = done * 8 / 1000 / max(now - began, 1e-3)
-            left = (total - done) * 8 / 1000 / average if average > 0 else None
-            last_time, last_done = now, done
-            progress.update(task, completed=done, rates=(
-                f"{current / 1000:.1f} Mbit/s now, {average / 1000:.1f} average"))
-            if json_lines:
-                print(json.dumps({
-                    "transferId": transfer_id, "status": transfer["status"],
-                    "totalBytes": total, "bytesDone": done,
-                    "totalFiles": transfer["totalFiles"], "currentRate": round(current),
-                    "averageRate": round(average),
-                    "estimatedTimeRemaining": None if left is None else round(left, 1)}),
-                    flush=True)
-            if transfer["status"] == "complete":
-                break
-            if transfer["status"] in ("error", "cancelled"):
-                print(f"{PROG}: transfer {transfer_id} {transfer['status']}: "
-                      f"{transfer['errorMessage'] or 'cancelled in the server'}",
-                      file=sys.stderr)
-                return EXIT_API_ERROR
-            await asyncio.sleep(POLL_S)
-    if not json_lines:
-        seconds = (transfer["endTime"] - transfer["requestTime"]) / 1e6 \
-            if transfer["endTime"] else time.monotonic() - began
-        print(f"Sent {total} bytes in {transfer['totalFiles']} file(s) in {seconds:.1f} s "
-              f"(transfer {transfer_id}).")
-    return 0

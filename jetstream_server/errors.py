@@ -43,6 +43,7 @@ API errors a response carries, in one place (``commands/dispatch.py``)::
     │   └── UnreadableSecret          secret             a stored secret this key cannot open
     └── RemoteError
         ├── CommandFailed             (the server's)     an API server answered an error
+        ├── TransferFailed            transfer_failed    a transfer waited for ended in error
         ├── ConnectionFailed          unreachable        it cannot be reached, or closed
         │   └── UntrustedServer       untrusted_server   its certificate is not the one trusted
         └── Garbage                   garbage            bytes that are not of the protocol
@@ -52,6 +53,8 @@ API errors a response carries, in one place (``commands/dispatch.py``)::
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "ERROR_CODES",
@@ -92,6 +95,7 @@ __all__ = [
     "TokenPasswordWrong",
     "TokenPermissionDenied",
     "TokensDisabled",
+    "TransferFailed",
     "Truncated",
     "Unauthenticated",
     "UnknownCommand",
@@ -354,6 +358,18 @@ class CommandFailed(RemoteError):
 
     def __str__(self) -> str:
         return f"{self.message} [{self.code}]"
+
+
+class TransferFailed(RemoteError):
+    """A transfer waited for ended in error or was cancelled: ``transfer`` is its last
+    Transfer structure (``errorMessage``, ``errorCode``, ``status``)."""
+
+    code = "transfer_failed"
+
+    def __init__(self, transfer: dict[str, Any]) -> None:
+        super().__init__(f"Transfer {transfer.get('transferId')} {transfer.get('status')}: "
+                         f"{transfer.get('errorMessage') or 'cancelled'}")
+        self.transfer = transfer
 
 
 class ConnectionFailed(RemoteError):

@@ -222,3 +222,15 @@ def server_process(home: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield _start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two server processes, each with its home (users alice and bob) under tmp_path."""
+    make_home(tmp_path / "a")
+    make_home(tmp_path / "b")
+    a = ServerProcess(tmp_path / "a")
+    b = ServerProcess(tmp_path / "b")
+    yield a, b
+    a.stop()
+    b.stop()

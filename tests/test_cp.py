@@ -7,14 +7,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jetstream_server.cp import Target, parse_target
 from jetstream_server.errors import UsageError
-from tests.conftest import PASSWORDS, ServerProcess, command, make_home
+from jetstream_server.watch import PROGRESS_FIELDS
+from tests.conftest import PASSWORDS, ServerProcess, command
 from tests.transfer_helpers import make_tree, tree_listing
 
 
@@ -37,17 +37,6 @@ def test_a_target_without_a_server_is_a_usage_error(text: str) -> None:
         parse_target(text)
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    make_home(tmp_path / "a")
-    make_home(tmp_path / "b")
-    a = ServerProcess(tmp_path / "a")
-    b = ServerProcess(tmp_path / "b")
-    yield a, b
-    a.stop()
-    b.stop()
-
-
 def cp(a: ServerProcess, *args: str, password: str = PASSWORDS["bob"],
        timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETSTREAM_")}
@@ -60,8 +49,8 @@ def cp(a: ServerProcess, *args: str, password: str = PASSWORDS["bob"],
 
 
 def test_one_command_copies_files_and_folders_and_reports_progress(
-        pair: tuple[ServerProcess, ServerProcess], tmp_path: Path) -> None:
-    a, b = pair
+        two_servers: tuple[ServerProcess, ServerProcess], tmp_path: Path) -> None:
+    a, b = two_servers
     media = tmp_path / "a" / "sandbox" / "media"
     make_tree(media / "tree", small_files=20, big_bytes=3_000_000)
     (media / "clip one.mov").write_bytes(os.urandom(700_000))
@@ -71,22 +60,27 @@ def test_one_command_copies_files_and_folders_and_reports_progress(
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     total = (media / "clip one.mov").stat().st_size + sum(
         p.stat().st_size for p in (media / "tree").rglob("*") if p.is_file())
-    assert lines[-1]["status"] == "complete"
-    assert lines[-1]["bytesDone"] == lines[-1]["totalBytes"] == total
-    assert set(lines[-1]) == {"transferId", "status", "totalBytes", "bytesDone", "totalFiles",
-                              "currentRate", "averageRate", "estimatedTimeRemaining"}
+    last = lines[-1]
+    assert last["status"] == "complete"
+    assert last["bytesComplete"] == last["totalBytes"] == total
+    assert last["bytesToSend"] == 0 and last["estimatedTimeRemaining"] == 0
+    files = 1 + sum(1 for p in (media / "tree").rglob("*") if p.is_file())
+    assert last["filesComplete"] == last["totalFiles"] == files and last["filesSkipped"] == 0
+    assert last["averageRate"] > 0
+    assert set(last) == set(PROGRESS_FIELDS)
     incoming = tmp_path / "b" / "sandbox" / "incoming"
     assert (incoming / "clip one.mov").read_bytes() == (media / "clip one.mov").read_bytes()
     assert tree_listing(incoming / "tree") == tree_listing(media / "tree")
     again = cp(a, "/media/clip one.mov", target)  # the same destination, reused
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith("Sent 700000 bytes in 1 file(s)")
+    assert again.stdout.startswith("Transfer ") and \
+        "complete: 1 file(s) delivered, 700000 bytes" in again.stdout
     assert len(a.call("send.getDestinations")) == 1
 
 
 def test_a_refused_login_exits_1_with_the_receivers_reason(
-        pair: tuple[ServerProcess, ServerProcess], tmp_path: Path) -> None:
-    a, b = pair
+        two_servers: tuple[ServerProcess, ServerProcess], tmp_path: Path) -> None:
+    a, b = two_servers
     (tmp_path / "a" / "sandbox" / "a.txt").write_text("hello")
     done = cp(a, "/a.txt", f"bob@127.0.0.1:{b.recv_port}:/in", password="wrong")
     assert done.returncode == 1
@@ -98,8 +92,8 @@ def test_a_refused_login_exits_1_with_the_receivers_reason(
 
 @pytest.mark.parametrize("detach", [False, True])
 def test_ctrl_c_cancels_the_transfer_or_leaves_it_running(
-        pair: tuple[ServerProcess, ServerProcess], tmp_path: Path, detach: bool) -> None:
-    a, b = pair
+        two_servers: tuple[ServerProcess, ServerProcess], tmp_path: Path, detach: bool) -> None:
+    a, b = two_servers
     (tmp_path / "a" / "sandbox" / "big.bin").write_bytes(os.urandom(4_000_000))
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETSTREAM_")}
     env.update(JETSTREAM_API_PASSWORD=PASSWORDS["alice"],

@@ -16,12 +16,14 @@ from ..core.manifests import build_file_list, parse_console_mapping
 from ..core.netaddr import host_name_problem, host_port
 from ..core.objects import (
     DEFAULT_PRIORITY,
+    OVERWRITE_RULES,
     Destination,
     Manifest,
     Owned,
     Transfer,
     check_user_data,
 )
+from ..core.progress import files_progress
 from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts
 from ..core.tokens import split_token
 from ..errors import (
@@ -418,6 +420,10 @@ def queue_transfer(call: Call, destination: Destination, manifest: Manifest,
     if not -(2**31) <= priority < 2**31:
         raise InvalidParameter("priority must fit in 32 bits.")
     user_data = check_user_data(p["userData"] or {})
+    overwrite = p["overwrite"] or "always"
+    if overwrite not in OVERWRITE_RULES:
+        raise InvalidParameter(f"overwrite must be one of {', '.join(OVERWRITE_RULES)}, not "
+                               f"{overwrite!r}.")
     transport = _transport(p["dataTransport"], destination.data_transport)
     block_size = service.scheduler.block_size(transport, destination.ip)
     layout = Layout(block_size, 0, manifest.sizes)
@@ -435,6 +441,7 @@ def queue_transfer(call: Call, destination: Destination, manifest: Manifest,
         block_size=block_size, total_blocks=layout.total_blocks,
         initial_user_data=dict(user_data), owner_token=call.session.owner_token,
         owner_token_session=call.session.token_session, rate_policy=_policy(p["ratePolicy"]),
+        overwrite=overwrite,
     )
     _check_fixed(service.scheduler.effective_policy(transfer),
                  service.scheduler.effective_rate_kbps(transfer))
@@ -462,6 +469,18 @@ async def get_transfers(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     found = [_transfer(call, t) for t in _visible(call, call.service.transfers)
              if wanted is None or t.destination_id == wanted]
     return f"{len(found)} transfer(s).", found
+
+
+async def get_transfer_files(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Each file of a transfer: its paths, size, status and bytes the receiver has."""
+    service = call.service
+    transfer = service.find_transfer(call.session, p["transferId"])
+    manifest = service.manifests.get(transfer.manifest_id)
+    if manifest is None:
+        raise InvalidState(f"Transfer {transfer.id}'s manifest {transfer.manifest_id} is "
+                           "gone; its files cannot be listed.")
+    files = files_progress(transfer, manifest)
+    return f"{len(files)} file(s).", {"transferId": transfer.id, "fileMappings": files}
 
 
 async def suspend_transfer(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
@@ -584,8 +603,10 @@ def register(registry: Registry) -> None:
             Param("ratePolicy", str, nullable=True),
             Param("checkpointFrequencySeconds", int, nullable=True),
             Param("dataTransport", str, nullable=True),
+            Param("overwrite", str, nullable=True),
             user_data)),
         ("getTransfer", get_transfer, transfer_id),
+        ("getTransferFiles", get_transfer_files, transfer_id),
         ("getTransfers", get_transfers, (Param("destinationId", str, nullable=True),)),
         ("suspendTransfer", suspend_transfer, transfer_id),
         ("resumeTransfer", resume_transfer, transfer_id),

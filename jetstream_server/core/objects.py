@@ -15,10 +15,15 @@ from ..errors import InvalidParameter
 from ..protocol.metadata import MAX_USER_DATA_BYTES
 from .lifecycle import ConnectionState, ManifestStatus, TransferStatus
 
-__all__ = ["DEFAULT_PRIORITY", "Destination", "FileMapping", "Manifest", "Owned", "Transfer",
-           "check_user_data"]
+__all__ = ["DEFAULT_PRIORITY", "OVERWRITE_RULES", "Destination", "FileMapping", "Manifest",
+           "Owned", "Transfer", "check_user_data"]
 
 DEFAULT_PRIORITY = 100
+#: What the receiver does with a file that exists where one arrives: replace it (always);
+#: keep it (never); replace it if the one sent is newer (ifNewer); if size or modification
+#: time differ (ifDifferent, rsync's quick check); or receive only the parts whose
+#: checksums differ (ifChecksumDiffers)
+OVERWRITE_RULES = ("always", "never", "ifNewer", "ifDifferent", "ifChecksumDiffers")
 
 
 def check_user_data(value: dict[str, Any]) -> dict[str, Any]:
@@ -229,6 +234,27 @@ class Transfer(Owned):
     #: datagrams from the receiver dropped, by reason (failedAuthentication, replayed,
     #: truncated, garbage): what an attacker on the path tried
     datagrams_dropped: dict[str, int] = field(default_factory=dict)
+    #: what the receiver does with a file that exists (see OVERWRITE_RULES)
+    overwrite: str = "always"
+    #: file bytes the receiver has, and files verified and in place there (skipped not
+    #: counted)
+    bytes_complete: int = 0
+    files_complete: int = 0
+    #: manifest entries the receiver kept as they were (the overwrite rule), as [start,
+    #: end) ranges of indexes; None until a session has reached the data phase
+    skipped: list[list[int]] | None = None
+    #: blocks acknowledged when its last session ended, [start, end) ranges
+    acked_ranges: list[list[int]] = field(default_factory=list)
+    #: file bytes a second over the last seconds and on average this session (kbit/s),
+    #: and the seconds left at the current rate (while it sends)
+    current_rate_kbps: int = 0
+    average_rate_kbps: int = 0
+    eta_s: float | None = None
+
+    @property
+    def files_skipped(self) -> int:
+        """Files the receiver kept as they were."""
+        return sum(end - start for start, end in self.skipped or ())
 
     def to_api(self, effective_rate_kbps: int, policy: str = "fair") -> dict[str, Any]:
         """The Transfer structure (``effective_rate_kbps``, ``policy``: its own limit
@@ -264,6 +290,14 @@ class Transfer(Owned):
             "packetsSent": self.packets_sent,
             "packetsRecv": self.packets_recv,
             "datagramsDropped": self.datagrams_dropped,
+            "overwrite": self.overwrite,
+            "bytesComplete": self.bytes_complete,
+            "bytesToSend": max(self.total_bytes - self.bytes_complete, 0),
+            "filesComplete": self.files_complete,
+            "filesSkipped": self.files_skipped,
+            "currentRate": self.current_rate_kbps,
+            "averageRate": self.average_rate_kbps,
+            "estimatedTimeRemaining": self.eta_s,
             **self.ownership_api(),
             "userData": self.user_data,
         }

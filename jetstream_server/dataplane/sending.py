@@ -26,6 +26,7 @@ from ..core.ids import now_us
 from ..core.lifecycle import CONNECTION, ConnectionState, TransferStatus
 from ..core.netaddr import is_loopback
 from ..core.objects import Destination, Manifest, Transfer
+from ..core.progress import RateMeter, intersect
 from ..core.scheduler import Scheduler
 from ..protocol.channel import DATA_OVERHEAD
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
@@ -57,6 +58,8 @@ MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1200, 8960
 #: Retry after network trouble: 1 s, doubling up to 30 s.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
+#: How often a running transfer's rates, files done and blocks acknowledged are updated.
+PROGRESS_S = 1.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
 _IP_MTU, _IPV6_MTU = 14, 24  # from <linux/in.h>, <linux/in6.h>; Python does not name them
 
@@ -262,6 +265,10 @@ class SendSession:
                       transfer.packets_recv, transfer.blocks_sent,
                       transfer.blocks_retransmitted)
         self._dropped_base = Counter(transfer.datagrams_dropped)
+        self._meter = RateMeter()
+        self._progress_at = 0.0
+        #: the files earlier sessions found kept by the receiver (None: none got so far)
+        self._skipped_base = transfer.skipped
 
     # -- control from the scheduler -------------------------------------------------------
 
@@ -357,7 +364,11 @@ class SendSession:
                 await asyncio.get_running_loop().run_in_executor(None, source.close)
             if self.plane.sessions.get(transfer.id) is self:
                 del self.plane.sessions[transfer.id]
+        self._progress_at = 0.0
         self._count()
+        transfer.current_rate_kbps = 0
+        transfer.eta_s = 0.0 if self.core is not None and \
+            self.core.phase is SendPhase.DONE else None
         self.plane.host.save_transfer(transfer)
         if self._stopped:
             return
@@ -465,6 +476,10 @@ class SendSession:
         if core.dropped:
             transfer.datagrams_dropped = dict(self._dropped_base + core.dropped)
         transfer.blocks_acked = core.blocks_acked
+        now = time.monotonic()
+        if now >= self._progress_at or (self._meter.empty and core.phase is SendPhase.DATA):
+            self._progress_at = now + PROGRESS_S
+            self._progress(core, now)
         transfer.rate_limit_kbps = round((core.limit_bps or 0) / 1000)
         transfer.block_size = core.layout.block_size
         transfer.total_blocks = core.layout.total_blocks
@@ -474,6 +489,23 @@ class SendSession:
         if core.handshake_done and \
                 self.destination.connection is ConnectionState.NEGOTIATING:
             self._connection("accepted")
+
+    def _progress(self, core: SenderCore, now: float) -> None:
+        """Rates, time left, files done and kept, blocks acknowledged (once a second)."""
+        transfer = self.transfer
+        transfer.bytes_complete = core.data_acked
+        sending = core.phase in (SendPhase.DATA, SendPhase.DONE)
+        if sending:
+            self._meter.sample(now, core.data_acked)
+            had = core.files_had.ranges()
+            base = self._skipped_base
+            transfer.skipped = [list(r) for r in had] if base is None else \
+                intersect(base, had)
+        transfer.current_rate_kbps, transfer.average_rate_kbps = self._meter.rates_kbps()
+        transfer.eta_s = self._meter.seconds_left(transfer.total_bytes - core.data_acked) \
+            if sending else None
+        transfer.files_complete = max(core.committed - transfer.files_skipped, 0)
+        transfer.acked_ranges = [list(r) for r in core.acked.ranges()]
 
     def _connection(self, action: str) -> None:
         """Move the destination's connection state (see core/lifecycle.py)."""

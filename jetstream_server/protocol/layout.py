@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["DIGEST", "MAX_BLOCKS", "TCP_BLOCK_SIZE", "UDP_BLOCK_SIZE", "Layout", "Slot"]
@@ -67,6 +68,34 @@ class Layout:
         """[first, end) blocks of file ``index``, its digest block included."""
         first = self._first_of[index]
         return first, first + self.data_blocks[index] + 1
+
+    def data_bytes(self, start: int, end: int) -> int:
+        """Bytes of file data the blocks [start, end) carry (metadata and digests not
+        counted; a small file's bytes count with its digest block)."""
+        return sum(n for _, n in self.data_bytes_by_file(start, end))
+
+    def data_bytes_by_file(self, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """Per file with blocks in [start, end): its index and the data bytes there."""
+        for index in self.files_in(start, end):
+            first, count, size = self._first_of[index], self.data_blocks[index], \
+                self.sizes[index]
+            assert size is not None
+            if count == 0:  # (its one block is in the range)
+                yield index, size
+            else:
+                low, high = max(start, first) - first, min(end, first + count) - first
+                yield index, max(min(size, high * self.block_size) - low * self.block_size, 0)
+
+    def files_in(self, start: int, end: int) -> Iterator[int]:
+        """The files (manifest indexes) with blocks in [start, end), in order."""
+        if start >= end:
+            return
+        i = max(bisect_right(self.first, start) - 1, 0)
+        while i < len(self.first) and self.first[i] < end:
+            index = self.files[i]
+            if self.first[i] + self.data_blocks[index] >= start:  # (its digest block)
+                yield index
+            i += 1
 
     def locate(self, block: int) -> Slot:
         """What ``block`` holds: whose bytes, at which offset, how many."""

@@ -166,6 +166,13 @@ class SenderCore:
         #: new data waited for room in the window since the last ACK
         self.window_limited = False
         self.acked = RangeSet()
+        #: bytes of file data the receiver has (acknowledged, or had before: a resume,
+        #: or a file it keeps by the overwrite rule)
+        self.data_acked = 0
+        #: blocks the receiver had before they were sent (jumped over, never sent), and
+        #: the files (manifest indexes) all of whose blocks it had
+        self.had = RangeSet()
+        self.files_had = RangeSet()
         #: block -> time of its last transmission, oldest first
         self.in_flight: OrderedDict[int, float] = OrderedDict()
         self.lost: deque[int] = deque()
@@ -386,6 +393,7 @@ class SenderCore:
         for start, end in [(0, ack.cum), *ack.ranges]:
             end = min(end, self.layout.total_blocks)
             for new_start, new_end in self.acked.add_range(start, end):
+                self.data_acked += self.layout.data_bytes(new_start, new_end)
                 for block in range(new_start, new_end):
                     in_flight.pop(block, None)
         self.committed = ack.committed
@@ -471,13 +479,24 @@ class SenderCore:
             return block
         limit = self.layout.meta_blocks if self.phase is not SendPhase.DATA else \
             self.layout.total_blocks
-        if self.next_new in self.acked:  # the receiver had it already (resume)
-            self.next_new = self.acked.first_missing(self.next_new)
+        if self.next_new in self.acked:  # the receiver had it already (resume, overwrite)
+            jump = self.acked.first_missing(self.next_new)
+            if self.phase is SendPhase.DATA:
+                self._had(self.next_new, jump)
+            self.next_new = jump
         if self.next_new < limit:
             if len(self.in_flight) < window:
                 return self.next_new
             self.window_limited = True
         return None
+
+    def _had(self, start: int, end: int) -> None:
+        """The receiver had blocks [start, end) before they were sent."""
+        self.had.add_range(start, end)
+        for index in self.layout.files_in(start, end):
+            first, stop = self.layout.file_range(index)
+            if self.had.count_in(first, stop) == stop - first:
+                self.files_had.add(index)
 
     def _data_datagram(self, block: int, now: float) -> bytearray | None:
         slot = self.layout.locate(block)
