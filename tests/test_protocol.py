@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 
+import orjson
 import pytest
 from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
@@ -244,6 +245,23 @@ def test_metadata_round_trip_and_refusal() -> None:
                  zlib.compress(b"[1]")):
         with pytest.raises(ValueError):
             decode_metadata(junk)
+
+
+def test_the_overwrite_rule_and_chunk_checksums_in_the_metadata() -> None:
+    files = [FileEntry("/a", "/src/a", 5000, 1, False), FileEntry("/e", "/src/e", None, 2, False)]
+    meta = Metadata("ab", None, files, overwrite="ifChecksumDiffers", chunk_bytes=2048,
+                    sums=[bytes(range(48)), None])  # 5000 bytes: 3 chunks of 16 bytes' sum
+    assert decode_metadata(encode_metadata(meta)) == meta
+    plain = Metadata("ab", None, files)
+    assert b"overwrite" not in zlib.decompress(encode_metadata(plain))  # (as before rules)
+    body = orjson.loads(zlib.decompress(encode_metadata(meta)))
+    for change, error in (({"overwrite": "sometimes"}, "unknown overwrite rule"),
+                          ({"sums": ["AAAA", None]}, "do not fit their file"),
+                          ({"sums": ["not base64!", None]}, "malformed chunk checksums"),
+                          ({"chunkBytes": 0}, "malformed chunk checksums"),
+                          ({"sums": [None]}, "malformed chunk checksums")):
+        with pytest.raises(ValueError, match=error):
+            decode_metadata(orjson.dumps({**body, **change}))
 
 
 def test_a_new_session_sends_only_what_the_receiver_does_not_have() -> None:

@@ -12,18 +12,13 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidParameter
-from ..protocol.metadata import MAX_USER_DATA_BYTES
+from ..protocol.metadata import MAX_USER_DATA_BYTES, OVERWRITE_RULES
 from .lifecycle import ConnectionState, ManifestStatus, TransferStatus
 
 __all__ = ["DEFAULT_PRIORITY", "OVERWRITE_RULES", "Destination", "FileMapping", "Manifest",
            "Owned", "Transfer", "check_user_data"]
 
 DEFAULT_PRIORITY = 100
-#: What the receiver does with a file that exists where one arrives: replace it (always);
-#: keep it (never); replace it if the one sent is newer (ifNewer); if size or modification
-#: time differ (ifDifferent, rsync's quick check); or receive only the parts whose
-#: checksums differ (ifChecksumDiffers)
-OVERWRITE_RULES = ("always", "never", "ifNewer", "ifDifferent", "ifChecksumDiffers")
 
 
 def check_user_data(value: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,10 @@ class ReceiveRecord:
     #: the destination token the sender came with (its id), and the folder it confines to
     token: str | None = None
     path: str = "/"
+    #: the sender's overwrite rule, and the files it kept as they were (their positions
+    #: in input_files)
+    overwrite: str = "always"
+    skipped: list[int] = field(default_factory=list)
 
     def to_api(self) -> dict[str, Any]:
         """The Receive Transfer structure."""
@@ -81,6 +85,8 @@ class ReceiveRecord:
             "totalSize": self.total_size,
             "totalFiles": self.total_files,
             "filesComplete": self.files_complete,
+            "filesSkipped": len(self.skipped),
+            "overwrite": self.overwrite,
             "bytesRecv": self.bytes_recv,
             "packetsRecv": self.packets_recv,
             "duplicateBlocks": self.duplicate_blocks,

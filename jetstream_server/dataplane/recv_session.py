@@ -326,7 +326,7 @@ class ReceiveSession:
         record.bytes_recv = core.bytes
         record.packets_recv = core.packets
         record.duplicate_blocks = core.duplicates
-        record.files_complete = core.committed
+        record.files_complete = core.committed - len(record.skipped)
         record.last_recv_time_us = record.last_send_time_us = now_us()
         if core.phase is RecvPhase.COMPLETE and record.status is ReceiveStatus.RECEIVING:
             record.status = RECEIVE.move(record.transfer_id, record.status, "complete")
@@ -338,7 +338,7 @@ class ReceiveSession:
             log.info("transfer %s received: %d files, %s bytes", record.transfer_id,
                      record.total_files, record.total_size)
             lines = "".join(f"{_quote(name)} {path}\n" for name, path in
-                            zip(record.input_files, record.output_files, strict=True))
+                            _written(record))
             token = record.token or ""
             self.host.fire("recv.transferComplete", record.transfer_id, record.user, token,
                            stdin=lines.encode())
@@ -384,6 +384,19 @@ class ReceiveSession:
             return
         record.output_files = [p for p, f in zip(paths, meta.files, strict=True)
                                if f.size is not None]
+        record.overwrite = meta.overwrite
+        if resume is None and meta.overwrite != "always":
+            try:
+                skipped, reused = await self._run(sink.keep_existing, layout.block_size)
+            except Exception as exc:
+                self._sink_failed(exc)
+                return
+            resume = Checkpoint.kept(layout, skipped, reused,
+                                     meta.chunk_bytes // layout.block_size)
+            files = [i for i, f in enumerate(meta.files) if f.size is not None]
+            record.skipped = [n for n, i in enumerate(files) if i in skipped]
+            log.info("transfer %s: %s keeps %d files as they are; %d files received in "
+                     "part", self.transfer_id, meta.overwrite, len(skipped), len(reused))
         if resume is not None:
             log.info("transfer %s resumes: %d blocks and %d files kept (%d gone)",
                      self.transfer_id, sum(e - s for s, e in resume.ranges),
@@ -515,7 +528,22 @@ def _quote(name: str) -> str:
     return name.replace("%", "%25").replace(" ", "%20").replace("\t", "%09")
 
 
+def _written(record: ReceiveRecord) -> list[tuple[str, str]]:
+    """(input, output) of each file written (not of those the overwrite rule kept)."""
+    skipped = set(record.skipped)
+    return [pair for n, pair in enumerate(zip(record.input_files, record.output_files,
+                                              strict=True)) if n not in skipped]
+
+
 def _trigger_json(record: ReceiveRecord) -> bytes:
-    return orjson.dumps({"inputFiles": record.input_files,
-                         "outputFiles": record.output_files,
-                         "userData": record.user_data}) + b"\n"
+    """The Transfer Meta Data: the files written, userData; and with an overwrite rule
+    other than ``always``, the rule and the files it kept as they were."""
+    written = _written(record)
+    meta: dict[str, Any] = {"inputFiles": [i for i, _ in written],
+                            "outputFiles": [o for _, o in written],
+                            "userData": record.user_data}
+    if record.overwrite != "always":
+        meta.update(overwrite=record.overwrite,
+                    skippedFiles=[record.input_files[n] for n in record.skipped],
+                    skippedOutputFiles=[record.output_files[n] for n in record.skipped])
+    return orjson.dumps(meta) + b"\n"

@@ -28,7 +28,9 @@ from ..core.netaddr import is_loopback
 from ..core.objects import Destination, Manifest, Transfer
 from ..core.progress import RateMeter, intersect
 from ..core.scheduler import Scheduler
+from ..errors import SourceError
 from ..protocol.channel import DATA_OVERHEAD
+from ..protocol.checksums import chunk_bytes_for
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S, FileEntry, Metadata, encode_metadata
 from ..protocol.noise import Cipher, KeyPair, public_key_bytes, public_key_text
@@ -42,7 +44,7 @@ from ..protocol.wire import (
     encode_frames,
     new_session_id,
 )
-from .source import FileSource
+from .source import FileSource, chunk_sums
 from .udpio import GsoSender
 
 __all__ = ["LOOPBACK_BLOCK_SIZE", "SendHost", "SendSession", "SendingPlane", "block_size_for"]
@@ -311,9 +313,9 @@ class SendSession:
             loop = asyncio.get_running_loop()
             tcp = transfer.data_transport == "tcp"
             block_size = transfer.block_size  # chosen at createTransfer, kept across resumes
-            metadata = self._metadata()
-            layout = Layout(block_size, len(metadata), self.manifest.sizes)
             root = self.plane.host.sandbox_root(transfer.owner, self.manifest.root)
+            metadata = await self._metadata(root, block_size)
+            layout = Layout(block_size, len(metadata), self.manifest.sizes)
             def wake_from_thread() -> None:
                 loop.call_soon_threadsafe(self.wake)
 
@@ -348,6 +350,8 @@ class SendSession:
                      transfer.id, transfer.total_files, transfer.total_bytes,
                      self.destination.ip, self.destination.port, "TCP" if tcp else "UDP")
             error = await self._loop(core)
+        except SourceError as exc:  # (checksumming the files for ifChecksumDiffers)
+            error = exc.message
         except (OSError, TimeoutError) as exc:
             retry = (f"Cannot reach the destination {self.destination.ip}:"
                      f"{self.destination.port}: {getattr(exc, 'strerror', None) or exc}.")
@@ -445,14 +449,21 @@ class SendSession:
             if handle is not None:
                 handle.cancel()
 
-    def _metadata(self) -> bytes:
-        transfer = self.transfer
+    async def _metadata(self, root: str, block_size: int) -> bytes:
+        """The transfer's metadata; for ``ifChecksumDiffers`` with its files' chunk
+        checksums (read in a thread: every file is read for them)."""
+        transfer, manifest = self.transfer, self.manifest
         files = [FileEntry(f.dest_path, f.src_path, None if f.is_empty_dir else f.file_size,
-                           f.modification_time_us, f.executable) for f in self.manifest.files]
+                           f.modification_time_us, f.executable) for f in manifest.files]
+        chunk, sums = 0, None
+        if transfer.overwrite == "ifChecksumDiffers":
+            chunk = chunk_bytes_for(block_size, transfer.total_bytes)
+            sums = await asyncio.get_running_loop().run_in_executor(
+                None, chunk_sums, root, manifest.files, chunk)
         return encode_metadata(Metadata(
             transfer.id, transfer.destination_path, files, transfer.initial_user_data,
             {"serverName": self.plane.server_name, "user": transfer.owner},
-            transfer.checkpoint_frequency_s))
+            transfer.checkpoint_frequency_s, transfer.overwrite, chunk, sums))
 
     def _leave_ensemble(self, core: SenderCore) -> None:
         key = (self.destination.ip, self.destination.port)

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 from ..core.sandbox import MAX_NAME_BYTES, long_name, virtual_parts, written_parts
 from ..errors import DiskError, PathError, quoted
-from ..protocol.checksums import FileHash, file_hash
-from ..protocol.metadata import Metadata
+from ..protocol.checksums import FileHash, chunk_sum, file_hash
+from ..protocol.layout import DIGEST
+from ..protocol.metadata import SUM_BYTES, Metadata
 from ..protocol.ranges import RangeSet
 
 __all__ = ["FileSink"]
@@ -183,6 +184,96 @@ class FileSink:
         self.lost = {index for index in self.keep if not self._kept(index)}
         self.keep -= self.lost
         return self.paths
+
+    def keep_existing(self, block_size: int) -> tuple[set[int], dict[int, list[int]]]:
+        """Apply the metadata's overwrite rule to the files that exist: the files kept as
+        they are (not received), and per file received only in part, the chunks of the
+        existing file that match the sender's (copied into its temporary file, which is
+        then kept like an earlier session's: the rest is received into it)."""
+        rule, skipped, reused = self.meta.overwrite, set(), {}
+        for index, entry in enumerate(self.meta.files):
+            if entry.size is None or rule == "always":
+                continue
+            found = self._existing(index)
+            if found is None:
+                continue
+            fd, st = found
+            try:
+                mtime_us = st.st_mtime_ns // 1000
+                if rule == "never" or (rule == "ifNewer" and entry.mtime_us <= mtime_us) or (
+                        rule == "ifDifferent" and (st.st_size, mtime_us) == (
+                            entry.size, entry.mtime_us)):
+                    skipped.add(index)
+                elif rule == "ifChecksumDiffers":
+                    chunks = self._matching_chunks(index, fd, st.st_size)
+                    if len(chunks) == self._chunk_count(index) and st.st_size == entry.size:
+                        skipped.add(index)
+                    elif chunks and entry.size + DIGEST.size > block_size:
+                        self._reuse(index, fd, chunks)
+                        reused[index] = chunks
+            except OSError as exc:
+                raise self._write_error(index, exc) from None
+            finally:
+                os.close(fd)
+        return skipped, reused
+
+    def _existing(self, index: int) -> tuple[int, os.stat_result] | None:
+        """The regular file at file ``index``'s path (open for reading), if there is one."""
+        try:
+            folder = self._dir(self._parts[index][:-1], create=False, path=self.paths[index])
+        except (DiskError, OSError):
+            return None
+        try:
+            fd = os.open(self._parts[index][-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=folder)
+        except OSError:
+            return None
+        finally:
+            os.close(folder)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return None
+        return fd, st
+
+    def _chunk_count(self, index: int) -> int:
+        return -(-(self.meta.files[index].size or 0) // self.meta.chunk_bytes)
+
+    def _matching_chunks(self, index: int, fd: int, existing: int) -> list[int]:
+        """The chunks of the file to receive whose bytes the existing file (``existing``
+        bytes long) has at the same place."""
+        sums, chunk = self.meta.sums, self.meta.chunk_bytes
+        assert sums is not None
+        wanted, size = sums[index] or b"", self.meta.files[index].size or 0
+        out = []
+        for k in range(self._chunk_count(index)):
+            start, end = k * chunk, min((k + 1) * chunk, size)
+            if end > existing:
+                break
+            if chunk_sum(os.pread(fd, end - start, start)) == \
+                    wanted[k * SUM_BYTES:(k + 1) * SUM_BYTES]:
+                out.append(k)
+        return out
+
+    def _reuse(self, index: int, source: int, chunks: list[int]) -> None:
+        """Start file ``index``'s temporary file with the existing file's matching chunks."""
+        chunk, size = self.meta.chunk_bytes, self.meta.files[index].size or 0
+        folder = self._dir(self._parts[index][:-1], create=False, path=self.paths[index])
+        try:
+            fd = os.open(self._temp_name(index), os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                         os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
+        finally:
+            os.close(folder)
+        try:
+            os.ftruncate(fd, size)
+            for k in chunks:
+                start = k * chunk
+                length = min(chunk, size - start)
+                os.pwrite(fd, os.pread(source, length, start), start)
+            os.fsync(fd)  # (a checkpoint counts these blocks as received)
+        finally:
+            os.close(fd)
+        self.keep.add(index)
 
     def _kept(self, index: int) -> bool:
         """Whether the temporary file an earlier session wrote for file ``index`` is still

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from ..core.objects import FileMapping
 from ..core.sandbox import open_in_sandbox, real_sandbox
 from ..errors import PathError, SourceError
-from ..protocol.checksums import FileHash, file_hash
+from ..protocol.checksums import FileHash, chunk_sum, file_hash
 from ..protocol.layout import DIGEST, Slot
 
-__all__ = ["FileSource"]
+__all__ = ["FileSource", "chunk_sums"]
 
 CHUNK_TARGET = 4 * 1024 * 1024
 AHEAD_BYTES = 32 * 1024 * 1024
@@ -193,20 +193,56 @@ class FileSource:
         return fd
 
     def _open(self, entry: FileMapping) -> int:
+        if self._real_root is None:
+            self._real_root = _real_root(self.root)
+        return _open_source(self._real_root, entry)
+
+
+def _real_root(root: str) -> str:
+    try:
+        return real_sandbox(root)
+    except PathError as exc:
+        raise SourceError(f"Cannot read the files to send: {exc.message}") from None
+
+
+def _open_source(real_root: str, entry: FileMapping) -> int:
+    """A descriptor of the file ``entry`` names, as the manifest saw it (else SourceError)."""
+    try:
+        fd = open_in_sandbox(real_root, entry.src_path)
+    except OSError as exc:
+        raise SourceError(f"Cannot read source file {entry.src_path}: "
+                          f"{exc.strerror}.") from None
+    except PathError as exc:  # the sandbox refused the path
+        raise SourceError(f"Cannot read source file {entry.src_path}: "
+                          f"{exc.message}") from None
+    st = os.fstat(fd)
+    if st.st_size != entry.file_size or \
+            st.st_mtime_ns // 1000 != entry.modification_time_us:
+        os.close(fd)
+        raise SourceError(f"Source file {entry.src_path} changed since the manifest "
+                          "was built (size or modification time differs).")
+    return fd
+
+
+def chunk_sums(root: str, files: list[FileMapping], chunk_bytes: int) -> list[bytes | None]:
+    """Per entry, the checksums of its chunks of ``chunk_bytes`` (None for an empty
+    folder), for ``ifChecksumDiffers``: every file is read once more for them."""
+    real = _real_root(root)
+    out: list[bytes | None] = []
+    for entry in files:
+        if entry.is_empty_dir:
+            out.append(None)
+            continue
+        fd = _open_source(real, entry)
         try:
-            if self._real_root is None:
-                self._real_root = real_sandbox(self.root)
-            fd = open_in_sandbox(self._real_root, entry.src_path)
-        except OSError as exc:
-            raise SourceError(f"Cannot read source file {entry.src_path}: "
-                              f"{exc.strerror}.") from None
-        except PathError as exc:  # the sandbox refused the path
-            raise SourceError(f"Cannot read source file {entry.src_path}: "
-                              f"{exc.message}") from None
-        st = os.fstat(fd)
-        if st.st_size != entry.file_size or \
-                st.st_mtime_ns // 1000 != entry.modification_time_us:
+            sums = bytearray()
+            for offset in range(0, entry.file_size, chunk_bytes):
+                data = os.pread(fd, min(chunk_bytes, entry.file_size - offset), offset)
+                if len(data) != min(chunk_bytes, entry.file_size - offset):
+                    raise SourceError(f"Source file {entry.src_path} is shorter than when "
+                                      "the manifest was built.")
+                sums += chunk_sum(data)
+        finally:
             os.close(fd)
-            raise SourceError(f"Source file {entry.src_path} changed since the manifest "
-                              "was built (size or modification time differs).")
-        return fd
+        out.append(bytes(sums))
+    return out

@@ -3,14 +3,15 @@ blocks (a file list compresses well, and the metadata goes before the rate has g
 
 from __future__ import annotations
 
+import base64
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-__all__ = ["DEFAULT_CHECKPOINT_S", "MAX_FILES", "MAX_USER_DATA_BYTES", "FileEntry", "Metadata",
-           "decode_metadata", "encode_metadata"]
+__all__ = ["DEFAULT_CHECKPOINT_S", "MAX_FILES", "MAX_USER_DATA_BYTES", "OVERWRITE_RULES",
+           "SUM_BYTES", "FileEntry", "Metadata", "decode_metadata", "encode_metadata"]
 
 #: How often, by default, the receiver makes what it received durable (``checkpointSeconds``).
 DEFAULT_CHECKPOINT_S = 30
@@ -20,6 +21,14 @@ MAX_METADATA_JSON = 256 * 1024 * 1024
 MAX_FILES = 1_000_000
 #: Largest ``userData`` object, serialised, in bytes (an API limit too).
 MAX_USER_DATA_BYTES = 64 * 1024
+#: What the receiver does with a file that exists where one arrives: replace it (always);
+#: keep it (never); replace it if the one sent is newer (ifNewer); if size or modification
+#: time differ (ifDifferent, rsync's quick check); or receive only the chunks whose
+#: checksums differ (ifChecksumDiffers)
+OVERWRITE_RULES = ("always", "never", "ifNewer", "ifDifferent", "ifChecksumDiffers")
+#: Bytes of one chunk's checksum (BLAKE3, truncated: a chunk that matches by chance is
+#: still caught by the whole file's 256-bit digest)
+SUM_BYTES = 16
 #: Modification times are microseconds that fit, as nanoseconds, in 64 bits.
 _MAX_TIME_US = (2**63 - 1) // 1000
 
@@ -44,6 +53,12 @@ class Metadata:
     sender: dict[str, Any] = field(default_factory=dict)
     #: how often the receiver makes received data durable, in seconds
     checkpoint_s: int | None = None
+    #: what the receiver does with a file that exists (OVERWRITE_RULES)
+    overwrite: str = "always"
+    #: for ifChecksumDiffers: the bytes each checksum covers (whole blocks), and per
+    #: entry the checksums of its chunks (SUM_BYTES each, the first bytes of BLAKE3)
+    chunk_bytes: int = 0
+    sums: list[bytes | None] | None = None
 
     @property
     def sizes(self) -> list[int | None]:
@@ -57,8 +72,9 @@ class Metadata:
 
 
 def encode_metadata(meta: Metadata) -> bytes:
-    """The metadata as sent: JSON, zlib-compressed."""
-    return zlib.compress(orjson.dumps({
+    """The metadata as sent: JSON, zlib-compressed (the overwrite rule only when it is not
+    ``always``)."""
+    obj: dict[str, Any] = {
         "v": 1,
         "transferId": meta.transfer_id,
         "destinationPath": meta.destination_path,
@@ -66,7 +82,38 @@ def encode_metadata(meta: Metadata) -> bytes:
         "sender": meta.sender,
         "files": [[f.path, f.src, f.size, f.mtime_us, f.executable] for f in meta.files],
         "checkpointSeconds": meta.checkpoint_s,
-    }), 1)
+    }
+    if meta.overwrite != "always":
+        obj["overwrite"] = meta.overwrite
+    if meta.sums is not None:
+        obj["chunkBytes"] = meta.chunk_bytes
+        obj["sums"] = [None if s is None else base64.b64encode(s).decode()
+                       for s in meta.sums]
+    return zlib.compress(orjson.dumps(obj), 1)
+
+
+def _sums(obj: dict[str, Any], files: list[FileEntry]) -> tuple[int, list[bytes | None] | None]:
+    """The chunk size and checksums, checked against the files' sizes."""
+    chunk, items = obj.get("chunkBytes", 0), obj.get("sums")
+    if items is None:
+        return 0, None
+    if not isinstance(chunk, int) or not 0 < chunk <= 2**40 or not isinstance(items, list) \
+            or len(items) != len(files):
+        raise ValueError("malformed chunk checksums in transfer metadata")
+    sums: list[bytes | None] = []
+    for item, entry in zip(items, files, strict=True):
+        if item is None:
+            sums.append(None)
+            continue
+        try:
+            raw = base64.b64decode(item, validate=True)
+        except (TypeError, ValueError):
+            raise ValueError("malformed chunk checksums in transfer metadata") from None
+        if entry.size is None or len(raw) != -(-entry.size // chunk) * SUM_BYTES:
+            raise ValueError("chunk checksums that do not fit their file in transfer "
+                             "metadata")
+        sums.append(raw)
+    return chunk, sums
 
 
 def decode_metadata(data: bytes, max_json: int = MAX_METADATA_JSON) -> Metadata:
@@ -116,4 +163,9 @@ def decode_metadata(data: bytes, max_json: int = MAX_METADATA_JSON) -> Metadata:
     if checkpoint_s is not None and (not isinstance(checkpoint_s, int) or
                                      not 1 <= checkpoint_s <= 86_400):
         raise ValueError("malformed checkpointSeconds in transfer metadata")
-    return Metadata(transfer_id, destination_path, files, user_data, sender, checkpoint_s)
+    overwrite = obj.get("overwrite", "always")
+    if overwrite not in OVERWRITE_RULES:
+        raise ValueError(f"unknown overwrite rule {overwrite!r} in transfer metadata")
+    chunk, sums = _sums(obj, files)
+    return Metadata(transfer_id, destination_path, files, user_data, sender, checkpoint_s,
+                    overwrite, chunk, sums)

@@ -132,6 +132,22 @@ class Checkpoint:
     digests: dict[int, tuple[bytes, int]]
     committed: set[int]
 
+    @classmethod
+    def kept(cls, layout: Layout, skipped: set[int], reused: dict[int, list[int]],
+             chunk_blocks: int) -> Checkpoint:
+        """What the overwrite rule keeps of the files there: the ``skipped`` files whole
+        (in place), and of each ``reused`` file the data blocks of its matching chunks
+        (chunks of ``chunk_blocks`` blocks)."""
+        kept = RangeSet()
+        for file in skipped:
+            kept.add_range(*layout.file_range(file))
+        for file, chunks in reused.items():
+            first, end = layout.file_range(file)
+            for k in chunks:
+                kept.add_range(first + k * chunk_blocks,
+                               min(first + (k + 1) * chunk_blocks, end - 1))
+        return cls(kept.ranges(), {}, set(skipped))
+
     def partly_received(self, layout: Layout) -> set[int]:
         """The files this checkpoint holds some data of, not yet in place: their
         temporary files are kept and reopened, not truncated."""
@@ -417,6 +433,8 @@ class ReceiverCore:
             if meta.transfer_id != hello.transfer_id.hex():
                 raise ValueError("transfer metadata does not match the handshake")
             layout = Layout(hello.block_size, len(raw), meta.sizes)
+            if meta.sums is not None and meta.chunk_bytes % hello.block_size:
+                raise ValueError("its chunk checksums do not cover whole blocks")
             if layout.total_blocks >= MAX_BLOCKS:
                 raise ValueError(f"it needs {MAX_BLOCKS} blocks or more")
         except ValueError as exc:

@@ -399,6 +399,8 @@ class SenderCore:
         self.committed = ack.committed
         if ack.flags & ACK_READY and self.phase is SendPhase.METADATA:
             self.phase = SendPhase.DATA
+            if self.next_new in self.acked:  # (even if this ACK says it is complete)
+                self._jump()
         if ack.flags & ACK_COMPLETE:
             self.phase = SendPhase.DONE
             return
@@ -479,19 +481,20 @@ class SenderCore:
             return block
         limit = self.layout.meta_blocks if self.phase is not SendPhase.DATA else \
             self.layout.total_blocks
-        if self.next_new in self.acked:  # the receiver had it already (resume, overwrite)
-            jump = self.acked.first_missing(self.next_new)
-            if self.phase is SendPhase.DATA:
-                self._had(self.next_new, jump)
-            self.next_new = jump
+        if self.next_new in self.acked:
+            self._jump()
         if self.next_new < limit:
             if len(self.in_flight) < window:
                 return self.next_new
             self.window_limited = True
         return None
 
-    def _had(self, start: int, end: int) -> None:
-        """The receiver had blocks [start, end) before they were sent."""
+    def _jump(self) -> None:
+        """Go past the blocks the receiver has already (a resume, the overwrite rule)."""
+        start, end = self.next_new, self.acked.first_missing(self.next_new)
+        self.next_new = end
+        if self.phase is not SendPhase.DATA:
+            return
         self.had.add_range(start, end)
         for index in self.layout.files_in(start, end):
             first, stop = self.layout.file_range(index)
