@@ -28,7 +28,7 @@ from .commands import build_registry
 from .commands.dispatch import Dispatcher
 from .core.config import Settings, default_home
 from .core.connections import ConnectionGuard, Tracked
-from .core.netaddr import is_loopback, plain_host
+from .core.netaddr import host_port, is_loopback, plain_host
 from .core.pam import PamAccounts
 from .core.private import private_dir
 from .core.ratelog import LimitedLog
@@ -45,6 +45,7 @@ from .errors import (
     RemoteControlRefused,
     TlsRequired,
 )
+from .metrics import MetricsServer
 from .protocol.lines import (
     MAX_LINE_BYTES,
     LineDecoder,
@@ -181,6 +182,8 @@ class Server:
         self._data_server: asyncio.AbstractServer | None = None
         self.endpoint: DataEndpoint | None = None
         self.triggers: TriggerRunner | None = None
+        #: the Prometheus endpoint (--metrics-port), if on
+        self.metrics: MetricsServer | None = None
         self.dispatcher: Dispatcher | None = None
         self._connections: set[ControlConnection] = set()
         #: every TCP connection, API or data, from accept to close
@@ -262,6 +265,16 @@ class Server:
                  service.recv_port, settings.sandbox_dir,
                  f"from PAM service {settings.pam_service}" if settings.auth == "pam" else
                  f"file {settings.users_file}")
+        if settings.metrics_port is not None:
+            self.metrics = MetricsServer(service, plane if isinstance(plane, SendingPlane)
+                                         else None, endpoint, triggers)
+            try:
+                await self.metrics.start(settings.metrics_host, settings.metrics_port)
+            except OSError as exc:
+                raise ConfigError(f"Cannot listen for metrics on {settings.metrics_host}:"
+                                  f"{settings.metrics_port}: {exc.strerror}.") from None
+            log.info("metrics at http://%s/metrics",
+                     host_port(settings.metrics_host, self.metrics.port))
         self._sweeper = loop.create_task(self._sweep())
         triggers.api_port = api_port
         triggers.fire("launch", str(api_port))
@@ -280,6 +293,8 @@ class Server:
             self.endpoint.close()
         if self._udp is not None:
             self._udp.close()
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.service is not None:
             await self.service.close()
         self.service = None
@@ -383,7 +398,9 @@ class Server:
                 await self.endpoint.shutdown()
             await self.service.close()
         if self.triggers is not None:
-            await self.triggers.close()
+            await self.triggers.close(float(self.settings.trigger_stop_seconds))
+        if self.metrics is not None:
+            await self.metrics.close()
         if self._udp is not None:
             self._udp.close()
 

@@ -20,8 +20,10 @@ stderr, never to the ``--log`` file.
 
 At most ``MAX_QUEUED`` events wait; when the queue is full a new event is dropped and a
 warning logged. On shutdown the runner stops taking events and lets the running and queued
-scripts go on for up to ``DRAIN_S`` seconds; a script still running then is left running,
-never killed, and events not started are dropped (and logged).
+scripts go on for up to ``--trigger-stop-seconds`` (``DRAIN_S`` by default); a script
+still running then is left running (the server does not kill it; under systemd the unit's
+stop kills it once the server has exited), and events not started are dropped (and
+logged).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +63,10 @@ class TriggerRunner:
         #: runs are logged at INFO with --trigger-log (and their output shown), else at DEBUG
         self._level = logging.INFO if log_runs else logging.DEBUG
         self.api_port = 0
-        self.runs = 0
+        #: scripts run, and those that failed (could not start, or exited non-zero), by
+        #: event; events dropped because the queue was full
+        self.runs: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
         self.dropped = 0
         self._queue: asyncio.Queue[_Event] = asyncio.Queue(MAX_QUEUED)
         self._task: asyncio.Task[None] | None = None
@@ -130,15 +136,18 @@ class TriggerRunner:
                     await asyncio.sleep(0.05)
                     continue
                 log.log(self._level, "trigger %s could not start: %s", event.name, exc)
+                self.failures[event.name] += 1
                 return
         self._running = proc
-        self.runs += 1
+        self.runs[event.name] += 1
         try:
             out, err, _ = await asyncio.gather(_read_all(proc.stdout), _read_all(proc.stderr),
                                                _feed(proc, event.stdin))
             await proc.wait()
         finally:
             self._running = None
+        if proc.returncode != 0:
+            self.failures[event.name] += 1
         log.log(self._level, "trigger %s %s exited %s after %.3f s", event.name,
                 list(event.args), proc.returncode, time.monotonic() - started)
         if self.log_runs:
@@ -146,6 +155,11 @@ class TriggerRunner:
                 if data:
                     sys.stderr.write(data.decode(errors="replace"))
             sys.stderr.flush()
+
+    @property
+    def queued(self) -> int:
+        """Events waiting for their turn."""
+        return self._queue.qsize()
 
     async def close(self, drain_s: float = DRAIN_S) -> None:
         """Stop taking events; give running and queued scripts up to ``drain_s``."""

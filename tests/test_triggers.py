@@ -333,6 +333,26 @@ def test_sigterm_lets_a_running_trigger_finish(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_sigterm_waits_for_a_trigger_only_as_long_as_told(tmp_path: Path) -> None:
+    home, triggers = _process_home(tmp_path, (
+        "#!/bin/sh\necho $$ > started\nexec sleep 30\n"))
+    server = ServerProcess(home, "--trigger-dir", str(triggers), "--trigger-stop-seconds", "1")
+    try:
+        deadline = time.monotonic() + 20
+        while not (triggers / "started").exists() or not (triggers / "started").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(20) == 0  # after about 1 s, not 30
+        pid = int((triggers / "started").read_text())
+        os.kill(pid, 0)  # left running: the server kills no trigger
+        log = server.log_path.read_text()
+        assert "triggers still running after 1 s: left running" in log
+        os.kill(pid, signal.SIGKILL)  # (the script this test started, by its id)
+    finally:
+        server.stop()
+
+
 async def test_the_examples_work_as_shipped(tmp_path: Path) -> None:
     examples = Path(__file__).parent.parent / "triggers.example"
     a_triggers, b_triggers = tmp_path / "a-triggers", tmp_path / "b-triggers"
@@ -407,7 +427,7 @@ def test_a_script_that_ignores_its_stdin_still_counts_as_run(
             runner.fire("quick")  # no stdin
             runner.fire("quick.json", "x", stdin=b"z" * 1_000_000)  # stdin never read
         await runner.close()
-        return runner.runs
+        return runner.runs.total()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
         assert loop_runner.run(main()) == 10

@@ -44,10 +44,10 @@ class Dispatcher:
     async def handle(self, session: Session, request: Request) -> dict[str, Any]:
         """Run one request and return its response (never raises but CancelledError)."""
         started = time.monotonic()
-        name = request.name
+        name, label = request.name, "unknown"  # (the metrics' label: only known names)
         try:
             command, queued = self.registry.resolve(request.name)
-            name = command.name + ("Async" if queued else "")
+            name = label = command.name + ("Async" if queued else "")
             if command.needs_auth and session.user is None:
                 raise AuthRequired(
                     f"{command.name} needs an authenticated session: call auth with "
@@ -71,6 +71,10 @@ class Dispatcher:
             response = error_response(request.id, InternalError.code,
                                       f"Internal error while running {request.name}; "
                                       "the server log has the details.")
+        stats = self.service.stats
+        stats.api_requests[(label, response["status"])] += 1
+        if label == "auth" and response["status"] != "success":
+            stats.failed_logins["api"] += 1
         log.debug("%s %s %s %s (%.1f ms)", session.peer_text, session.user or "-",
                   request.name, response["status"], (time.monotonic() - started) * 1000)
         if self.on_api:

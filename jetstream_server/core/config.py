@@ -97,9 +97,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trigger-dir", Path, "Folder of trigger scripts."),
     Setting("trigger-log", bool, "Log each trigger run and show its output on stderr."),
     Setting("trigger-on-api", bool, "Run on.<command> triggers after every API command."),
+    Setting("trigger-stop-seconds", int, "On SIGTERM, wait this long for running and "
+                                         "queued trigger scripts (default 30; 0-3600; keep "
+                                         "it below the unit's TimeoutStopSec)."),
     Setting("log", Path, "Also write the log to this file."),
     Setting("log-format", str, "Log lines as 'text' (default) or 'json' (one object a line)."),
     Setting("log-level", str, "Log from this level on: debug, info (default), warning, error."),
+    Setting("metrics-port", int, "Serve Prometheus metrics over HTTP on this TCP port "
+                                 "(default: off; 0 picks one). See docs/operations.md."),
+    Setting("metrics-host", str, "Address the metrics port listens on (default 127.0.0.1: "
+                                 "this machine only)."),
     Setting("server-name", str, "Friendly server name (default: the host name)."),
     Setting("incoming-rate-limit", int, "Most this server receives at, in all (kbit/s; "
                                         "default 0: no limit)."),
@@ -154,9 +161,12 @@ class Settings:
     trigger_dir: Path | None = None
     trigger_log: bool = False
     trigger_on_api: bool = False
+    trigger_stop_seconds: int = 30
     log: Path | None = None
     log_format: str = "text"
     log_level: str = "info"
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     server_name: str = field(default_factory=socket.gethostname)
     incoming_rate_limit: int = 0
     outgoing_rate_limit: int = 0
@@ -199,10 +209,12 @@ def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
             values[key] = tuple(values[key])
     if values.get("auth", "users-file") not in ("users-file", "pam"):
         raise ConfigError("--auth must be 'users-file' or 'pam'.")
-    for key in ("api_port", "recv_port"):
+    for key in ("api_port", "recv_port", "metrics_port"):
         port = values.get(key)
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"--{key.replace('_', '-')} must be between 0 and 65535.")
+    if not 0 <= values.get("trigger_stop_seconds", 30) <= 3600:
+        raise ConfigError("--trigger-stop-seconds must be between 0 and 3600.")
     if values.get("log_format", "text") not in ("text", "json"):
         raise ConfigError("--log-format must be 'text' or 'json'.")
     if values.get("log_level", "info") not in LOG_LEVELS:

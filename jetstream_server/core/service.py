@@ -46,6 +46,7 @@ from .receives import Grant, ReceiveRecord, remove_partial_files
 from .requests import RequestBook, RequestRecord
 from .sandbox import expand_sandbox, virtual_parts
 from .scheduler import DataPlane, Scheduler
+from .stats import Stats
 from .store import StateStore
 from .throttle import LoginThrottle
 from .tokens import API, PERMISSIONS, SHARED, Token, TokenBook, split_token
@@ -193,6 +194,8 @@ class Service:
         self._gc: dict[str, int] = {**DEFAULT_GC, **(self.state.setting("gc") or {})}
         #: server-wide rate limits and every running transfer's share of them
         self.bandwidth = Bandwidth(self._bandwidth_base(), settings.bandwidth_schedule)
+        #: counts since start, for the metrics endpoint
+        self.stats = Stats()
 
     def attach(self, data_plane: DataPlane | None, receiver: Receiver | None,
                api_port: int, recv_port: int) -> None:

@@ -18,6 +18,7 @@ from ..core.lifecycle import RECEIVE, ReceiveStatus
 from ..core.netaddr import host_port, plain_host
 from ..core.ratelog import LimitedLog
 from ..core.receives import Grant, ReceiveRecord
+from ..core.stats import Stats
 from ..errors import AuthFailed, DiskError, PermissionDenied
 from ..protocol.metadata import DEFAULT_CHECKPOINT_S
 from ..protocol.noise import public_key_text
@@ -58,6 +59,8 @@ class ReceiveHost(Protocol):
     receives: dict[str, ReceiveRecord]
     #: the server-wide incoming limit: each incoming transfer's share, told its sender
     bandwidth: Bandwidth
+    #: counts since start (the metrics endpoint's)
+    stats: Stats
 
     async def authorize_sender(self, address: str, user: str, password: str | None,
                                client_key: bytes, token: str | None = None) -> Grant:
@@ -127,6 +130,7 @@ class ReceiveSession:
         #: session that never logs in costs no thread)
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._queued_bytes = 0
+        self._counted_bytes = 0  # (added to the server's stats)
         self._writes_in_flight = 0
         self._commit_queue: list[FileReady] = []
         self._committing = False
@@ -276,6 +280,7 @@ class ReceiveSession:
                 login.token)
             user, refusal = self.grant.user, ""
         except (AuthFailed, PermissionDenied) as exc:
+            self.host.stats.failed_logins["transfer"] += 1
             limited_log.warning("login", "refused a transfer login from %s as %r: %s",
                                 host_port(plain_host(self.address[0]), self.address[1]),
                                 login.user, exc.message)
@@ -323,7 +328,8 @@ class ReceiveSession:
         record, core = self.record, self.core
         if record is None:
             return
-        record.bytes_recv = core.bytes
+        self.host.stats.bytes_received += core.bytes - self._counted_bytes
+        self._counted_bytes = record.bytes_recv = core.bytes
         record.packets_recv = core.packets
         record.duplicate_blocks = core.duplicates
         record.files_complete = core.committed - len(record.skipped)
@@ -385,7 +391,11 @@ class ReceiveSession:
         record.output_files = [p for p, f in zip(paths, meta.files, strict=True)
                                if f.size is not None]
         record.overwrite = meta.overwrite
-        if resume is None and meta.overwrite != "always":
+        if resume is not None:
+            log.info("transfer %s resumes: %d blocks and %d files kept (%d gone)",
+                     self.transfer_id, sum(e - s for s, e in resume.ranges),
+                     len(resume.committed), len(sink.lost))
+        elif meta.overwrite != "always":
             try:
                 skipped, reused = await self._run(sink.keep_existing, layout.block_size)
             except Exception as exc:
@@ -397,10 +407,6 @@ class ReceiveSession:
             record.skipped = [n for n, i in enumerate(files) if i in skipped]
             log.info("transfer %s: %s keeps %d files as they are; %d files received in "
                      "part", self.transfer_id, meta.overwrite, len(skipped), len(reused))
-        if resume is not None:
-            log.info("transfer %s resumes: %d blocks and %d files kept (%d gone)",
-                     self.transfer_id, sum(e - s for s, e in resume.ranges),
-                     len(resume.committed), len(sink.lost))
         if not record.announced:
             record.announced = True
             self.host.fire("recv.transferStarted", record.transfer_id, record.user,
@@ -432,6 +438,7 @@ class ReceiveSession:
             for event, result in zip(events, results, strict=True):
                 if not isinstance(result, BaseException):
                     self.core.file_committed(event.file)
+                    self.host.stats.files_received += 1
             record = self.record
             if record is not None and record.status is ReceiveStatus.ERROR and \
                     record.checkpoint is not None:

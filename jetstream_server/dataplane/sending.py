@@ -28,6 +28,7 @@ from ..core.netaddr import is_loopback
 from ..core.objects import Destination, Manifest, Transfer
 from ..core.progress import RateMeter, intersect
 from ..core.scheduler import Scheduler
+from ..core.stats import Stats
 from ..errors import SourceError
 from ..protocol.channel import DATA_OVERHEAD
 from ..protocol.checksums import chunk_bytes_for
@@ -115,6 +116,8 @@ class SendHost(Protocol):
     scheduler: Scheduler
     #: the server-wide outgoing limit: each running transfer's share
     bandwidth: Bandwidth
+    #: counts since start (the metrics endpoint's)
+    stats: Stats
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a task the host owns (and cancels when it closes)."""
@@ -268,7 +271,10 @@ class SendSession:
                       transfer.blocks_retransmitted)
         self._dropped_base = Counter(transfer.datagrams_dropped)
         self._meter = RateMeter()
+        #: this session's counters as last added to the server's stats
+        self._counted = (0, 0, Counter[str]())
         self._progress_at = 0.0
+        self._done_counted = False
         #: the files earlier sessions found kept by the receiver (None: none got so far)
         self._skipped_base = transfer.skipped
 
@@ -517,6 +523,14 @@ class SendSession:
             if sending else None
         transfer.files_complete = max(core.committed - transfer.files_skipped, 0)
         transfer.acked_ranges = [list(r) for r in core.acked.ranges()]
+        stats, (sent, resent, dropped) = self.plane.host.stats, self._counted
+        stats.bytes_sent += core.bytes_sent - sent
+        stats.blocks_retransmitted += core.blocks_retransmitted - resent
+        stats.dropped_by_senders.update(core.dropped - dropped)
+        self._counted = (core.bytes_sent, core.blocks_retransmitted, Counter(core.dropped))
+        if core.phase is SendPhase.DONE and not self._done_counted:
+            self._done_counted = True
+            stats.files_sent += transfer.files_complete
 
     def _connection(self, action: str) -> None:
         """Move the destination's connection state (see core/lifecycle.py)."""
