@@ -32,16 +32,17 @@ _ENDED = ("complete", "error", "cancelled")
 
 
 def _rates(transfer: dict[str, Any]) -> str:
-    left = transfer["estimatedTimeRemaining"]
+    """Files, current and average rate, time left (or how it ended), in a line's room."""
     files = f"{transfer['filesComplete'] + transfer['filesSkipped']}/" \
             f"{transfer['totalFiles']} files"
     if transfer["filesSkipped"]:
-        files += f" ({transfer['filesSkipped']} skipped)"
-    text = f"{files}  {transfer['currentRate'] / 1000:.1f} Mbit/s now, " \
-           f"{transfer['averageRate'] / 1000:.1f} average"
+        files += f" ({transfer['filesSkipped']} kept)"
+    text = f"{files} {transfer['currentRate'] / 1000:.1f} Mbit/s " \
+           f"avg {transfer['averageRate'] / 1000:.1f}"
     if transfer["status"] in _ENDED:
-        return f"{text}  {transfer['status']}"
-    return f"{text}  {'?' if left is None else f'{left:.0f} s'} left  {transfer['status']}"
+        return f"{text} {transfer['status']}"
+    left = transfer["estimatedTimeRemaining"]
+    return f"{text} {'?' if left is None else f'{left:.0f} s'} left"
 
 
 async def follow(client: Any, transfer_ids: list[str], json_lines: bool, prog: str) -> int:
@@ -49,8 +50,9 @@ async def follow(client: Any, transfer_ids: list[str], json_lines: bool, prog: s
     1 if one failed or was cancelled (its message on stderr)."""
     status = 0
     left = list(transfer_ids)
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TextColumn("{task.fields[rates]}"),
+    complete: list[dict[str, Any]] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=16),
+                  DownloadColumn(), TextColumn("{task.fields[rates]}"),
                   disable=json_lines or not sys.stderr.isatty()) as progress:
         bars: dict[str, TaskID] = {}
         while left:
@@ -71,9 +73,11 @@ async def follow(client: Any, transfer_ids: list[str], json_lines: bool, prog: s
                               f"{transfer['errorMessage'] or 'cancelled in the server'}",
                               file=sys.stderr)
                     elif not json_lines:
-                        _summary(transfer)
+                        complete.append(transfer)
             if left:
                 await asyncio.sleep(POLL_S)
+    for transfer in complete:  # (once the bars are done)
+        _summary(transfer)
     return status
 
 

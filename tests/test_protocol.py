@@ -259,7 +259,8 @@ def test_the_overwrite_rule_and_chunk_checksums_in_the_metadata() -> None:
                           ({"sums": ["AAAA", None]}, "do not fit their file"),
                           ({"sums": ["not base64!", None]}, "malformed chunk checksums"),
                           ({"chunkBytes": 0}, "malformed chunk checksums"),
-                          ({"sums": [None]}, "malformed chunk checksums")):
+                          ({"sums": [None]}, "malformed chunk checksums"),
+                          ({"sums": None}, "without chunk checksums")):
         with pytest.raises(ValueError, match=error):
             decode_metadata(orjson.dumps({**body, **change}))
 

@@ -282,7 +282,8 @@ async def download_shared_token(call: Call, p: dict[str, Any]) -> tuple[str, Any
         public_key=p["destinationPublicKey"])
     transfer = queue_transfer(call, destination, manifest, {
         "destinationPath": None, "checkpointFrequencySeconds": None, "priority": None,
-        "userData": None, "dataTransport": None, "sendRateMax": None, "ratePolicy": None})
+        "userData": None, "dataTransport": None, "sendRateMax": None, "ratePolicy": None,
+        "overwrite": None})
     token.download_count += 1
     service.tokens.save(token)
     log.info("shared link %s: download %d, transfer %s to %s", token.id,

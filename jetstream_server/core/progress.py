@@ -36,6 +36,7 @@ class RateMeter:
         return self._first is None
 
     def sample(self, now: float, done: int) -> None:
+        """``done`` bytes at time ``now`` (seconds)."""
         if self._first is None:
             self._first = (now, done)
         self._samples.append((now, done))

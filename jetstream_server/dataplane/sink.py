@@ -192,7 +192,7 @@ class FileSink:
         then kept like an earlier session's: the rest is received into it)."""
         rule, skipped, reused = self.meta.overwrite, set(), {}
         for index, entry in enumerate(self.meta.files):
-            if entry.size is None or rule == "always":
+            if entry.size is None:
                 continue
             found = self._existing(index)
             if found is None:

@@ -167,5 +167,7 @@ def decode_metadata(data: bytes, max_json: int = MAX_METADATA_JSON) -> Metadata:
     if overwrite not in OVERWRITE_RULES:
         raise ValueError(f"unknown overwrite rule {overwrite!r} in transfer metadata")
     chunk, sums = _sums(obj, files)
+    if overwrite == "ifChecksumDiffers" and sums is None:
+        raise ValueError("ifChecksumDiffers without chunk checksums in transfer metadata")
     return Metadata(transfer_id, destination_path, files, user_data, sender, checkpoint_s,
                     overwrite, chunk, sums)
