@@ -45,12 +45,12 @@ from .protocol.lines import MAX_LINE_BYTES
 from .protocol.tls import certificate_fingerprint, normalize_fingerprint
 from .protocol.wire import DEFAULT_PORT as DEFAULT_API_PORT
 
-__all__ = ["DEFAULT_API_PORT", "AsyncClient", "Client", "CommandFailed", "ConnectionFailed",
-           "KnownServers", "TransferFailed", "UntrustedServer", "is_local"]
+__all__ = ["DEFAULT_API_PORT", "ENDED", "AsyncClient", "Client", "CommandFailed",
+           "ConnectionFailed", "KnownServers", "TransferFailed", "UntrustedServer", "is_local"]
 
 _T = TypeVar("_T")
 #: A transfer's statuses once it has ended.
-_ENDED = ("complete", "error", "cancelled")
+ENDED = ("complete", "error", "cancelled")
 
 
 class _Namespace:
@@ -299,7 +299,7 @@ class AsyncClient:
             transfer: dict[str, Any] = await self.call("send.getTransfer",
                                                        transferId=transfer_id)
             yield transfer
-            if transfer["status"] in _ENDED:
+            if transfer["status"] in ENDED:
                 return
             await asyncio.sleep(interval_s)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 
+from .client import ENDED
 from .console import EXIT_API_ERROR, EXIT_CONNECT, Login, connect, failed
 from .errors import CommandFailed, ConnectionFailed
 
@@ -28,7 +29,6 @@ POLL_S = 1.0
 PROGRESS_FIELDS = ("transferId", "status", "totalBytes", "bytesComplete", "bytesToSend",
                    "totalFiles", "filesComplete", "filesSkipped", "currentRate",
                    "averageRate", "estimatedTimeRemaining", "errorMessage")
-_ENDED = ("complete", "error", "cancelled")
 
 
 def _rates(transfer: dict[str, Any]) -> str:
@@ -39,7 +39,7 @@ def _rates(transfer: dict[str, Any]) -> str:
         files += f" ({transfer['filesSkipped']} kept)"
     text = f"{files} {transfer['currentRate'] / 1000:.1f} Mbit/s " \
            f"avg {transfer['averageRate'] / 1000:.1f}"
-    if transfer["status"] in _ENDED:
+    if transfer["status"] in ENDED:
         return f"{text} {transfer['status']}"
     left = transfer["estimatedTimeRemaining"]
     return f"{text} {'?' if left is None else f'{left:.0f} s'} left"
@@ -65,7 +65,7 @@ async def follow(client: Any, transfer_ids: list[str], json_lines: bool, prog: s
                 progress.update(bars[transfer_id], completed=done, rates=_rates(transfer))
                 if json_lines:
                     print(json.dumps({k: transfer[k] for k in PROGRESS_FIELDS}), flush=True)
-                if transfer["status"] in _ENDED:
+                if transfer["status"] in ENDED:
                     left.remove(transfer_id)
                     if transfer["status"] != "complete":
                         status = EXIT_API_ERROR
@@ -100,7 +100,7 @@ async def _status(host: str, port: int, login: Login, tls: dict[str, Any],
         try:
             if transfer_id is None:
                 transfers = await client.call("send.getTransfers")
-                ids = [t["transferId"] for t in transfers if t["status"] not in _ENDED]
+                ids = [t["transferId"] for t in transfers if t["status"] not in ENDED]
                 if not ids:
                     print("No transfers running.", file=sys.stderr)
                     return 0
