@@ -88,13 +88,12 @@ def files_progress(transfer: Transfer, manifest: Manifest) -> list[dict[str, Any
     layout = Layout(transfer.block_size, 0, manifest.sizes)
     meta_blocks = transfer.total_blocks - layout.total_blocks  # (its metadata's blocks)
     done: dict[int, int] = {}
-    for start, end in transfer.acked_ranges:
-        start, end = max(start - meta_blocks, 0), max(end - meta_blocks, 0)
-        for index, count in layout.data_bytes_by_file(start, end):
-            done[index] = done.get(index, 0) + count
     acked = RangeSet()
     for start, end in transfer.acked_ranges:
-        acked.add_range(max(start - meta_blocks, 0), max(end - meta_blocks, 0))
+        start, end = max(start - meta_blocks, 0), max(end - meta_blocks, 0)
+        acked.add_range(start, end)
+        for index, count in layout.data_bytes_by_file(start, end):
+            done[index] = done.get(index, 0) + count
     skipped = RangeSet()
     for start, end in transfer.skipped or ():
         skipped.add_range(start, end)
