@@ -38,7 +38,9 @@ API errors a response carries, in one place (``commands/dispatch.py``)::
     │   │   ├── PathRefused           path_refused       ('..', NUL, names no file)
     │   │   └── PathOutside           path_outside       (leads outside the sandbox)
     │   ├── DiskError                 disk               writing received files (.curable)
+    │   │   └── StorageUnavailable    storage_unavailable the object store cannot be reached
     │   ├── SourceError               source             reading a file to send
+    │   │   └── SourceUnavailable     source_unavailable its object store cannot be reached
     │   ├── ManifestError             manifest           building a manifest
     │   └── UnreadableSecret          secret             a stored secret this key cannot open
     └── RemoteError
@@ -89,6 +91,8 @@ __all__ = [
     "RemoteError",
     "Replayed",
     "SourceError",
+    "SourceUnavailable",
+    "StorageUnavailable",
     "TlsRequired",
     "TokenExpired",
     "TokenInvalid",
@@ -330,10 +334,27 @@ class DiskError(LocalError):
         self.curable = curable
 
 
+class StorageUnavailable(DiskError):
+    """An S3 sandbox's endpoint cannot be reached (or answers with a server error): the
+    receiving session pauses, keeping what is stored, and its sender tries again later."""
+
+    code = "storage_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, curable=True)
+
+
 class SourceError(LocalError):
     """A source file cannot be sent as the manifest describes it (the message names it)."""
 
     code = "source"
+
+
+class SourceUnavailable(SourceError):
+    """An S3 sandbox's endpoint cannot be reached while its objects are sent: the session
+    ends, keeping what the receiver has, and the transfer tries again later."""
+
+    code = "source_unavailable"
 
 
 class ManifestError(LocalError):

@@ -20,7 +20,7 @@ __all__ = ["SECRET_PARAMETERS", "Command", "Param", "Registry"]
 
 #: Parameters never echoed into logs or triggers.
 SECRET_PARAMETERS = frozenset({"password", "destinationPassword", "token",
-                               "destinationToken", "link"})
+                               "destinationToken", "link", "mappings"})
 _NAMESPACES = ("send.", "recv.")
 
 _TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", bool: "true or false",

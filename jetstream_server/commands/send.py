@@ -318,7 +318,7 @@ async def create_manifest(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def _build_manifest(call: Call, manifest: Manifest) -> None:
-    root = call.service.sandbox_root(manifest.owner, manifest.root)
+    root = call.service.sandbox(manifest.owner, manifest.root)
     loop = asyncio.get_running_loop()
     try:
         files = await loop.run_in_executor(None, build_file_list, root, manifest.requested)

@@ -122,6 +122,20 @@ async def garbage_collect(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
     return "Garbage collected.", call.service.garbage_collect()
 
 
+async def get_sandbox_mappings(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """The sandbox of each mapped user, without the secrets (raised superuser)."""
+    _raised(call)
+    return "Sandbox mappings.", call.service.sandboxes.to_api()
+
+
+async def set_sandbox_mappings(call: Call, p: dict[str, Any]) -> tuple[str, Any]:
+    """Replace the sandbox mappings (raised superuser): ``mappings``, a list of
+    {"user", "type": "local" | "S3", ...}; see docs/operations.md. Transfers started
+    from now on use them."""
+    _raised(call)
+    return "Sandbox mappings set.", call.service.sandboxes.replace(p["mappings"])
+
+
 def register(registry: Registry) -> None:
     request_id = (Param("requestId", int, required=True),)
     for command in (
@@ -136,6 +150,9 @@ def register(registry: Registry) -> None:
             Param("intervalSeconds", int, nullable=True),
             Param("timeLimitSeconds", int, nullable=True))),
         Command("garbageCollect", garbage_collect),
+        Command("getSandboxMappings", get_sandbox_mappings),
+        Command("setSandboxMappings", set_sandbox_mappings,
+                (Param("mappings", list, required=True),)),
         Command("updateBandwidthLimits", update_bandwidth_limits, (
             Param("incomingRateLimit", int, nullable=True),
             Param("outgoingRateLimit", int, nullable=True),

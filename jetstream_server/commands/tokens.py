@@ -144,7 +144,10 @@ def _folder(call: Call, path: str, create: bool = False) -> str:
                 "the token's folder." if call.session.token else "your sandbox.")) from None
         raise InvalidParameter(exc.message) from None
     full = "/" + "/".join(virtual_parts(call.session.root) + parts)
-    real = resolve_in_sandbox(call.service.sandbox_root(call.user), full)
+    sandbox = call.service.sandbox(call.user)
+    if not isinstance(sandbox, str):  # an S3 prefix: no folder to find or make
+        return full
+    real = resolve_in_sandbox(sandbox, full)
     if create:
         os.makedirs(real, exist_ok=True)
     if not real.is_dir():

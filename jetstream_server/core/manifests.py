@@ -1,6 +1,7 @@
 """Building a manifest's file list from (source, destination) mappings.
 
 :func:`build_file_list` is plain blocking code; the server runs it in a worker thread.
+In an S3 sandbox it lists objects instead (HEAD, then LIST by prefix).
 Directories expand recursively (entries in name order); an empty directory becomes one
 ``isEmptyDir`` entry; symlinks are followed as long as they stay inside the sandbox, and a
 directory that contains itself through a symlink is refused. Any problem raises
@@ -12,10 +13,12 @@ from __future__ import annotations
 import os
 import stat
 
-from ..errors import ManifestError, PathError, quoted
+from ..errors import DiskError, ManifestError, PathError, quoted
 from ..protocol.metadata import MAX_FILES
 from .objects import FileMapping
+from .s3store import Bucket
 from .sandbox import MAX_NAME_BYTES, long_name, resolve_in_sandbox, virtual_parts
+from .sandboxes import S3Sandbox, Sandbox
 
 __all__ = ["build_file_list", "parse_console_mapping"]
 
@@ -34,13 +37,19 @@ def parse_console_mapping(text: str) -> tuple[str, str]:
     return src, dst
 
 
-def build_file_list(root: str, requested: list[tuple[str, str]]) -> list[FileMapping]:
-    """The manifest entries for ``requested`` (source, destination) pairs under ``root``."""
+def build_file_list(root: Sandbox, requested: list[tuple[str, str]]) -> list[FileMapping]:
+    """The manifest entries for ``requested`` (source, destination) pairs in the sandbox
+    ``root``: a folder, or a place in an S3 bucket (see :func:`_add_objects`)."""
     files: list[FileMapping] = []
+    bucket = Bucket(root) if isinstance(root, S3Sandbox) else None
     for src, dst in requested:
         try:
             long = long_name(virtual_parts(dst))
-            real = resolve_in_sandbox(root, src)
+            if bucket is not None:
+                parts = virtual_parts(src)
+            else:
+                assert isinstance(root, str)
+                real = resolve_in_sandbox(root, src)
         except PathError as exc:
             raise ManifestError(exc.message) from None
         if long is not None:
@@ -50,7 +59,14 @@ def build_file_list(root: str, requested: list[tuple[str, str]]) -> list[FileMap
             raise ManifestError(f"Destination path {dst!r} names no file.")
         if "\n" in dst or "\r" in dst:
             raise ManifestError(f"Destination path {dst!r} contains a line break.")
-        _add(root, real, src, dst, files, ())
+        if bucket is not None:
+            try:
+                _add_objects(bucket, parts, src, dst, files)
+            except DiskError as exc:
+                raise ManifestError(f"Cannot list {src}: {exc.message}") from None
+        else:
+            assert isinstance(root, str)
+            _add(root, real, src, dst, files, ())
     seen: dict[str, str] = {}
     for entry in files:
         earlier = seen.setdefault(entry.dest_path, entry.src_path)
@@ -59,6 +75,40 @@ def build_file_list(root: str, requested: list[tuple[str, str]]) -> list[FileMap
                 f"{earlier} and {entry.src_path} both map to destination {entry.dest_path}."
             )
     return files
+
+
+def _add_objects(bucket: Bucket, parts: list[str], src: str, dst: str,
+                 files: list[FileMapping]) -> None:
+    """The object ``src`` names, or else every object under it as under a folder (S3 has
+    no folders: a prefix ending in ``/`` stands for one; its zero-byte marker objects,
+    keys ending in ``/``, are left out). An object's time is when it was stored (what a
+    listing tells, and what each read checks). A key that no path names (an empty or ``.`` or
+    ``..`` component) is refused."""
+    key = bucket.sandbox.key(parts)
+    found = bucket.head(key) if parts else None
+    if found is not None:
+        _append(files, FileMapping(src, dst, found.size, False, False, found.stored_us))
+        return
+    prefix = key + "/" if parts else bucket.sandbox.prefix
+    listed = False
+    for obj in bucket.list(prefix):
+        relative = obj.key[len(prefix):]
+        listed = True
+        if not relative or relative.endswith("/"):
+            continue
+        try:
+            ok = "/".join(virtual_parts(relative)) == relative
+        except PathError:
+            ok = False
+        if not ok:
+            raise ManifestError(f"Object key {quoted(obj.key)} has a component no path can "
+                                "name (empty, '.' or '..'): it cannot be sent.")
+        _append(files, FileMapping(src.rstrip("/") + "/" + relative,
+                                   dst.rstrip("/") + "/" + relative, obj.size, False, False,
+                                   obj.stored_us))
+    if not listed:
+        raise ManifestError(f"Cannot read {src}: no object or prefix "
+                            f"{bucket.url(key)} in the S3 sandbox.")
 
 
 def _add(root: str, real: os.PathLike[str] | str, src: str, dst: str,

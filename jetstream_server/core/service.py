@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import socket
 import time
 import weakref
@@ -44,7 +43,8 @@ from .objects import Destination, FileMapping, Manifest, Owned, Transfer
 from .ratelog import LimitedLog
 from .receives import Grant, ReceiveRecord, remove_partial_files
 from .requests import RequestBook, RequestRecord
-from .sandbox import expand_sandbox, virtual_parts
+from .s3store import abandon
+from .sandboxes import S3Sandbox, Sandbox, SandboxMappings
 from .scheduler import DataPlane, Scheduler
 from .stats import Stats
 from .store import StateStore
@@ -196,6 +196,13 @@ class Service:
         self.bandwidth = Bandwidth(self._bandwidth_base(), settings.bandwidth_schedule)
         #: counts since start, for the metrics endpoint
         self.stats = Stats()
+        #: which sandbox each user has (setSandboxMappings; --sandbox-dir by default)
+        self.sandboxes = SandboxMappings(settings.sandbox_dir, self.state, self.secrets)
+        #: where transfers into S3 sandboxes spool what they receive (a spool file is
+        #: of one session: none is in use at start)
+        self.spool_dir = settings.persistent_state_dir / "s3-spool"
+        for spool in self.spool_dir.glob("*.spool"):
+            spool.unlink(missing_ok=True)
 
     def attach(self, data_plane: DataPlane | None, receiver: Receiver | None,
                api_port: int, recv_port: int) -> None:
@@ -426,11 +433,10 @@ class Service:
 
     # -- objects ----------------------------------------------------------------------
 
-    def sandbox_root(self, user: str, path: str = "/") -> str:
-        """The folder ``user`` sees as ``/`` (or its folder ``path``, a token's)."""
-        root = expand_sandbox(self.settings.sandbox_dir, user)
-        parts = virtual_parts(path)
-        return os.path.join(root, *parts) if parts else root
+    def sandbox(self, user: str, path: str = "/") -> Sandbox:
+        """Where ``user``'s files are: the folder or bucket place ``user`` sees as ``/``
+        (or its folder ``path``, a token's)."""
+        return self.sandboxes.sandbox(user, path)
 
     def find_object(self, session: Session, object_id: str) -> Owned:
         """The destination, manifest or transfer of ``object_id`` the session may see;
@@ -599,6 +605,16 @@ class Service:
             self._gc_wakeup.set()
         return self.gc_settings
 
+    def _remove_partial(self, record: ReceiveRecord) -> None:
+        """Free what an abandoned incoming transfer holds: its temporary files, or in an
+        S3 sandbox its multipart uploads (aborted in a thread) and spool files."""
+        if not any(path.startswith("s3://") for path in record.output_files):
+            remove_partial_files(record)
+            return
+        sandbox = self.sandbox(record.user, record.path)
+        if isinstance(sandbox, S3Sandbox):
+            self.spawn(asyncio.to_thread(abandon, sandbox, self.spool_dir, record.transfer_id))
+
     def garbage_collect(self) -> dict[str, int]:
         """Remove what ended more than timeLimitSeconds ago; counts of what went."""
         limit_us = now_us() - self.gc_settings["timeLimitSeconds"] * 1_000_000
@@ -620,7 +636,7 @@ class Service:
             last = record.last_recv_time_us or record.start_time_us
             if record.status is ReceiveStatus.RECEIVING and record.transfer_id not in live \
                     and last <= limit_us:  # abandoned by its sender: free the disk
-                remove_partial_files(record)
+                self._remove_partial(record)
                 record.status = RECEIVE.move(record.transfer_id, record.status, "fail")
                 record.end_time_us = now_us()
                 record.error_message = "Abandoned: the sender did not come back."
@@ -628,7 +644,7 @@ class Service:
             if record.status is not ReceiveStatus.RECEIVING and \
                     (record.end_time_us or 0) <= limit_us:
                 if record.checkpoint is not None:  # kept for a resume that did not come
-                    remove_partial_files(record)
+                    self._remove_partial(record)
                 del self.receives[record.transfer_id]
                 self.forget("receive", record.transfer_id)
                 removed["receives"] += 1
@@ -718,6 +734,8 @@ class Service:
                 "dataTransports": ["udp", "tcp"],
                 **(self.receiver.stats() if self.receiver is not None else {}),
             },
+            "sandboxTypes": ["local", "S3"],
+            "sandboxMappings": self.sandboxes.kinds(),
             "serverExternalAddress": self.settings.external_address,
             "serverId": self.server_id,
             "serverName": self.settings.server_name,

@@ -8,6 +8,7 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -18,9 +19,11 @@ from ..core.lifecycle import RECEIVE, ReceiveStatus
 from ..core.netaddr import host_port, plain_host
 from ..core.ratelog import LimitedLog
 from ..core.receives import Grant, ReceiveRecord
+from ..core.s3store import Bucket
+from ..core.sandboxes import S3Sandbox, Sandbox
 from ..core.stats import Stats
-from ..errors import AuthFailed, DiskError, PermissionDenied
-from ..protocol.metadata import DEFAULT_CHECKPOINT_S
+from ..errors import AuthFailed, DiskError, PermissionDenied, StorageUnavailable
+from ..protocol.metadata import DEFAULT_CHECKPOINT_S, Metadata
 from ..protocol.noise import public_key_text
 from ..protocol.receiver import (
     Checkpoint,
@@ -31,7 +34,8 @@ from ..protocol.receiver import (
     ReceiverCore,
     RecvPhase,
 )
-from ..protocol.wire import ERROR_BUSY
+from ..protocol.wire import ERROR_BUSY, ERROR_REFUSED
+from .s3sink import S3Sink
 from .sink import FileSink
 
 __all__ = ["MAX_QUEUED_WRITE_BYTES", "ReceiveHost", "ReceiveSession", "SendFunc",
@@ -70,9 +74,12 @@ class ReceiveHost(Protocol):
         password's hash), and in turn with every other login."""
         ...
 
-    def sandbox_root(self, user: str, path: str = "/") -> str:
-        """The folder ``user``'s transfers are written under (or its folder ``path``)."""
+    def sandbox(self, user: str, path: str = "/") -> Sandbox:
+        """Where ``user``'s transfers are written (or its folder ``path``'s)."""
         ...
+
+    #: where transfers into S3 sandboxes spool what they receive (made when needed)
+    spool_dir: Path
 
     def save_receive(self, record: ReceiveRecord) -> None:
         """Keep an incoming transfer's record (for a restart)."""
@@ -85,6 +92,24 @@ class ReceiveHost(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a task the host owns (and cancels when it closes)."""
         ...
+
+
+class Sink(Protocol):
+    """Where a session's files go: a sandbox folder (FileSink) or bucket (S3Sink). Its
+    methods are blocking, called in the session's writer thread, one at a time."""
+
+    paths: list[str]
+    lost: set[int]
+
+    def prepare(self) -> list[str]: ...
+    def keep_existing(self, block_size: int) -> tuple[set[int], dict[int, list[int]]]: ...
+    def write(self, writes: list[tuple[int, int, bytes]]) -> None: ...
+    def commit_many(self, items: list[tuple[int, bytes, int]]) -> list[str | DiskError]: ...
+    def sync(self) -> None: ...
+    def release(self) -> None: ...
+    def close_keeping(self) -> None: ...
+    def abort(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class SessionOwner(Protocol):
@@ -123,7 +148,7 @@ class ReceiveSession:
         self.record: ReceiveRecord | None = None
         #: who the sender was authorized as (once its login is decided)
         self.grant: Grant | None = None
-        self.sink: FileSink | None = None
+        self.sink: Sink | None = None
         self.checkpoint_s = float(DEFAULT_CHECKPOINT_S)
         self._next_checkpoint: float | None = None
         #: the disk writer's thread, made when the first disk operation is queued (a
@@ -267,7 +292,9 @@ class ReceiveSession:
             log.error("receive %s: %r", self.transfer_id, exc)
         elif exc.curable and self.core.phase is not RecvPhase.FAILED:
             self._curable = True  # keep what is on disk: the transfer can be resumed
-        self.core.fail(message)
+        # (an object store out of reach: the sender tries again later by itself)
+        self.core.fail(message, ERROR_BUSY if isinstance(exc, StorageUnavailable)
+                       else ERROR_REFUSED)
         self.step(time.monotonic())
 
     async def _login(self, login: Login) -> None:
@@ -381,8 +408,7 @@ class ReceiveSession:
         record.input_files = [f.path for f in meta.files if f.size is not None]
         record.user_data = meta.user_data
         keep = resume.partly_received(layout) if resume is not None else set()
-        self.sink = sink = FileSink(self.host.sandbox_root(core.user, record.path), meta,
-                                    self.transfer_id, keep)
+        self.sink = sink = self._sink(meta, keep)
         try:
             paths = await self._run(sink.prepare)
         except Exception as exc:
@@ -415,6 +441,13 @@ class ReceiveSession:
         core.metadata_accepted(layout, resume, sink.lost)
         self._next_checkpoint = time.monotonic() + self.checkpoint_s
         self.step(time.monotonic())
+
+    def _sink(self, meta: Metadata, keep: set[int]) -> Sink:
+        assert self.core.user is not None and self.record is not None
+        sandbox = self.host.sandbox(self.core.user, self.record.path)
+        if isinstance(sandbox, S3Sandbox):
+            return S3Sink(Bucket(sandbox), meta, self.transfer_id, self.host.spool_dir, keep)
+        return FileSink(sandbox, meta, self.transfer_id, keep)
 
     def _commit(self, event: FileReady) -> None:
         """Files ready are committed in groups: one group at a time goes to the writer

@@ -27,9 +27,10 @@ from ..core.lifecycle import CONNECTION, ConnectionState, TransferStatus
 from ..core.netaddr import is_loopback
 from ..core.objects import Destination, Manifest, Transfer
 from ..core.progress import RateMeter, intersect
+from ..core.sandboxes import Sandbox
 from ..core.scheduler import Scheduler
 from ..core.stats import Stats
-from ..errors import SourceError
+from ..errors import SourceError, SourceUnavailable
 from ..protocol.channel import DATA_OVERHEAD
 from ..protocol.checksums import chunk_bytes_for
 from ..protocol.layout import TCP_BLOCK_SIZE, UDP_BLOCK_SIZE, Layout
@@ -45,7 +46,7 @@ from ..protocol.wire import (
     encode_frames,
     new_session_id,
 )
-from .source import FileSource, chunk_sums
+from .source import FileSource, chunk_sums, reader_for
 from .udpio import GsoSender
 
 __all__ = ["LOOPBACK_BLOCK_SIZE", "SendHost", "SendSession", "SendingPlane", "block_size_for"]
@@ -123,8 +124,8 @@ class SendHost(Protocol):
         """Run a task the host owns (and cancels when it closes)."""
         ...
 
-    def sandbox_root(self, user: str, path: str = "/") -> str:
-        """The folder ``user``'s source paths are read under (or its folder ``path``)."""
+    def sandbox(self, user: str, path: str = "/") -> Sandbox:
+        """Where ``user``'s source paths are read (or its folder ``path``'s)."""
         ...
 
     def save_transfer(self, transfer: Transfer) -> None:
@@ -319,13 +320,14 @@ class SendSession:
             loop = asyncio.get_running_loop()
             tcp = transfer.data_transport == "tcp"
             block_size = transfer.block_size  # chosen at createTransfer, kept across resumes
-            root = self.plane.host.sandbox_root(transfer.owner, self.manifest.root)
-            metadata = await self._metadata(root, block_size)
+            sandbox = self.plane.host.sandbox(transfer.owner, self.manifest.root)
+            metadata = await self._metadata(sandbox, block_size)
             layout = Layout(block_size, len(metadata), self.manifest.sizes)
             def wake_from_thread() -> None:
                 loop.call_soon_threadsafe(self.wake)
 
-            source = FileSource(root, self.manifest.files, block_size, wake_from_thread)
+            source = FileSource(reader_for(sandbox, self.manifest.files), self.manifest.files,
+                                block_size, wake_from_thread)
             session_id = new_session_id()
             destination, plane = self.destination, self.plane
             hello = Hello(bytes.fromhex(transfer.id), block_size, len(metadata),
@@ -356,7 +358,9 @@ class SendSession:
                      transfer.id, transfer.total_files, transfer.total_bytes,
                      self.destination.ip, self.destination.port, "TCP" if tcp else "UDP")
             error = await self._loop(core)
-        except SourceError as exc:  # (checksumming the files for ifChecksumDiffers)
+        except SourceUnavailable as exc:  # (checksumming the files for ifChecksumDiffers)
+            retry = exc.message
+        except SourceError as exc:
             error = exc.message
         except (OSError, TimeoutError) as exc:
             retry = (f"Cannot reach the destination {self.destination.ip}:"
@@ -455,7 +459,7 @@ class SendSession:
             if handle is not None:
                 handle.cancel()
 
-    async def _metadata(self, root: str, block_size: int) -> bytes:
+    async def _metadata(self, sandbox: Sandbox, block_size: int) -> bytes:
         """The transfer's metadata; for ``ifChecksumDiffers`` with its files' chunk
         checksums (read in a thread: every file is read for them)."""
         transfer, manifest = self.transfer, self.manifest
@@ -465,7 +469,7 @@ class SendSession:
         if transfer.overwrite == "ifChecksumDiffers":
             chunk = chunk_bytes_for(block_size, transfer.total_bytes)
             sums = await asyncio.get_running_loop().run_in_executor(
-                None, chunk_sums, root, manifest.files, chunk)
+                None, chunk_sums, reader_for(sandbox, manifest.files), manifest.files, chunk)
         return encode_metadata(Metadata(
             transfer.id, transfer.destination_path, files, transfer.initial_user_data,
             {"serverName": self.plane.server_name, "user": transfer.owner},

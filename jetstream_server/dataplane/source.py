@@ -16,14 +16,17 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from ..core.objects import FileMapping
-from ..core.sandbox import open_in_sandbox, real_sandbox
-from ..errors import PathError, SourceError
+from ..core.s3store import Bucket
+from ..core.sandbox import open_in_sandbox, real_sandbox, virtual_parts
+from ..core.sandboxes import S3Sandbox, Sandbox
+from ..errors import DiskError, PathError, SourceError, SourceUnavailable, StorageUnavailable
 from ..protocol.checksums import FileHash, chunk_sum, file_hash
 from ..protocol.layout import DIGEST, Slot
 
-__all__ = ["FileSource", "chunk_sums"]
+__all__ = ["FileSource", "LocalFiles", "ObjectFiles", "Reader", "chunk_sums", "reader_for"]
 
 CHUNK_TARGET = 4 * 1024 * 1024
 AHEAD_BYTES = 32 * 1024 * 1024
@@ -32,10 +35,26 @@ MAX_AHEAD_CHUNKS = 16384  # (zero-byte files are chunks of no bytes)
 MAX_OPEN_FILES = 64
 
 
+class Reader(Protocol):
+    """Reads the manifest's files where they are (a local folder, an S3 bucket); any
+    failure is a SourceError naming the file."""
+
+    def read(self, index: int, length: int, offset: int) -> bytes:
+        """``length`` bytes of file ``index`` at ``offset``, as the manifest saw it."""
+        ...
+
+    def check(self, index: int) -> None:
+        """After its last byte was read: that file ``index`` did not change meanwhile."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
 class FileSource:
-    def __init__(self, root: str, files: list[FileMapping], block_size: int,
+    def __init__(self, reader: Reader, files: list[FileMapping], block_size: int,
                  on_ready: Callable[[], None]) -> None:
-        self.root = root
+        self.reader = reader
         self.files = files
         self.chunk = max(CHUNK_TARGET // block_size, 1) * block_size
         self.on_ready = on_ready
@@ -56,10 +75,8 @@ class FileSource:
         self._evicted = 0  # chunks before this position have left the cache
         self._waiting = False  # the sender waits for the reader
         self._digests: dict[int, bytes] = {}
-        self._fds: OrderedDict[int, int] = OrderedDict()
-        self._real_root: str | None = None  # the sandbox's real path, once known
         self._hashes: dict[int, FileHash] = {}
-        self._error: str | None = None
+        self._error: SourceError | None = None
         self._wanted = 0
         self._read_pos = 0
         self._lock = threading.Condition()
@@ -72,7 +89,7 @@ class FileSource:
 
     def block(self, slot: Slot) -> bytes | memoryview | None:
         if self._error is not None:
-            raise SourceError(self._error)
+            raise type(self._error)(self._error.message)
         if slot.digest:
             digest = self._digests.get(slot.file)
             if digest is None:
@@ -91,11 +108,7 @@ class FileSource:
             self._want(position)
             return memoryview(data)[within:within + slot.length]
         if position < self._read_pos:  # behind the window: read it directly
-            data = os.pread(self._fd(slot.file), slot.length, slot.offset)
-            if len(data) != slot.length:
-                raise SourceError(f"Source file {self.files[slot.file].src_path} is shorter "
-                                  "than when the manifest was built.")
-            return data
+            return self.reader.read(slot.file, slot.length, slot.offset)
         return self.block(slot) if self._wait_for(position) else None
 
     def _wait_for(self, position: int) -> bool:
@@ -129,9 +142,7 @@ class FileSource:
             self._closed = True
             self._lock.notify()
         self._thread.join(timeout=10)
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self.reader.close()
 
     # -- the reader thread ----------------------------------------------------------------
 
@@ -147,7 +158,7 @@ class FileSource:
             try:
                 data = self._read(*self._order[position])
             except SourceError as exc:
-                self._error = str(exc)
+                self._error = exc
                 self.on_ready()
                 return
             with self._lock:
@@ -161,22 +172,46 @@ class FileSource:
         entry = self.files[index]
         if chunk_index == 0:
             self._hashes[index] = file_hash()
-        fd = self._fd(index)
         offset = chunk_index * self.chunk
         length = min(self.chunk, entry.file_size - offset)
-        data = os.pread(fd, length, offset) if length > 0 else b""
-        if len(data) != length:
-            raise SourceError(f"Source file {entry.src_path} is shorter than when the "
-                              "manifest was built; nothing more was sent from it.")
+        data = self.reader.read(index, length, offset) if length > 0 else b""
         self._hashes[index].update(data)
         if offset + length >= entry.file_size:
-            st = os.fstat(fd)
-            if st.st_size != entry.file_size or \
-                    st.st_mtime_ns // 1000 != entry.modification_time_us:
-                raise SourceError(f"Source file {entry.src_path} changed while it was "
-                                  "being sent.")
+            self.reader.check(index)
             self._digests[index] = self._hashes.pop(index).digest()
         return data
+
+
+class LocalFiles:
+    """The files of a local sandbox folder, ``root`` (a Reader)."""
+
+    def __init__(self, root: str, files: list[FileMapping]) -> None:
+        self.root = root
+        self.files = files
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._real_root: str | None = None  # the sandbox's real path, once known
+        self._lock = threading.Lock()
+
+    def read(self, index: int, length: int, offset: int) -> bytes:
+        data = os.pread(self._fd(index), length, offset)
+        if len(data) != length:
+            raise SourceError(f"Source file {self.files[index].src_path} is shorter than "
+                              "when the manifest was built; nothing more was sent from it.")
+        return data
+
+    def check(self, index: int) -> None:
+        entry = self.files[index]
+        st = os.fstat(self._fd(index))
+        if st.st_size != entry.file_size or \
+                st.st_mtime_ns // 1000 != entry.modification_time_us:
+            raise SourceError(f"Source file {entry.src_path} changed while it was "
+                              "being sent.")
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
     def _fd(self, index: int) -> int:
         """An open descriptor of file ``index``; at most MAX_OPEN_FILES stay open."""
@@ -185,17 +220,51 @@ class FileSource:
             if fd is not None:
                 self._fds.move_to_end(index)
                 return fd
-        fd = self._open(self.files[index])
+        if self._real_root is None:
+            self._real_root = _real_root(self.root)
+        fd = _open_source(self._real_root, self.files[index])
         with self._lock:
             self._fds[index] = fd
             while len(self._fds) > MAX_OPEN_FILES:
                 os.close(self._fds.popitem(last=False)[1])
         return fd
 
-    def _open(self, entry: FileMapping) -> int:
-        if self._real_root is None:
-            self._real_root = _real_root(self.root)
-        return _open_source(self._real_root, entry)
+
+class ObjectFiles:
+    """The objects of an S3 sandbox (a Reader): each read is a ranged GET, which also
+    tells the object's size and time, so a changed object is noticed at once."""
+
+    def __init__(self, bucket: Bucket, files: list[FileMapping]) -> None:
+        self.bucket = bucket
+        self.files = files
+
+    def read(self, index: int, length: int, offset: int) -> bytes:
+        entry = self.files[index]
+        key = self.bucket.sandbox.key(virtual_parts(entry.src_path))
+        try:
+            data, size, stored_us = self.bucket.read(key, offset, length)
+        except DiskError as exc:
+            failed = SourceUnavailable if isinstance(exc, StorageUnavailable) else SourceError
+            raise failed(f"Cannot read source object {entry.src_path}: {exc.message}"
+                         ) from None
+        if (size, stored_us) != (entry.file_size, entry.modification_time_us) or \
+                len(data) != length:
+            raise SourceError(f"Source object {entry.src_path} changed since the manifest "
+                              "was built (size or modification time differs).")
+        return data
+
+    def check(self, index: int) -> None:
+        """(Every read checked it.)"""
+
+    def close(self) -> None:
+        """(The bucket's client is shared.)"""
+
+
+def reader_for(sandbox: Sandbox, files: list[FileMapping]) -> Reader:
+    """The reader of ``files`` in ``sandbox``."""
+    if isinstance(sandbox, S3Sandbox):
+        return ObjectFiles(Bucket(sandbox), files)
+    return LocalFiles(sandbox, files)
 
 
 def _real_root(root: str) -> str:
@@ -224,25 +293,21 @@ def _open_source(real_root: str, entry: FileMapping) -> int:
     return fd
 
 
-def chunk_sums(root: str, files: list[FileMapping], chunk_bytes: int) -> list[bytes | None]:
+def chunk_sums(reader: Reader, files: list[FileMapping], chunk_bytes: int
+               ) -> list[bytes | None]:
     """Per entry, the checksums of its chunks of ``chunk_bytes`` (None for an empty
     folder), for ``ifChecksumDiffers``: every file is read once more for them."""
-    real = _real_root(root)
     out: list[bytes | None] = []
-    for entry in files:
-        if entry.is_empty_dir:
-            out.append(None)
-            continue
-        fd = _open_source(real, entry)
-        try:
+    try:
+        for index, entry in enumerate(files):
+            if entry.is_empty_dir:
+                out.append(None)
+                continue
             sums = bytearray()
             for offset in range(0, entry.file_size, chunk_bytes):
-                data = os.pread(fd, min(chunk_bytes, entry.file_size - offset), offset)
-                if len(data) != min(chunk_bytes, entry.file_size - offset):
-                    raise SourceError(f"Source file {entry.src_path} is shorter than when "
-                                      "the manifest was built.")
-                sums += chunk_sum(data)
-        finally:
-            os.close(fd)
-        out.append(bytes(sums))
+                sums += chunk_sum(reader.read(index, min(chunk_bytes,
+                                                         entry.file_size - offset), offset))
+            out.append(bytes(sums))
+    finally:
+        reader.close()
     return out

@@ -21,7 +21,7 @@ from collections import Counter, OrderedDict, deque
 from enum import Enum
 from typing import Protocol
 
-from ..errors import Garbage, SourceError
+from ..errors import Garbage, SourceError, SourceUnavailable
 from .channel import DATA_OVERHEAD, Channel
 from .layout import Layout, Slot
 from .noise import Cipher, Handshake, KeyPair, public_key_text
@@ -509,6 +509,9 @@ class SenderCore:
         else:
             try:
                 payload = self.source.block(slot)
+            except SourceUnavailable as exc:  # (for now: a new session may go on)
+                self.lose_session(exc.message)
+                return None
             except SourceError as exc:
                 self.fail(str(exc))
                 return None
