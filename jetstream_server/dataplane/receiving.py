@@ -31,6 +31,7 @@ from ..protocol.wire import (
     encode_frames,
 )
 from .recv_session import MAX_QUEUED_WRITE_BYTES, ReceiveHost, ReceiveSession, SendFunc
+from .s3sink import Carry
 from .udpio import enable_gro, receive_batches
 
 __all__ = ["DataEndpoint", "DataStream", "StreamWatch"]
@@ -52,6 +53,7 @@ class DataEndpoint:
         self.routes = ReceiverEndpoint(identity, encrypts)
         #: this adapter's object of each session the routing has open, by session id
         self.sessions: dict[int, ReceiveSession] = {}
+        self.s3_carry = Carry()
         self._buffer = bytearray(MAX_DATAGRAM)
         self._paused = False
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):

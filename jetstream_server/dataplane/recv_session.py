@@ -35,7 +35,7 @@ from ..protocol.receiver import (
     RecvPhase,
 )
 from ..protocol.wire import ERROR_BUSY, ERROR_REFUSED
-from .s3sink import S3Sink
+from .s3sink import Carry, S3Sink
 from .sink import FileSink
 
 __all__ = ["MAX_QUEUED_WRITE_BYTES", "ReceiveHost", "ReceiveSession", "SendFunc",
@@ -116,6 +116,8 @@ class SessionOwner(Protocol):
     """What a session needs of the endpoint that routes its datagrams to it."""
 
     host: ReceiveHost
+    #: what sessions into S3 leave for the next session of their transfer
+    s3_carry: Carry
 
     def logged_in(self, session: ReceiveSession) -> bool:
         """The session's sender has logged in: False if it must be refused for now."""
@@ -164,6 +166,8 @@ class ReceiveSession:
         self._closed = False
         #: failed on a condition the operator can cure: keep the data for a resume
         self._curable = False
+        #: ... and every write went through (not a disk's failure)
+        self._writes_sound = False
         self.paused: asyncio.Future[None] | None = None
         #: called when the bytes waiting for the disk fall below half the bound
         self.on_drained: Callable[[], None] | None = None
@@ -292,6 +296,9 @@ class ReceiveSession:
             log.error("receive %s: %r", self.transfer_id, exc)
         elif exc.curable and self.core.phase is not RecvPhase.FAILED:
             self._curable = True  # keep what is on disk: the transfer can be resumed
+            # (the object store out of reach: every write went through, so all that was
+            # received is kept, not only what the last checkpoint made durable)
+            self._writes_sound = isinstance(exc, StorageUnavailable)
         # (an object store out of reach: the sender tries again later by itself)
         self.core.fail(message, ERROR_BUSY if isinstance(exc, StorageUnavailable)
                        else ERROR_REFUSED)
@@ -446,7 +453,8 @@ class ReceiveSession:
         assert self.core.user is not None and self.record is not None
         sandbox = self.host.sandbox(self.core.user, self.record.path)
         if isinstance(sandbox, S3Sandbox):
-            return S3Sink(Bucket(sandbox), meta, self.transfer_id, self.host.spool_dir, keep)
+            return S3Sink(Bucket(sandbox), meta, self.transfer_id, self.host.spool_dir, keep,
+                          self.endpoint.s3_carry)
         return FileSink(sandbox, meta, self.transfer_id, keep)
 
     def _commit(self, event: FileReady) -> None:
@@ -536,7 +544,11 @@ class ReceiveSession:
             record.status = RECEIVE.move(record.transfer_id, record.status, "fail")
             record.error_message = message
             record.end_time_us = record.last_error_time_us = now_us()
-            record.checkpoint = self.core.durable(record.checkpoint) if keep else None
+            if keep and self._writes_sound and self.core.layout is not None:
+                self._flush_writes()  # (queued before the sink is closed, below)
+                record.checkpoint = self.core.checkpoint()
+            else:
+                record.checkpoint = self.core.durable(record.checkpoint) if keep else None
             self._save_record()
             log.warning("transfer %s not received: %s%s", record.transfer_id, message,
                         " (what it has is kept: it can be resumed)" if keep else "")

@@ -5,19 +5,22 @@ nothing appears under its final name unverified.
 Blocks go to a spool file per file being received (in the server's state folder, sparse),
 and are hashed (BLAKE3) as the bytes written from the start of the file grow. A file up to
 PART_BYTES is stored with one PUT once its digest matches the sender's. A larger one is a
-multipart upload: each part, once hashed, is read from the spool, its space in the spool
-given back (a hole punched), and uploaded by one of UPLOADS_AT_ONCE threads; the upload is
-completed only after the whole file's digest matched, so the object appears under its key
-complete and verified, or not at all. The spool holds what arrived beyond the first
-missing byte plus the parts waiting for an upload thread, not the file: with the usual
-reordering a few MiB a file; at most the file's size when its first block is the one lost.
+multipart upload: each part, once hashed, is read from the spool and uploaded by one of
+UPLOADS_AT_ONCE threads, and once S3 has it its space in the spool is given back (a hole
+punched); the upload is completed only after the whole file's digest matched, so the
+object appears under its key complete and verified, or not at all. The spool holds what
+arrived beyond the first missing byte plus the parts on their way, not the file: with the
+usual reordering a few MiB a file; at most the file's size when its first block is the
+one lost.
 
-The upload of each file is recorded in a small state file beside the spool the moment it
-is started. A later session of the transfer (after either server restarted, or the
-endpoint came back) receives the file again, since the digest of the bytes already
-uploaded cannot be recomputed without them; but it does not upload again a part S3
-already has with the same MD5: the upload resumes from its completed parts. A failed or
-cancelled transfer aborts its uploads.
+The upload of each file is recorded in a ledger beside the spool the moment it is started.
+When a session ends with the server still running (the sender paused or restarted, the
+endpoint went away), what it has of each file (spool, hash state, stored parts) is
+carried to the next session of the transfer (:class:`Carry`), which goes on from there.
+After a restart of this server, a file that was being uploaded is received again, since
+the digest of the bytes already uploaded cannot be recomputed without them; but a part
+S3 already has with the same MD5 is not uploaded again: the upload resumes from its
+completed parts. A failed or cancelled transfer aborts its uploads.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class _File:
     """One file being received."""
 
     spool: int  # descriptor of its spool file
+    size: int
     written: RangeSet = field(default_factory=RangeSet)
     hasher: FileHash = field(default_factory=file_hash)
     hashed: int = 0
@@ -80,15 +84,45 @@ class _File:
     next_part: int = 0  # index (from 0) of the next part to upload
 
 
+class Carry:
+    """What the sessions of transfers into S3 that ended leave for the next session of
+    the same transfer in this process: per file, its spool file (kept on disk) and what
+    was written, hashed and stored of it (a part leaves the spool only once S3 has it).
+    It lives as long as the process: a restarted server receives those files again."""
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[str, int], tuple[str, _File]] = {}
+
+    def put(self, transfer_id: str, index: int, key: str, opened: _File) -> None:
+        """Keep file ``index`` (its spool descriptor already closed)."""
+        self._files[(transfer_id, index)] = (key, opened)
+
+    def take(self, transfer_id: str, index: int, key: str) -> _File | None:
+        """What an earlier session left of file ``index``, if it was stored as ``key``."""
+        carried = self._files.pop((transfer_id, index), None)
+        return carried[1] if carried is not None and carried[0] == key else None
+
+    def drop(self, transfer_id: str) -> list[int]:
+        """Forget what was kept of a transfer; the indexes of its files."""
+        gone = [i for t, i in self._files if t == transfer_id]
+        for index in gone:
+            del self._files[(transfer_id, index)]
+        return gone
+
+
 class S3Sink:
     def __init__(self, bucket: Bucket, meta: Metadata, transfer_id: str, spool_dir: Path,
-                 keep: set[int] | None = None) -> None:
+                 keep: set[int] | None = None, carry: Carry | None = None) -> None:
+        """``keep``: the files an earlier session received a part of; ``carry``: where
+        sessions leave what they have for the next one."""
         self.bucket = bucket
         self.meta = meta
         self.transfer_id = transfer_id
         self.spool_dir = spool_dir
-        self.keep: set[int] = set()  # (no part of a file survives a session: see the docstring)
-        self.lost = set(keep or ())
+        self.keep = set(keep or ())
+        self.carry = carry or Carry()
+        #: files of ``keep`` nothing is left of (found by :meth:`prepare`): received again
+        self.lost: set[int] = set()
         self.paths: list[str] = []
         self._keys: list[str] = []
         self._files: dict[int, _File] = {}
@@ -124,6 +158,19 @@ class S3Sink:
             else:  # of other metadata (the sender's files changed): not ours to resume
                 self.bucket.abort(key, upload_id)
         self._ledger.save(self._uploads)
+        for index in sorted(self.keep):
+            carried = self.carry.take(self.transfer_id, index, self._keys[index])
+            if carried is not None:
+                try:
+                    carried.spool = os.open(self._spool_path(index), os.O_RDWR | os.O_CLOEXEC)
+                    self._files[index] = carried
+                    continue
+                except OSError:
+                    pass
+            self.lost.add(index)
+        self.keep -= self.lost
+        for index in self.carry.drop(self.transfer_id):  # (of files not in the checkpoint)
+            self._spool_path(index).unlink(missing_ok=True)
         return self.paths
 
     def keep_existing(self, block_size: int) -> tuple[set[int], dict[int, list[int]]]:
@@ -159,13 +206,13 @@ class S3Sink:
     def _file(self, index: int) -> _File:
         opened = self._files.get(index)
         if opened is None:
-            spool = self.spool_dir / f"{self.transfer_id}-{index}.spool"
             try:
-                fd = os.open(spool, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                fd = os.open(self._spool_path(index),
+                             os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 raise DiskError(f"Cannot spool {self.paths[index]} in {self.spool_dir}: "
                                 f"{exc.strerror}.", True) from None
-            opened = self._files[index] = _File(fd)
+            opened = self._files[index] = _File(fd, self.meta.files[index].size or 0)
         return opened
 
     def write(self, writes: list[tuple[int, int, bytes]]) -> None:
@@ -208,18 +255,18 @@ class S3Sink:
             end = min(start + part, size)
             if start >= size or opened.hashed < end or (end == size and not last):
                 break
-            self._reap()
-            data = os.pread(opened.spool, end - start, start)
-            if _fallocate is not None:
-                _fallocate(opened.spool, _PUNCH_HOLE, start, end - start)
             opened.next_part += 1
             number = opened.next_part
+            if number in opened.etags:  # stored in an earlier session (see close_keeping)
+                continue
+            self._reap()
+            data = os.pread(opened.spool, end - start, start)
             if opened.upload_id is None:
                 opened.upload_id, opened.old_parts = self._start_upload(index)
             old = opened.old_parts.get(number)
             if old is not None and old.size == len(data) and \
                     old.etag == content_md5(data)[1]:
-                opened.etags[number] = old.etag  # S3 has this part already
+                self._stored_part(opened, number, old.etag)  # S3 has this part already
                 continue
             self._pending.append((opened, self._executor().submit(
                 self._send_part, self._keys[index], opened.upload_id, number, data)))
@@ -234,8 +281,14 @@ class S3Sink:
         pending = self._pending
         while pending and (wait or pending[0][1].done() or len(pending) >= UPLOADS_AT_ONCE):
             opened, future = pending.pop(0)
-            number, etag = future.result()
-            opened.etags[number] = etag
+            self._stored_part(opened, *future.result())
+
+    def _stored_part(self, opened: _File, number: int, etag: str) -> None:
+        """Part ``number`` is in S3: its space in the spool is given back."""
+        opened.etags[number] = etag
+        if _fallocate is not None and opened.spool >= 0:
+            part = part_bytes_for(opened.size)
+            _fallocate(opened.spool, _PUNCH_HOLE, (number - 1) * part, part)
 
     def _start_upload(self, index: int) -> tuple[str, dict[int, PartInfo]]:
         """The file's multipart upload: an earlier session's (with its parts) or new."""
@@ -344,14 +397,14 @@ class S3Sink:
             future.exception()
         self._pending.clear()
 
+    def _spool_path(self, index: int) -> Path:
+        return self.spool_dir / f"{self.transfer_id}-{index}.spool"
+
     def _close_file(self, index: int) -> None:
         opened = self._files.pop(index, None)
         if opened is not None:
             os.close(opened.spool)
-            try:
-                os.unlink(self.spool_dir / f"{self.transfer_id}-{index}.spool")
-            except OSError:
-                pass
+            self._spool_path(index).unlink(missing_ok=True)
 
     # -- ending -----------------------------------------------------------------------------
 
@@ -364,7 +417,21 @@ class S3Sink:
         self.close_keeping()
 
     def close_keeping(self) -> None:
-        self._settle()
+        """End the session, keeping the uploads, and carrying what it has of each file
+        whose uploads all went through to the next session."""
+        for opened, future in self._pending:
+            if future.exception() is None:
+                self._stored_part(opened, *future.result())
+        self._pending.clear()
+        for index, opened in list(self._files.items()):
+            # (a part whose upload failed is still in the spool: it goes again)
+            opened.next_part = min(
+                [n - 1 for n in range(1, opened.next_part + 1) if n not in opened.etags],
+                default=opened.next_part)
+            os.close(opened.spool)
+            opened.spool = -1
+            self.carry.put(self.transfer_id, index, self._keys[index], opened)
+            del self._files[index]
         self.close()
 
     def abort(self) -> None:
