@@ -151,6 +151,9 @@ async def test_mappings_are_set_shown_without_secrets_kept_and_checked(
         info = await admin.call("getServerInfo")
         assert info["sandboxTypes"] == ["local", "S3"]
         assert info["sandboxMappings"] == {"local": 1, "S3": 1}
+        anonymous = await AsyncClient.connect("127.0.0.1", b.api_port)
+        assert "sandboxMappings" not in await anonymous.call("getServerInfo")
+        await anonymous.close()
         for bad, message in [
             ([{"user": "x", "type": "FTP"}], "\"type\" must be \"local\" or \"S3\""),
             ([{"user": "x", "type": "S3", "bucket": "No_Such"}], "\"bucket\" must be"),

@@ -735,7 +735,6 @@ class Service:
                 **(self.receiver.stats() if self.receiver is not None else {}),
             },
             "sandboxTypes": ["local", "S3"],
-            "sandboxMappings": self.sandboxes.kinds(),
             "serverExternalAddress": self.settings.external_address,
             "serverId": self.server_id,
             "serverName": self.settings.server_name,
@@ -744,6 +743,7 @@ class Service:
         }
         if session.raised:
             info["configuration"] = self.settings.public()
+            info["sandboxMappings"] = self.sandboxes.kinds()
         return info
 
 
