@@ -41,7 +41,6 @@ from typing import Any, TypeVar
 import orjson
 
 from .errors import CommandFailed, ConnectionFailed, TransferFailed, UntrustedServer
-from .protocol.lines import MAX_LINE_BYTES
 from .protocol.tls import certificate_fingerprint, normalize_fingerprint
 from .protocol.wire import DEFAULT_PORT as DEFAULT_API_PORT
 
@@ -51,6 +50,9 @@ __all__ = ["DEFAULT_API_PORT", "ENDED", "AsyncClient", "Client", "CommandFailed"
 _T = TypeVar("_T")
 #: A transfer's statuses once it has ended.
 ENDED = ("complete", "error", "cancelled")
+#: Longest response line read (a request is at most 1 MiB; an answer listing ten thousand
+#: transfers is tens of MiB).
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 
 class _Namespace:
@@ -137,7 +139,7 @@ async def _open_tls(host: str, port: int, timeout_s: float, fingerprint: str | N
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(
-            host, port, ssl=context, limit=MAX_LINE_BYTES + 1), timeout_s)
+            host, port, ssl=context, limit=MAX_RESPONSE_BYTES), timeout_s)
     except ssl.SSLCertVerificationError as exc:
         raise UntrustedServer(
             f"The TLS certificate of {server} is not trusted by the CA in {ca_file}: "
@@ -215,7 +217,7 @@ class AsyncClient:
             return client
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=MAX_LINE_BYTES + 1), timeout_s)
+                asyncio.open_connection(host, port, limit=MAX_RESPONSE_BYTES), timeout_s)
         except (OSError, TimeoutError) as exc:
             raise ConnectionFailed(f"Cannot connect to {host}:{port}: {exc}") from None
         return cls(reader, writer)

@@ -6,6 +6,8 @@ three calls.
 
 from __future__ import annotations
 
+import random
+
 from jetstream_server.core.ids import new_id
 from jetstream_server.core.lifecycle import ManifestStatus, TransferStatus
 from jetstream_server.core.objects import Destination, Manifest, Transfer
@@ -128,3 +130,32 @@ def test_a_retried_transfer_waits_for_its_timer_not_for_the_clock() -> None:
     scheduler.retry_due(transfer)  # the timer fired
     assert transfer.status is TransferStatus.SENDING
     assert plane.calls[-1] == ("start", transfer.id, a.id)
+
+
+def test_ten_thousand_queued_run_in_priority_then_age_order_across_suspends_and_restart(
+        ) -> None:
+    """The queue is a heap: 10,000 transfers in random priorities start one after the
+    other in (priority, age) order, a suspended one is skipped until resumed (then it
+    keeps its place), and a rebuilt scheduler (a restart) has the same order."""
+    scheduler, plane, a, _, manifest = _setup()
+    rng = random.Random(7)
+    queued = [_transfer(a, manifest, priority=rng.randint(1, 9)) for _ in range(10_000)]
+    for transfer in queued:
+        scheduler.enqueue(transfer)
+    expected = [queued[0], *sorted(queued[1:], key=lambda t: (t.priority, t.queue_seq))]
+    paused = expected[5]
+    scheduler.suspend(paused)
+    scheduler.resume(paused)  # (two heap entries now: it is still started once)
+    restarted = Scheduler(scheduler.transfers, scheduler.destinations,
+                          scheduler.manifests, plane)
+    restarted.restored()
+    assert restarted.queue(a.id) == scheduler.queue(a.id) == expected[1:]
+    started = []
+    running = expected[0]
+    for _ in range(len(queued) - 1):
+        scheduler.finished(running)  # the one sending ends: the next starts
+        (call,) = [c for c in plane.calls[-1:] if c[0] == "start"]
+        running = scheduler.transfers[call[1]]
+        started.append(running)
+    assert started == expected[1:]
+    assert scheduler.queue(a.id) == []

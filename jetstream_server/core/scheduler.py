@@ -1,7 +1,9 @@
 """Transfer queues and the place where the data plane plugs in.
 
 Each destination has its own queue: its ``pending`` transfers ordered by ``priority``
-(lower first), then by age. When a :class:`DataPlane` is attached, the scheduler hands the
+(lower first), then by age, kept as a heap (queueing, and starting the next, cost
+O(log n) however many wait; a transfer that left the queue is dropped from the heap when
+it reaches the top). When a :class:`DataPlane` is attached, the scheduler hands the
 head of a destination's queue to it as soon as that destination has no transfer
 ``sending``; the data plane reports back through :meth:`Scheduler.progress`,
 :meth:`Scheduler.finished` and :meth:`Scheduler.requeue`. Without a data plane,
@@ -10,6 +12,7 @@ transfers wait in their queues (``pending``) and every other operation still wor
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable
@@ -73,6 +76,11 @@ class Scheduler:
         self.on_change = on_change
         self._seq = 0
         self._not_before: dict[str, float] = {}
+        #: per destination: (priority, queue_seq, transfer id) of its pending transfers
+        #: (and of some that are no longer pending: skipped when met)
+        self._queues: dict[str, list[tuple[int, int, str]]] = {}
+        #: per destination: its transfers sending
+        self._sending: dict[str, set[str]] = {}
         #: set while the server stops: nothing new starts
         self.draining = False
 
@@ -80,10 +88,30 @@ class Scheduler:
 
     def queue(self, destination_id: str) -> list[Transfer]:
         """The pending transfers of a destination, in the order they will be sent."""
-        waiting = [t for t in self.transfers.values()
-                   if t.destination_id == destination_id
-                   and t.status is TransferStatus.PENDING]
-        return sorted(waiting, key=lambda t: (t.priority, t.queue_seq))
+        seen: set[str] = set()  # (one suspended and resumed may have two entries)
+        out = []
+        for entry in sorted(self._queues.get(destination_id, ())):
+            if self._waiting(entry) and entry[2] not in seen:
+                seen.add(entry[2])
+                out.append(self.transfers[entry[2]])
+        return out
+
+    def _waiting(self, entry: tuple[int, int, str]) -> bool:
+        """Whether a queue entry is still a pending transfer's."""
+        transfer = self.transfers.get(entry[2])
+        return transfer is not None and transfer.status is TransferStatus.PENDING and \
+            transfer.queue_seq == entry[1]
+
+    def _track(self, transfer: Transfer) -> None:
+        """Keep the queues and the sending sets up with ``transfer``'s status."""
+        sending = self._sending.setdefault(transfer.destination_id, set())
+        if transfer.status is TransferStatus.SENDING:
+            sending.add(transfer.id)
+        else:
+            sending.discard(transfer.id)
+        if transfer.status is TransferStatus.PENDING:
+            heapq.heappush(self._queues.setdefault(transfer.destination_id, []),
+                           (transfer.priority, transfer.queue_seq, transfer.id))
 
     def block_size(self, transport: str, ip: str) -> int:
         """The block size a new transfer gets (the data plane's choice, by the route)."""
@@ -111,6 +139,7 @@ class Scheduler:
         transfer.queue_seq = self._seq
         transfer.queue_time_us = now_us()
         self.transfers[transfer.id] = transfer
+        self._track(transfer)
         self._changed(transfer)
         self.poke(transfer.destination_id)
 
@@ -123,8 +152,12 @@ class Scheduler:
         self.poke(transfer.destination_id)
 
     def restored(self) -> None:
-        """After loading stored transfers: continue their numbering."""
+        """After loading stored transfers: continue their numbering, rebuild the queues."""
         self._seq = max([self._seq, *(t.queue_seq for t in self.transfers.values())])
+        self._queues.clear()
+        self._sending.clear()
+        for transfer in self.transfers.values():
+            self._track(transfer)
 
     def poke_all(self) -> None:
         """Start what may start, for every destination."""
@@ -138,13 +171,22 @@ class Scheduler:
         destination = self.destinations.get(destination_id)
         if destination is None:
             return
-        sending = sum(1 for t in self.transfers.values()
-                      if t.destination_id == destination_id
-                      and t.status is TransferStatus.SENDING)
+        queue = self._queues.get(destination_id, [])
         now = time.monotonic()
-        ready = [t for t in self.queue(destination_id)
-                 if self._not_before.get(t.id, 0.0) <= now]
-        for transfer in ready[: MAX_SENDING_PER_DESTINATION - sending]:
+        later: list[tuple[int, int, str]] = []  # waiting out a retry's delay
+        ready: list[Transfer] = []
+        room = MAX_SENDING_PER_DESTINATION - len(self._sending.get(destination_id, ()))
+        while queue and len(ready) < room:
+            entry = heapq.heappop(queue)
+            if not self._waiting(entry) or any(t.id == entry[2] for t in ready):
+                continue
+            if self._not_before.get(entry[2], 0.0) > now:
+                later.append(entry)
+                continue
+            ready.append(self.transfers[entry[2]])
+        for entry in later:
+            heapq.heappush(queue, entry)
+        for transfer in ready:
             self._not_before.pop(transfer.id, None)
             self._move(transfer, "start")
             if transfer.start_time_us is None:
@@ -177,6 +219,7 @@ class Scheduler:
         if not transfer.status.ended:
             self._stop(transfer, "cancel")
         del self.transfers[transfer.id]
+        self._sending.get(transfer.destination_id, set()).discard(transfer.id)
 
     def set_rate(self, transfer: Transfer, rate_kbps: int | None,
                  policy: str | None = None) -> None:
@@ -225,6 +268,7 @@ class Scheduler:
 
     def _move(self, transfer: Transfer, action: str, message: str | None = None) -> None:
         transfer.status = TRANSFER.move(transfer.id, transfer.status, action)
+        self._track(transfer)
         if transfer.status is TransferStatus.ERROR:
             transfer.error_message = message
             transfer.error_code = error_code(message)

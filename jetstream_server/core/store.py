@@ -4,7 +4,8 @@ WAL journal, ``synchronous=FULL`` (a committed write survives a power cut), a sc
 with numbered migrations. Rows hold JSON bodies, keyed by kind and id. All access goes
 through one worker thread, in submission order: :meth:`StateStore.put` and
 :meth:`StateStore.delete` return at once, :meth:`StateStore.flush` waits for every write
-submitted so far. The file is created with mode 0600 (destination passwords in it are
+submitted so far. The writes that wait while the thread is busy are committed together, in
+one transaction (group commit). The file is created with mode 0600 (destination passwords in it are
 sealed, see :mod:`jetstream_server.core.atrest`).
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import concurrent.futures
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,10 @@ class StateStore:
         self.path = folder / "state.sqlite3"
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "jetstream-state")
         self.closed = False
+        #: writes waiting for the writer thread, and whether a drain of them is queued
+        self._queued: list[tuple[str, tuple[Any, ...]]] = []
+        self._draining = False
+        self._lock = threading.Lock()
         try:
             self._db = self._executor.submit(self._open).result()
         except sqlite3.Error as exc:
@@ -103,7 +109,30 @@ class StateStore:
                      (key, orjson.dumps(value).decode()))
 
     def _submit(self, statement: str, args: tuple[Any, ...]) -> None:
-        self._executor.submit(self._db.execute, statement, args).add_done_callback(_report)
+        with self._lock:
+            self._queued.append((statement, args))
+            if self._draining:
+                return  # (a drain is queued, and has not yet taken what waits)
+            self._draining = True
+        self._executor.submit(self._drain).add_done_callback(_report)
+
+    def _drain(self) -> None:
+        """Commit every write waiting, in one transaction: many writes at once (ten
+        thousand transfers queued) cost one flush to disk, not one each."""
+        with self._lock:
+            batch, self._queued = self._queued, []
+            self._draining = False
+        if len(batch) == 1:
+            self._db.execute(*batch[0])
+            return
+        self._db.execute("BEGIN")
+        try:
+            for statement, args in batch:
+                self._db.execute(statement, args)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     async def flush(self) -> None:
         """Wait until every write submitted so far is committed."""
