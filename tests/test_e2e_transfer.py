@@ -130,3 +130,42 @@ def test_without_udp_offload_the_same_files_arrive(tmp_path: Path) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.timeout(120)
+def test_transfers_per_destination_run_side_by_side_and_the_connection_follows_them(
+        tmp_path: Path) -> None:
+    """--transfers-per-destination 3 on two real servers: three transfers to one
+    destination are sending at once (the fourth waits its turn), all arrive, and the
+    destination's connection reads disconnected once the last has ended."""
+    a = ServerProcess(make_home(tmp_path / "a"), "--transfers-per-destination", "3")
+    b = ServerProcess(make_home(tmp_path / "b"))
+    try:
+        data = os.urandom(3 << 20)
+        (tmp_path / "a" / "sandbox" / "f.bin").write_bytes(data)
+        destination = a.call("createDestination",
+                             f"--destinationAddress=127.0.0.1:{b.recv_port}",
+                             "--destinationUser=bob",
+                             f"--destinationPassword={PASSWORDS['bob']}")
+        manifest = a.call("createManifest", "--fileMappings=/f.bin:/f.bin")
+        time.sleep(0.5)
+        for i in range(4):
+            a.call("createTransfer", f"--destinationId={destination['destinationId']}",
+                   f"--manifestId={manifest['manifestId']}", f"--destinationPath=/t{i}",
+                   "--sendRateMax=8000")
+        most = 0
+        deadline = time.monotonic() + 90
+        while True:
+            statuses = [t["status"] for t in a.call("send.getTransfers")]
+            most = max(most, statuses.count("sending"))
+            if all(s == "complete" for s in statuses) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert statuses == ["complete"] * 4 and most == 3, (statuses, most)
+        for i in range(4):
+            assert (tmp_path / "b" / "sandbox" / f"t{i}" / "f.bin").read_bytes() == data
+        assert a.call("getDestination", f"--destinationId={destination['destinationId']}")[
+            "encryptedConnectionState"] == "disconnected"
+    finally:
+        a.stop()
+        b.stop()

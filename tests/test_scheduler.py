@@ -159,3 +159,19 @@ def test_ten_thousand_queued_run_in_priority_then_age_order_across_suspends_and_
         started.append(running)
     assert started == expected[1:]
     assert scheduler.queue(a.id) == []
+
+
+def test_a_destination_sends_as_many_at_once_as_the_server_allows() -> None:
+    """--transfers-per-destination 3: three start at once, the fourth when one ends."""
+    plane = RecordingDataPlane()
+    a = _destination()
+    manifest = Manifest(id=new_id(), owner="alice", create_time_us=0, user_data={},
+                        status=ManifestStatus.COMPLETE)
+    scheduler = Scheduler({}, {a.id: a}, {manifest.id: manifest}, plane, max_sending=3)
+    queued = [_transfer(a, manifest) for _ in range(4)]
+    for transfer in queued:
+        scheduler.enqueue(transfer)
+    assert [c[1] for c in plane.calls if c[0] == "start"] == [t.id for t in queued[:3]]
+    assert queued[3].status is TransferStatus.PENDING
+    scheduler.finished(queued[1])
+    assert plane.calls[-1] == ("start", queued[3].id, a.id)

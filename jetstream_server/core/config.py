@@ -116,6 +116,9 @@ SETTINGS: tuple[Setting, ...] = (
                                           "limit while nothing is sent."),
     Setting("borrow-outgoing-rate", bool, "Outgoing transfers may also use the incoming "
                                           "limit while nothing is received."),
+    Setting("transfers-per-destination", int, "Transfers to one destination sent at the "
+                                              "same time (default 1: one after another, in "
+                                              "priority order; up to 64)."),
 )
 #: The config file's table of limits by time of day (core/bandwidth.py); no flag.
 SCHEDULE_KEY = "bandwidth-schedule"
@@ -172,6 +175,7 @@ class Settings:
     outgoing_rate_limit: int = 0
     borrow_incoming_rate: bool = False
     borrow_outgoing_rate: bool = False
+    transfers_per_destination: int = 1
     #: the config file's [[bandwidth-schedule]] entries
     bandwidth_schedule: tuple[Window, ...] = ()
     #: Settings left at their defaults (their paths may be created on start).
@@ -224,6 +228,8 @@ def load_settings(given: dict[str, Any], config_file: Path | None) -> Settings:
             check_limit(values.get(key, 0), "--" + key.replace("_", "-"))
         except ValueError as exc:
             raise ConfigError(f"{exc}.") from None
+    if not 1 <= values.get("transfers_per_destination", 1) <= 64:
+        raise ConfigError("--transfers-per-destination must be between 1 and 64.")
     if values.get("data_cipher", "aes-256-gcm") not in CIPHERS:
         raise ConfigError(f"--data-cipher must be one of {', '.join(CIPHERS)}.")
     defaulted = frozenset(s.attr for s in SETTINGS if s.attr not in values)

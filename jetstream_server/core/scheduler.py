@@ -4,10 +4,11 @@ Each destination has its own queue: its ``pending`` transfers ordered by ``prior
 (lower first), then by age, kept as a heap (queueing, and starting the next, cost
 O(log n) however many wait; a transfer that left the queue is dropped from the heap when
 it reaches the top). When a :class:`DataPlane` is attached, the scheduler hands the
-head of a destination's queue to it as soon as that destination has no transfer
-``sending``; the data plane reports back through :meth:`Scheduler.progress`,
-:meth:`Scheduler.finished` and :meth:`Scheduler.requeue`. Without a data plane,
-transfers wait in their queues (``pending``) and every other operation still works.
+head of a destination's queue to it as soon as that destination has fewer than
+``max_sending`` transfers ``sending`` (one, by default); the data plane reports back
+through :meth:`Scheduler.progress`, :meth:`Scheduler.finished` and
+:meth:`Scheduler.requeue`. Without a data plane, transfers wait in their queues
+(``pending``) and every other operation still works.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ __all__ = ["MAX_SENDING_PER_DESTINATION", "DataPlane", "Scheduler"]
 
 log = logging.getLogger("jetstream.transfers")
 
-#: Transfers of one destination that move data at the same time.
+#: Transfers of one destination that move data at the same time, unless the server's
+#: --transfers-per-destination says otherwise.
 MAX_SENDING_PER_DESTINATION = 1
 
 
@@ -68,8 +70,11 @@ class Scheduler:
         manifests: dict[str, Manifest],
         data_plane: DataPlane | None = None,
         on_change: Callable[[Transfer], None] | None = None,
+        max_sending: int = MAX_SENDING_PER_DESTINATION,
     ) -> None:
         self.transfers = transfers
+        #: transfers of one destination sending at once
+        self.max_sending = max_sending
         self.destinations = destinations
         self.manifests = manifests
         self.data_plane = data_plane
@@ -175,7 +180,7 @@ class Scheduler:
         now = time.monotonic()
         later: list[tuple[int, int, str]] = []  # waiting out a retry's delay
         ready: list[Transfer] = []
-        room = MAX_SENDING_PER_DESTINATION - len(self._sending.get(destination_id, ()))
+        room = self.max_sending - len(self._sending.get(destination_id, ()))
         while queue and len(ready) < room:
             entry = heapq.heappop(queue)
             if not self._waiting(entry) or any(t.id == entry[2] for t in ready):

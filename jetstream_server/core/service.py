@@ -167,7 +167,8 @@ class Service:
         self.receives: dict[str, ReceiveRecord] = {}
         self.receiver: Receiver | None = None
         self.scheduler = Scheduler(self.transfers, self.destinations, self.manifests,
-                                   on_change=self.save_transfer)
+                                   on_change=self.save_transfer,
+                                   max_sending=settings.transfers_per_destination)
         #: seals the destination passwords the state database holds
         self.secrets = SecretBox.from_key_file(settings.secret_key_file)
         #: this server's long-term key: its identity to other servers

@@ -155,6 +155,8 @@ class SendingPlane:
         self.sessions: dict[str, SendSession] = {}
         #: the UDP transfers to each destination address, sharing its path's window
         self.ensembles: dict[tuple[str, int], Ensemble] = {}
+        #: per destination, its sessions between connect and disconnect
+        self.connected_sessions: Counter[str] = Counter()
         #: failed attempts in a row, per transfer, for the retry back-off
         self.attempts: dict[str, int] = {}
 
@@ -258,6 +260,7 @@ class SendSession:
         self._gso: GsoSender | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._refused = 0
+        self._in_connection = False  # (counted in the plane's connected_sessions)
         #: its own sendRateMax, and its share of the server's outgoing limit (kbit/s; 0:
         #: none): it sends at the lower
         self.own_kbps = 0
@@ -537,8 +540,26 @@ class SendSession:
             stats.files_sent += transfer.files_complete
 
     def _connection(self, action: str) -> None:
-        """Move the destination's connection state (see core/lifecycle.py)."""
-        destination = self.destination
+        """Move the destination's connection state (see core/lifecycle.py): it is
+        connecting with its first session, connected when one is accepted, and
+        disconnected when its last session ends (--transfers-per-destination may run
+        several)."""
+        destination, sessions = self.destination, self.plane.connected_sessions
+        if action == "connect":
+            self._in_connection = True
+            sessions[destination.id] += 1
+            if sessions[destination.id] > 1:
+                return
+        elif action == "disconnect":
+            if not self._in_connection:
+                return  # (ended before it connected)
+            self._in_connection = False
+            sessions[destination.id] -= 1
+            if sessions[destination.id] > 0:
+                return
+            del sessions[destination.id]
+        elif destination.connection is ConnectionState.CONNECTED:
+            return  # (accepted: another session was first)
         destination.connection = CONNECTION.move(destination.id, destination.connection,
                                                  action)
 
