@@ -164,6 +164,8 @@ async def test_mappings_are_set_shown_without_secrets_kept_and_checked(
              "together"),
             ([{"user": "x", "type": "local", "path": "/a"}] * 2, "mapped twice"),
             ([{"user": "x", "type": "S3", "bucket": "abc", "path": "a/../b"}], "'..'"),
+            ([{"user": "x", "type": "S3", "bucket": "abc",
+               "endpointOverride": "http://a host/x"}], "\"endpointOverride\" must be"),
         ]:
             with pytest.raises(CommandFailed) as refused:
                 await admin.call("setSandboxMappings", mappings=bad)
@@ -303,6 +305,31 @@ async def test_a_cancelled_transfer_leaves_no_multipart_upload_behind(
     assert objects(moto, bucket) == {}
 
 
+def send_big(a: ServerProcess, b: ServerProcess, data: bytes, rate_kbps: int) -> str:
+    """As alice on ``a``: send big.bin (``data``) to bob on ``b`` at ``rate_kbps``; the
+    transfer's id."""
+    write(a.log_path.parent / "sandbox" / "big.bin", data)
+    destination = a.call("createDestination", f"--destinationAddress=127.0.0.1:"
+                         f"{b.recv_port}", "--destinationUser=bob",
+                         "--destinationPassword=" + PASSWORDS["bob"])
+    manifest = a.call("createManifest", "--fileMappings=" + json.dumps(
+        {"/big.bin": "/big.bin"}))
+    time.sleep(1)
+    transfer = a.call("createTransfer", "--destinationId=" + destination["destinationId"],
+                      "--manifestId=" + manifest["manifestId"], f"--sendRateMax={rate_kbps}")
+    return str(transfer["transferId"])
+
+
+def wait_ended(a: ServerProcess, transfer_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while True:
+        seen: dict[str, Any] = a.call("getTransfer", "--transferId=" + transfer_id)
+        if seen["status"] in ("complete", "error"):
+            return seen
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
 @pytest.mark.timeout(180)
 def test_a_receiver_killed_mid_upload_resumes_from_its_completed_parts(
         tmp_path: Path, moto: Endpoint, bucket: str) -> None:
@@ -318,16 +345,7 @@ def test_a_receiver_killed_mid_upload_resumes_from_its_completed_parts(
             [moto.mapping(bucket, url=relay.url)]), user="root")
         parts = 5
         data = data_of(PART_BYTES * parts, 21)
-        write(tmp_path / "a" / "sandbox" / "big.bin", data)
-        destination = a.call("createDestination", f"--destinationAddress=127.0.0.1:"
-                             f"{b.recv_port}", "--destinationUser=bob",
-                             "--destinationPassword=" + PASSWORDS["bob"])
-        manifest = a.call("createManifest", "--fileMappings=" + json.dumps(
-            {"/big.bin": "/big.bin"}))
-        time.sleep(1)
-        transfer = a.call("createTransfer", "--destinationId=" +
-                          destination["destinationId"], "--manifestId=" +
-                          manifest["manifestId"], "--sendRateMax=40000")
+        transfer_id = send_big(a, b, data, 40_000)
         deadline = time.monotonic() + 60
         while relay.requests["UploadPart"] < 3:
             assert time.monotonic() < deadline
@@ -338,13 +356,7 @@ def test_a_receiver_killed_mid_upload_resumes_from_its_completed_parts(
         before = relay.requests["UploadPart"]
         b = ServerProcess(tmp_path / "b", "--superuser", "root", "--recv-port",
                           str(b.recv_port))
-        deadline = time.monotonic() + 120
-        while True:
-            seen = a.call("getTransfer", "--transferId=" + transfer["transferId"])
-            if seen["status"] in ("complete", "error"):
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        seen = wait_ended(a, transfer_id)
         assert seen["status"] == "complete", seen["errorMessage"]
         assert objects(moto, bucket) == {"big.bin": data}
         assert uploads_left(moto, bucket) == []
@@ -506,16 +518,7 @@ def test_a_sender_killed_mid_transfer_resumes_it_and_the_upload_from_its_parts(
                user="root")
         parts = 5
         data = data_of(PART_BYTES * parts, 61)
-        write(tmp_path / "a" / "sandbox" / "big.bin", data)
-        destination = a.call("createDestination", f"--destinationAddress=127.0.0.1:"
-                             f"{b.recv_port}", "--destinationUser=bob",
-                             "--destinationPassword=" + PASSWORDS["bob"])
-        manifest = a.call("createManifest", "--fileMappings=" + json.dumps(
-            {"/big.bin": "/big.bin"}))
-        time.sleep(1)
-        transfer = a.call("createTransfer", "--destinationId=" +
-                          destination["destinationId"], "--manifestId=" +
-                          manifest["manifestId"], "--sendRateMax=30000")
+        transfer_id = send_big(a, b, data, 30_000)
         deadline = time.monotonic() + 60
         while relay.requests["UploadPart"] < 2:
             assert time.monotonic() < deadline
@@ -525,13 +528,7 @@ def test_a_sender_killed_mid_transfer_resumes_it_and_the_upload_from_its_parts(
         time.sleep(0.5)  # (the part on its way lands)
         before = relay.requests["UploadPart"]
         a = ServerProcess(tmp_path / "a")
-        deadline = time.monotonic() + 120
-        while True:
-            seen = a.call("getTransfer", "--transferId=" + transfer["transferId"])
-            if seen["status"] in ("complete", "error"):
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        seen = wait_ended(a, transfer_id)
         assert seen["status"] == "complete", seen["errorMessage"]
         assert objects(moto, bucket) == {"big.bin": data}
         assert uploads_left(moto, bucket) == []

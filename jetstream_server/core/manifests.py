@@ -41,7 +41,10 @@ def build_file_list(root: Sandbox, requested: list[tuple[str, str]]) -> list[Fil
     """The manifest entries for ``requested`` (source, destination) pairs in the sandbox
     ``root``: a folder, or a place in an S3 bucket (see :func:`_add_objects`)."""
     files: list[FileMapping] = []
-    bucket = Bucket(root) if isinstance(root, S3Sandbox) else None
+    try:
+        bucket = Bucket(root) if isinstance(root, S3Sandbox) else None
+    except DiskError as exc:
+        raise ManifestError(exc.message) from None
     for src, dst in requested:
         try:
             long = long_name(virtual_parts(dst))

@@ -109,7 +109,10 @@ class Bucket:
     def __init__(self, sandbox: S3Sandbox) -> None:
         self.sandbox = sandbox
         self.name = sandbox.bucket
-        self.client = _client(sandbox)
+        try:
+            self.client = _client(sandbox)
+        except (ValueError, botocore.exceptions.BotoCoreError) as exc:
+            raise DiskError(f"S3 bucket {self.name!r} cannot be used: {exc}.") from None
 
     def error(self, exc: Exception, doing: str) -> DiskError:
         """What ``exc`` (raised ``doing`` something) means, for the transfer's message."""

@@ -33,6 +33,7 @@ SECRET_FIELDS = ("secretAccessKey", "sessionToken")
 _S3_FIELDS = ("bucket", "path", "accessKeyId", "secretAccessKey", "sessionToken", "region",
               "scheme", "endpointOverride", "verifySsl")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_ENDPOINT = re.compile(r"^(https?://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+)(:[0-9]{1,5})?/?$")
 MAX_MAPPINGS = 1000
 
 
@@ -198,6 +199,10 @@ def _parse(entry: Any, number: int = 0) -> _Mapping:
                                    "lower-case letters, digits, dots and hyphens).")
         if fields.get("scheme", "https") not in ("http", "https"):
             raise InvalidParameter(f"{where}: \"scheme\" must be \"http\" or \"https\".")
+        override = fields.get("endpointOverride")
+        if override is not None and not _ENDPOINT.match(override):
+            raise InvalidParameter(f"{where}: \"endpointOverride\" must be host[:port] or "
+                                   "an http(s)://host[:port] URL.")
         if ("accessKeyId" in fields) != ("secretAccessKey" in fields):
             raise InvalidParameter(f"{where}: give accessKeyId and secretAccessKey "
                                    "together (or neither, for the AWS credential chain).")

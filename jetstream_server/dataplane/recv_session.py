@@ -296,10 +296,10 @@ class ReceiveSession:
             log.error("receive %s: %r", self.transfer_id, exc)
         elif exc.curable and self.core.phase is not RecvPhase.FAILED:
             self._curable = True  # keep what is on disk: the transfer can be resumed
-            # (the object store out of reach: every write went through, so all that was
-            # received is kept, not only what the last checkpoint made durable)
+            # an object store out of reach: every write went through, so all that was
+            # received is kept (not only what the last checkpoint made durable), and the
+            # sender is told to try again later by itself
             self._writes_sound = isinstance(exc, StorageUnavailable)
-        # (an object store out of reach: the sender tries again later by itself)
         self.core.fail(message, ERROR_BUSY if isinstance(exc, StorageUnavailable)
                        else ERROR_REFUSED)
         self.step(time.monotonic())
@@ -415,8 +415,8 @@ class ReceiveSession:
         record.input_files = [f.path for f in meta.files if f.size is not None]
         record.user_data = meta.user_data
         keep = resume.partly_received(layout) if resume is not None else set()
-        self.sink = sink = self._sink(meta, keep)
         try:
+            self.sink = sink = self._sink(meta, keep)
             paths = await self._run(sink.prepare)
         except Exception as exc:
             self._sink_failed(exc)

@@ -263,7 +263,10 @@ class ObjectFiles:
 def reader_for(sandbox: Sandbox, files: list[FileMapping]) -> Reader:
     """The reader of ``files`` in ``sandbox``."""
     if isinstance(sandbox, S3Sandbox):
-        return ObjectFiles(Bucket(sandbox), files)
+        try:
+            return ObjectFiles(Bucket(sandbox), files)
+        except DiskError as exc:
+            raise SourceError(f"Cannot read the files to send: {exc.message}") from None
     return LocalFiles(sandbox, files)
 
 
