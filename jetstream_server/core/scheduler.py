@@ -81,9 +81,13 @@ class Scheduler:
         self.on_change = on_change
         self._seq = 0
         self._not_before: dict[str, float] = {}
-        #: per destination: (priority, queue_seq, transfer id) of its pending transfers
-        #: (and of some that are no longer pending: skipped when met)
-        self._queues: dict[str, list[tuple[int, int, str]]] = {}
+        #: per destination: (priority, queue_seq, entry number, transfer id) of its
+        #: pending transfers (and of some that are no longer pending: skipped when met)
+        self._queues: dict[str, list[tuple[int, int, int, str]]] = {}
+        #: each pending transfer's entry number: the one entry of it that counts (one
+        #: suspended and resumed has an older entry still in the heap)
+        self._entries: dict[str, int] = {}
+        self._pushed = 0
         #: per destination: its transfers sending
         self._sending: dict[str, set[str]] = {}
         #: set while the server stops: nothing new starts
@@ -93,19 +97,14 @@ class Scheduler:
 
     def queue(self, destination_id: str) -> list[Transfer]:
         """The pending transfers of a destination, in the order they will be sent."""
-        seen: set[str] = set()  # (one suspended and resumed may have two entries)
-        out = []
-        for entry in sorted(self._queues.get(destination_id, ())):
-            if self._waiting(entry) and entry[2] not in seen:
-                seen.add(entry[2])
-                out.append(self.transfers[entry[2]])
-        return out
+        return [self.transfers[entry[3]] for entry in
+                sorted(self._queues.get(destination_id, ())) if self._waiting(entry)]
 
-    def _waiting(self, entry: tuple[int, int, str]) -> bool:
-        """Whether a queue entry is still a pending transfer's."""
-        transfer = self.transfers.get(entry[2])
+    def _waiting(self, entry: tuple[int, int, int, str]) -> bool:
+        """Whether a queue entry is a pending transfer's current one."""
+        transfer = self.transfers.get(entry[3])
         return transfer is not None and transfer.status is TransferStatus.PENDING and \
-            transfer.queue_seq == entry[1]
+            self._entries.get(transfer.id) == entry[2]
 
     def _track(self, transfer: Transfer) -> None:
         """Keep the queues and the sending sets up with ``transfer``'s status."""
@@ -115,8 +114,12 @@ class Scheduler:
         else:
             sending.discard(transfer.id)
         if transfer.status is TransferStatus.PENDING:
+            self._pushed += 1
+            self._entries[transfer.id] = self._pushed
             heapq.heappush(self._queues.setdefault(transfer.destination_id, []),
-                           (transfer.priority, transfer.queue_seq, transfer.id))
+                           (transfer.priority, transfer.queue_seq, self._pushed, transfer.id))
+        else:
+            self._entries.pop(transfer.id, None)
 
     def block_size(self, transport: str, ip: str) -> int:
         """The block size a new transfer gets (the data plane's choice, by the route)."""
@@ -160,6 +163,7 @@ class Scheduler:
         """After loading stored transfers: continue their numbering, rebuild the queues."""
         self._seq = max([self._seq, *(t.queue_seq for t in self.transfers.values())])
         self._queues.clear()
+        self._entries.clear()
         self._sending.clear()
         for transfer in self.transfers.values():
             self._track(transfer)
@@ -178,17 +182,17 @@ class Scheduler:
             return
         queue = self._queues.get(destination_id, [])
         now = time.monotonic()
-        later: list[tuple[int, int, str]] = []  # waiting out a retry's delay
+        later: list[tuple[int, int, int, str]] = []  # waiting out a retry's delay
         ready: list[Transfer] = []
         room = self.max_sending - len(self._sending.get(destination_id, ()))
         while queue and len(ready) < room:
             entry = heapq.heappop(queue)
-            if not self._waiting(entry) or any(t.id == entry[2] for t in ready):
+            if not self._waiting(entry):
                 continue
-            if self._not_before.get(entry[2], 0.0) > now:
+            if self._not_before.get(entry[3], 0.0) > now:
                 later.append(entry)
                 continue
-            ready.append(self.transfers[entry[2]])
+            ready.append(self.transfers[entry[3]])
         for entry in later:
             heapq.heappush(queue, entry)
         for transfer in ready:
@@ -224,7 +228,6 @@ class Scheduler:
         if not transfer.status.ended:
             self._stop(transfer, "cancel")
         del self.transfers[transfer.id]
-        self._sending.get(transfer.destination_id, set()).discard(transfer.id)
 
     def set_rate(self, transfer: Transfer, rate_kbps: int | None,
                  policy: str | None = None) -> None:

@@ -545,7 +545,9 @@ class ReceiveSession:
             record.error_message = message
             record.end_time_us = record.last_error_time_us = now_us()
             if keep and self._writes_sound and self.core.layout is not None:
-                self._flush_writes()  # (queued before the sink is closed, below)
+                # (hand the sink the blocks still waiting now: below it is let go of
+                # before it is closed, and _submit flushes only the session's own sink)
+                self._flush_writes()
                 record.checkpoint = self.core.checkpoint()
             else:
                 record.checkpoint = self.core.durable(record.checkpoint) if keep else None
