@@ -72,6 +72,11 @@ class Profile:
     fresh_fs: bool = False
 
 
+#: The scaling profile's numbers of concurrent transfers.
+SCALING = (1, 2, 4)
+#: Processes serving each server's data plane (it runs in the server's own process).
+DATA_WORKERS = 1
+
 PROFILES = {
     "lan": Profile("100 Mbit/s, 0 ms, no loss", Link(100, 0, 0)),
     "wan50": Profile("100 Mbit/s, 50 ms one way, no loss", Link(100, 50, 0)),
@@ -104,6 +109,12 @@ PROFILES = {
     "fair-low": Profile("a fair and a low jetstream transfer at once, 100 Mbit/s, 25 ms one way",
                         Link(100, 25, 0), size_mib=256, flows=2, policies="fair,low",
                         tools=("jetstream",)),
+    # N transfers at once from N sending servers into one receiver, on loopback: how the
+    # data plane scales with the transfers (`scaling` runs 1, 2 and 4 and sums them up)
+    **{f"scale-{n}": Profile(
+        f"{n} transfer{'s' if n > 1 else ''} at once from {n} sending server"
+        f"{'s' if n > 1 else ''} into one receiver, loopback", None, size_mib=1024,
+        flows=n, senders=n, tools=("jetstream",)) for n in SCALING},
     "limit-in": Profile("two sending servers, one receiver with --incoming-rate-limit 60000, "
                         "100 Mbit/s, 25 ms one way", Link(100, 25, 0), size_mib=192,
                         flows=2, senders=2, receiver_flags=("--incoming-rate-limit", "60000"),
@@ -320,7 +331,7 @@ def jetstream_server(the_lab: Lab, ns: str, home: Path, *args: str
 
 def py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
     """Record where process ``pid`` spends its time (py-spy, speedscope format)."""
-    return subprocess.Popen([str(BIN / "py-spy"), "record", "--nonblocking", "-r", "200",
+    return subprocess.Popen([str(BIN / "py-spy"), "record", "--nonblocking", "--gil", "-r", "200",
                              "-d", str(int(seconds)), "-f", "speedscope", "-o", str(out),
                              "-p", str(pid)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -632,7 +643,9 @@ def table(profile_name: str, profile: Profile, rtt: str, results: list[Result]) 
     lines = [f"### {profile_name}: {profile.about}",
              "", f"round trip measured: {rtt}; data: "
              + (f"{profile.files} files of {profile.file_kib} KiB" if by_files
-                else f"one file of {profile.size_mib} MiB"), "",
+                else f"one file of {profile.size_mib} MiB")
+             + (f" per transfer, {profile.flows} transfers" if profile.flows > 1 else "")
+             + f"; data workers: {DATA_WORKERS} per jetstream server", "",
              f"| tool | goodput ({unit}) | jetstream is x this | retransmitted (MiB) "
              "| CPU s/GiB sender | CPU s/GiB receiver | seconds | note |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -730,7 +743,11 @@ def main() -> None:
     if args.list or not args.profiles:
         for name, profile in PROFILES.items():
             print(f"{name:14} {profile.about}")
+        print(f"{'scaling':14} scale-{', scale-'.join(map(str, SCALING))} and a summary")
         return
+    args.profiles = [p for name in args.profiles
+                     for p in ([f"scale-{n}" for n in SCALING] if name == "scaling" else [name])]
+    scaled: dict[int, Result] = {}
     unknown = [p for p in args.profiles if p not in PROFILES]
     if unknown:
         sys.exit(f"unknown profile(s): {', '.join(unknown)} (see --list)")
@@ -751,12 +768,35 @@ def main() -> None:
         text, results, counters = run_profile(name, profile, args.max_seconds,
                                               args.keep_going, spy_dir, args.keep)
         print("\n" + text + f"\n\nemulator counters: {json.dumps(counters)}\n", flush=True)
+        if name.startswith("scale-") and results:
+            scaled[profile.flows] = results[0]
         if args.json:
             with args.json.open("a") as stream:
                 stream.write(json.dumps({
                     "profile": name, "about": profile.about, "time": time.time(),
                     "results": [{**r.__dict__, "mbps": r.mbps, "filesPerS": r.files_per_s}
                                 for r in results], "emulator": counters}) + "\n")
+    if len(scaled) > 1:
+        print(scaling_table(scaled), flush=True)
+
+
+def scaling_table(scaled: dict[int, Result]) -> str:
+    """The scale-N runs side by side: together, against one alone, each transfer's share."""
+    one = scaled.get(1)
+    lines = [f"### scaling: N transfers at once from N sending servers into one receiver "
+             f"(loopback; data workers: {DATA_WORKERS} per server)", "",
+             "| transfers | together (Mbit/s) | x one alone | each (Mbit/s) "
+             "| CPU s/GiB senders | CPU s/GiB receiver |",
+             "| ---: | ---: | ---: | --- | ---: | ---: |"]
+    for n, r in sorted(scaled.items()):
+        each = [f["totalBytes"] * 8 / f["seconds"] / 1e6 for f in r.extra.get("flows", [])
+                if f["status"] == "complete" and f["seconds"]]
+        ratio = f"{r.mbps / one.mbps:.2f}" if one is not None and one.mbps else ""
+        per_gib = [f"{cpu * GIB / r.delivered:.1f}" if cpu is not None and r.delivered
+                   else "" for cpu in (r.cpu_send, r.cpu_recv)]
+        lines.append(f"| {n} | {r.mbps:.1f} | {ratio} | "
+                     f"{', '.join(f'{e:.0f}' for e in each)} | {per_gib[0]} | {per_gib[1]} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

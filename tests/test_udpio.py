@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jetstream_server.dataplane.udpio import GsoSender, enable_gro, receive_batches
+from jetstream_server.dataplane.udpio import GsoSender, arrival_time, enable_gro, receive_batch
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -33,7 +33,7 @@ def _drain(receiver: socket.socket, gro: bool, count: int) -> list[bytes]:
     deadline = time.monotonic() + 10
     buffer = bytearray(1 << 20)
     while len(got) < count and time.monotonic() < deadline:
-        got += [bytes(d) for d, _ in receive_batches(receiver, buffer, gro, 64)]
+        got += [bytes(d) for d, _ in receive_batch(receiver, buffer, gro)[0]]
         time.sleep(0.001)
     return got
 
@@ -78,3 +78,41 @@ def test_a_kernel_that_refuses_gso_gets_one_datagram_per_send_from_then_on(
     assert gso.send(second) == 10
     assert fake.segmented_calls == 1
     assert _drain(receiver, False, 20) == first + second
+
+
+def test_the_arrival_time_is_when_the_kernel_took_the_datagram_not_when_it_was_read(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = pair
+    receiver.setblocking(False)
+    arrival_time(receiver)  # (the first call turns stamping on, for the next datagram)
+    sender.send(b"first")
+    time.sleep(0.05)  # (the kernel turns its stamping on a moment later)
+    receive_batch(receiver, bytearray(1 << 20), False)
+    sent = time.monotonic()
+    sender.send(b"x" * 100)
+    time.sleep(0.05)
+    batch, drained = receive_batch(receiver, bytearray(1 << 20), False)
+    read = time.monotonic()
+    arrived = arrival_time(receiver)
+    assert [bytes(d) for d, _ in batch] == [b"x" * 100] and drained
+    assert arrived is not None
+    assert sent - 0.001 <= arrived < sent + 0.02 and read - arrived >= 0.04
+
+
+def test_a_batch_stops_when_its_buffer_is_full_and_the_next_goes_on_in_order(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = pair
+    receiver.setblocking(False)
+    datagrams = [os.urandom(16_000) for _ in range(12)]
+    assert GsoSender(sender, False).send(datagrams) == 12
+    time.sleep(0.05)
+    buffer = bytearray(2 * 65536)  # room for five 16,000-byte reads before the last 64 KiB
+    first, drained = receive_batch(receiver, buffer, False)
+    assert len(first) == 5 and not drained
+    got = [bytes(d) for d, _ in first]
+    while True:
+        batch, drained = receive_batch(receiver, buffer, False)
+        got += [bytes(d) for d, _ in batch]
+        if drained:
+            break
+    assert got == datagrams

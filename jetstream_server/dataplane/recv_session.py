@@ -163,6 +163,7 @@ class ReceiveSession:
         self._committing = False
         self._write_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # (its deadline, on time.monotonic()'s clock)
         self._closed = False
         #: failed on a condition the operator can cure: keep the data for a resume
         self._curable = False
@@ -248,14 +249,19 @@ class ReceiveSession:
             lambda f: loop.call_soon_threadsafe(self._written, f, size))
 
     def _arm(self, deadline: float | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._next_checkpoint is not None:
             deadline = self._next_checkpoint if deadline is None else \
                 min(deadline, self._next_checkpoint)
+        # a timer already set for the same time or sooner stays (one that fires early
+        # finds nothing due and sets the next): most steps then set no timer at all
+        if self._timer is not None:
+            if deadline is not None and self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
         if deadline is not None:
             loop = asyncio.get_running_loop()
+            self._timer_at = deadline
             self._timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0),
                                        self._on_timer)
 

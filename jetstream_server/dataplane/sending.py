@@ -255,6 +255,8 @@ class SendSession:
         self.core: SenderCore | None = None
         self._stopped = False
         self._waiter: asyncio.Future[None] | None = None
+        #: when the loop wakes by itself (None: only when woken)
+        self._sleeping_until: float | None = None
         self._pending: list[bytes | bytearray] = []
         self._sock: socket.socket | None = None
         self._gso: GsoSender | None = None
@@ -451,6 +453,7 @@ class SendSession:
     async def _sleep_until(self, deadline: float | None) -> None:
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
+        self._sleeping_until = deadline
         handle = None
         if deadline is not None:
             delay = max(deadline - time.monotonic(), 0.0)
@@ -597,7 +600,13 @@ class SendSession:
             # the time of each ACK, not of the batch: one that arrived while the batch was
             # being read would otherwise shorten the round trip measured from it
             core.receive_datagram(data, time.monotonic())
-        self.wake()
+        # an ACK that leaves the next thing to do about as late as the loop sleeps (the
+        # pacer holds data back, no timer is earlier) does not wake it: waking costs more
+        # than reading the ACK (and the loop's timers are as fine as a millisecond)
+        due = core.next_event_time(time.monotonic())
+        if due is not None and (self._sleeping_until is None or
+                                due < self._sleeping_until - 0.001):
+            self.wake()
 
     def _on_writable(self) -> None:
         assert self._sock is not None

@@ -14,11 +14,13 @@ Either is used only where the kernel accepts it: :class:`GsoSender` falls back t
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Sequence
 
-__all__ = ["GsoSender", "enable_gro", "receive_batches"]
+__all__ = ["GsoSender", "arrival_time", "enable_gro", "receive_batch"]
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -29,6 +31,12 @@ MAX_PAYLOAD = 65507 - 40  # IPv6 headers are larger: stay below for both familie
 _INT = struct.Struct("@i")
 _GSO_SIZE = struct.Struct("@H")
 _ANCILLARY = socket.CMSG_SPACE(_INT.size)
+#: room for one read: the largest UDP payload (or datagrams glued by GRO)
+MAX_DATAGRAM_BUFFER = 65536
+#: <linux/sockios.h>: the arrival time of the last datagram read (a struct timespec)
+SIOCGSTAMPNS = 0x8907
+_TIMESPEC = struct.Struct("@qq")
+_STAMP = bytearray(_TIMESPEC.size)
 #: errors that mean "this kernel or device does not do GSO here"
 _NO_GSO = {errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EIO, errno.EPROTO}
 
@@ -41,30 +49,51 @@ def enable_gro(sock: socket.socket) -> bool:
     return True
 
 
-def receive_batches(sock: socket.socket, buffer: bytearray, gro: bool, limit: int
-                    ) -> Iterator[tuple[memoryview, tuple[str, int]]]:
-    """Datagrams waiting on ``sock`` (views into ``buffer``, valid until the next one),
-    at most ``limit`` system calls; stops when nothing more is waiting."""
+def receive_batch(sock: socket.socket, buffer: bytearray, gro: bool
+                  ) -> tuple[list[tuple[memoryview, tuple[str, int]]], bool]:
+    """The datagrams waiting on ``sock``, read one after another into ``buffer`` (views
+    into it, valid until the next call), and whether that was all: reads until nothing
+    more is waiting (True) or ``buffer`` has no room for another (False). Datagrams
+    glued by GRO are taken apart; an empty one is a view of nothing (garbage, for the
+    caller to count)."""
     view = memoryview(buffer)
-    for _ in range(limit):
+    out: list[tuple[memoryview, tuple[str, int]]] = []
+    offset, room = 0, len(buffer) - MAX_DATAGRAM_BUFFER
+    while offset <= room:
         try:
             if gro:
-                size, ancillary, _, address = sock.recvmsg_into([buffer], _ANCILLARY)
+                size, ancillary, _, address = sock.recvmsg_into(
+                    [view[offset:offset + MAX_DATAGRAM_BUFFER]], _ANCILLARY)
             else:
-                size, address = sock.recvfrom_into(buffer)
+                size, address = sock.recvfrom_into(view[offset:offset + MAX_DATAGRAM_BUFFER])
                 ancillary = []
         except OSError:  # nothing waiting (BlockingIOError) or an error: stop here
-            return
+            return out, True
         segment = size
         for level, kind, data in ancillary:
             if level == SOL_UDP and kind == UDP_GRO and len(data) >= _INT.size:
                 segment = _INT.unpack_from(data)[0] or size
         peer = (address[0], address[1])
-        if not size:  # an empty datagram (garbage, for the caller to count)
-            yield view[:0], peer
+        if not size:
+            out.append((view[offset:offset], peer))
             continue
-        for start in range(0, size, segment):
-            yield view[start:min(start + segment, size)], peer
+        end = offset + size
+        for start in range(offset, end, segment):
+            out.append((view[start:min(start + segment, end)], peer))
+        offset = end
+    return out, False
+
+
+def arrival_time(sock: socket.socket) -> float | None:
+    """When the datagram last read from ``sock`` arrived, on ``time.monotonic()``'s
+    clock (the kernel's receive stamp, SIOCGSTAMPNS; the first call turns stamping on),
+    or None where the kernel has none."""
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCGSTAMPNS, _STAMP)
+    except OSError:
+        return None
+    seconds, nanoseconds = _TIMESPEC.unpack(_STAMP)
+    return float(seconds + nanoseconds * 1e-9 - time.time() + time.monotonic())
 
 
 class GsoSender:

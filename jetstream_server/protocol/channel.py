@@ -108,7 +108,7 @@ class Channel:
         self.cipher = cipher
         self.session = session
         self.encrypt_data = encrypt_data
-        self._nonce = cipher.nonce
+        self._nonce = cipher.nonce_maker
         self._out = _Sealing(cipher, send_key)
         self._in = _Sealing(cipher, receive_key)
         #: the next packet number to send
@@ -136,7 +136,8 @@ class Channel:
                                                                         pn & 0xFFFFFFFF)
         return clear + self._out.aead.encrypt(self._nonce(pn), body, clear)
 
-    def seal_data(self, block: int, sent_us: int, payload: bytes | memoryview) -> bytearray:
+    def seal_data(self, block: int, sent_us: int, payload: bytes | memoryview
+                  ) -> bytes | bytearray:
         """A DATA message (or PLAIN_DATA, when data is not encrypted) of ``block``."""
         if not self.encrypt_data:
             datagram = bytearray(PLAIN_DATA_OVERHEAD + len(payload))
@@ -148,14 +149,10 @@ class Channel:
             _CRC.pack_into(datagram, end, crc32c(memoryview(datagram)[:end]))
             return datagram
         pn = self._pn()
-        datagram = bytearray(DATA_OVERHEAD + len(payload))
-        _DATA_CLEAR_FIELDS.pack_into(datagram, 0, _DATA_FIRST_BYTE, self.session, pn >> 32,
-                                     pn & 0xFFFFFFFF, block >> 32, block & 0xFFFFFFFF,
-                                     sent_us & TS_MASK)
-        view = memoryview(datagram)
-        self._out.aead.encrypt_into(self._nonce(pn), payload, view[:_DATA_CLEAR],
-                                    view[_DATA_CLEAR:])
-        return datagram
+        clear = _DATA_CLEAR_FIELDS.pack(_DATA_FIRST_BYTE, self.session, pn >> 32,
+                                        pn & 0xFFFFFFFF, block >> 32, block & 0xFFFFFFFF,
+                                        sent_us & TS_MASK)
+        return clear + self._out.aead.encrypt(self._nonce(pn), payload, clear)
 
     # -- receiving --------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["DIGEST", "MAX_BLOCKS", "TCP_BLOCK_SIZE", "UDP_BLOCK_SIZE", "Layout", "Slot"]
 
@@ -26,9 +26,8 @@ TCP_BLOCK_SIZE = 64 * 1024
 MAX_BLOCKS = 1 << 40  # 1.6 PB in 1454-byte blocks (72 PB in TCP mode's 64 KiB)
 
 
-@dataclass(frozen=True)
-class Slot:
-    """What one block holds."""
+class Slot(NamedTuple):
+    """What one block holds (a tuple: one is made for every datagram sent)."""
 
     file: int  # -1 for metadata
     offset: int  # byte offset in the file (or in the metadata)

@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -64,7 +65,12 @@ class Cipher:
     def nonce(self, n: int) -> bytes:
         """Noise's 96-bit nonce of counter ``n``: 4 zero bytes, then ``n`` as 64 bits,
         big-endian for AES-GCM, little-endian for ChaCha20-Poly1305."""
-        return (_BIG_NONCE if self.noise_name == "AESGCM" else _LITTLE_NONCE).pack(n)
+        return self.nonce_maker(n)
+
+    @property
+    def nonce_maker(self) -> Callable[[int], bytes]:
+        """:meth:`nonce` as one call (a channel makes one per message)."""
+        return (_BIG_NONCE if self.noise_name == "AESGCM" else _LITTLE_NONCE).pack
 
     def rekey(self, key: bytes) -> bytes:
         """Noise's REKEY: the next key, ``ENCRYPT(k, 2^64-1, "", 32 zero bytes)[:32]``."""

@@ -206,6 +206,8 @@ class ReceiverCore:
         self.events: deque[Event] = deque()
         self.committed_files: set[int] = set()
         self._file_blocks: dict[int, int] = {}
+        #: the data blocks [first, end) of the file of the last block, its index and size
+        self._span = (0, 0, -1, 0)
         self._digests: dict[int, tuple[bytes, int]] = {}
         self._reply = reply
         self._control: list[bytes] = [reply]
@@ -448,11 +450,37 @@ class ReceiverCore:
         self.events.append(MetadataReady(meta, layout, key))
 
     def _file_block(self, block: int, payload: bytes, layout: Layout) -> None:
+        first, end, file, size = self._span
+        if first <= block < end:  # a data block of the file of the last one: most are
+            offset = (block - first) * layout.block_size
+            if len(payload) != min(layout.block_size, size - offset):
+                raise Garbage("bad block length")
+            received = self.received
+            if received.end == block:  # in order
+                received.add(block)
+            else:
+                if block > received.end:
+                    self._ack_now = True  # a new gap opened: tell the sender soon
+                if not received.add(block):
+                    self.duplicates += 1
+                    return
+            self.writes.append((file, offset, payload))
+            count = self._file_blocks.get(file, 0) + 1
+            self._file_blocks[file] = count
+            if count == layout.data_blocks[file] + 1:
+                digest, size = self._digests[file]
+                self.events.append(FileReady(file, digest, size))
+            return
         if block >= layout.total_blocks:
             raise Garbage("block beyond the transfer")
         slot = layout.locate(block)
         if len(payload) != slot.length:
             raise Garbage("bad block length")
+        if not slot.digest:
+            file_first, file_end = layout.file_range(slot.file)
+            file_size = layout.sizes[slot.file]
+            assert file_size is not None
+            self._span = (file_first, file_end - 1, slot.file, file_size)
         highest_end = self.received.end
         if not self.received.add(block):
             self.duplicates += 1

@@ -41,6 +41,7 @@ from .wire import (
     HELLO_PASSWORD,
     HELLO_TOKEN,
     KEY_ENCRYPTS,
+    RECEIVE_HOLD_S,
     SEALED_KINDS,
     TS_MASK,
     Ack,
@@ -78,6 +79,8 @@ WINDOW_SLACK = 32
 #: (many small files: each is remembered until acknowledged).
 RELIABLE_WINDOW_BYTES = 64 * 1024 * 1024
 RELIABLE_WINDOW_BLOCKS = 65536
+#: ACK ranges remembered as known (see _on_ack) before the memory starts anew.
+MAX_KNOWN_RANGES = 4096
 
 
 class BlockSource(Protocol):
@@ -166,6 +169,8 @@ class SenderCore:
         #: new data waited for room in the window since the last ACK
         self.window_limited = False
         self.acked = RangeSet()
+        #: ranges of recent ACKs (with their cumulative ones): all in ``acked``
+        self._acked_ranges: set[tuple[int, int]] = set()
         #: bytes of file data the receiver has (acknowledged, or had before: a resume,
         #: or a file it keeps by the overwrite rule)
         self.data_acked = 0
@@ -389,10 +394,18 @@ class SenderCore:
         self.window_limited = False
         self.receiver_limit_bps = ack.rate_kbps * 1000 or None
         self.pacer.set_rate(self._rate(), now)
-        in_flight = self.in_flight
-        for start, end in [(0, ack.cum), *ack.ranges]:
-            end = min(end, self.layout.total_blocks)
-            for new_start, new_end in self.acked.add_range(start, end):
+        # an ACK repeats every range the receiver has above ``cum``: those seen before
+        # are in ``acked`` already (most of them, on a lossy path), and are passed over
+        in_flight, known = self.in_flight, self._acked_ranges
+        if len(known) > MAX_KNOWN_RANGES:
+            known.clear()
+        total = self.layout.total_blocks
+        ranges = set(ack.ranges)
+        ranges.add((0, ack.cum))
+        ranges -= known
+        known |= ranges
+        for start, end in ranges:
+            for new_start, new_end in self.acked.add_range(start, min(end, total)):
                 self.data_acked += self.layout.data_bytes(new_start, new_end)
                 for block in range(new_start, new_end):
                     in_flight.pop(block, None)
@@ -501,7 +514,7 @@ class SenderCore:
             if self.had.count_in(first, stop) == stop - first:
                 self.files_had.add(index)
 
-    def _data_datagram(self, block: int, now: float) -> bytearray | None:
+    def _data_datagram(self, block: int, now: float) -> bytes | bytearray | None:
         slot = self.layout.locate(block)
         if slot.file < 0:
             payload: bytes | memoryview | None = self.metadata[slot.offset:
@@ -523,14 +536,13 @@ class SenderCore:
         assert self.channel is not None
         datagram = self.channel.seal_data(block, int(now * 1e6), payload)
         self._mean_size += (len(datagram) - self._mean_size) / 64
-        retransmit = bool(self.lost) and self.lost[0] == block
-        if retransmit:
+        self.in_flight[block] = now
+        if self.lost and self.lost[0] == block:  # a retransmission
             self.lost.popleft()
             self.blocks_retransmitted += 1
+            self.in_flight.move_to_end(block)  # (in send order: see _detect_losses)
         else:
             self.next_new += 1
-        self.in_flight[block] = now
-        self.in_flight.move_to_end(block)
         self.blocks_sent += 1
         self.packets_sent += 1
         self.bytes_sent += len(datagram)
@@ -556,7 +568,8 @@ class SenderCore:
         """How long after its last transmission an unacknowledged block at the end is
         taken for lost: a round trip, its variation, and the receiver's ACK delay (the
         ACK of the last blocks may wait that long)."""
-        return (self.srtt_s or 0.25) + max(2 * self.rttvar_s, 0.005) + ACK_DELAY_S
+        return (self.srtt_s or 0.25) + max(2 * self.rttvar_s, 0.005) + ACK_DELAY_S + \
+            RECEIVE_HOLD_S
 
     def _tail_deadline(self) -> float | None:
         """When the oldest unacknowledged block is taken for lost at the end of the data.
@@ -569,6 +582,15 @@ class SenderCore:
                 self.phase is not SendPhase.DATA or self.next_new < self.layout.total_blocks:
             return None
         return next(iter(self.in_flight.values())) + self._tail_wait()
+
+    def next_event_time(self, now: float) -> float | None:
+        """When the adapter should next call :meth:`datagrams_to_send` or
+        :meth:`handle_timer`: now if anything is waiting to be sent (or the session just
+        ended), else the earlier of the timer and the pacer's next send, if either."""
+        if self._control or self.finished:
+            return now
+        deadlines = [t for t in (self.get_timer(), self.next_send_time(now)) if t is not None]
+        return min(deadlines) if deadlines else None
 
     def next_send_time(self, now: float) -> float | None:
         """When datagrams_to_send would next have data to give (pacing), if it has any."""

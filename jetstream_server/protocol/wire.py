@@ -48,6 +48,7 @@ __all__ = [
     "MAX_ACK_RANGES",
     "MAX_DATAGRAM",
     "PLAIN_DATA_OVERHEAD",
+    "RECEIVE_HOLD_S",
     "SEALED_KINDS",
     "TCP_PREFACE",
     "TS_MASK",
@@ -122,6 +123,11 @@ class Kind(IntEnum):
     PLAIN_DATA = 14
 
 
+#: Each type number's Kind (None: no such type): a look-up, not Kind()'s call, per datagram.
+_KIND_OF: list[Kind | None] = [None] * 16
+for _kind in Kind:
+    _KIND_OF[_kind] = _kind
+
 #: The messages a session's channel seals.
 SEALED_KINDS = frozenset({Kind.AUTH, Kind.ACCEPT, Kind.ERROR, Kind.DATA, Kind.ACK,
                           Kind.CLOSE, Kind.PING})
@@ -149,10 +155,10 @@ def parse_header(data: bytes | bytearray | memoryview) -> tuple[Kind, int]:
     first, session = HEADER.unpack_from(data, 0)
     if first >> 4 != VERSION:
         raise Garbage("bad version")
-    try:
-        return Kind(first & 0x0F), session
-    except ValueError:
-        raise Garbage("unknown type") from None
+    kind = _KIND_OF[first & 0x0F]
+    if kind is None:
+        raise Garbage("unknown type")
+    return kind, session
 
 
 # -- messages outside a session: a CRC-32C at the end -------------------------------------
@@ -289,6 +295,10 @@ MAX_ACK_RANGES = 160
 #: The receiver acknowledges data within this long (sooner after ACK_EVERY datagrams,
 #: or when a block goes missing); a sender waiting for an ACK allows for it.
 ACK_DELAY_S = 0.005
+#: A receiver may leave datagrams in its socket this long before reading them (to read
+#: several at once: docs/protocol.md, "Acknowledgements"); its ACKs say how long it held
+#: the one they echo, so the round trip stays honest, but an ACK may come this much later.
+RECEIVE_HOLD_S = 0.005
 
 
 def encode_ack(ack: Ack) -> bytes:
@@ -296,11 +306,14 @@ def encode_ack(ack: Ack) -> bytes:
     parts = [_ACK.pack(ack.cum, ack.packets, ack.bytes, ack.recv_ts_us, ack.echo_ts_us,
                        ack.echo_delay_us, ack.committed, ack.rate_kbps, ack.flags,
                        len(ack.ranges))]
+    if not ack.ranges:
+        return parts[0]
+    fields: list[int] = []
     previous = ack.cum
     for start, end in ack.ranges:
-        parts.append(_RANGE.pack(start - previous, end - start))
+        fields += (start - previous, end - start)
         previous = end
-    return b"".join(parts)
+    return parts[0] + struct.pack(f"!{len(fields)}I", *fields)
 
 
 def decode_ack(body: bytes | memoryview) -> Ack:
@@ -313,11 +326,11 @@ def decode_ack(body: bytes | memoryview) -> Ack:
         raise Garbage("bad ACK range count")
     ranges: list[tuple[int, int]] = []
     previous = cum
-    for i in range(count):
-        gap, length = _RANGE.unpack_from(body, _ACK.size + i * _RANGE.size)
+    fields = iter(struct.unpack_from(f"!{2 * count}I", body, _ACK.size))
+    for gap, length in zip(fields, fields, strict=False):
         start = previous + gap
-        ranges.append((start, start + length))
         previous = start + length
+        ranges.append((start, previous))
     return Ack(cum, packets, nbytes, recv_ts, echo_ts, echo_delay, committed, flags, ranges,
                rate)
 
