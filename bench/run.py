@@ -786,16 +786,18 @@ def scaling_table(scaled: dict[int, Result]) -> str:
     lines = [f"### scaling: N transfers at once from N sending servers into one receiver "
              f"(loopback; data workers: {DATA_WORKERS} per server)", "",
              "| transfers | together (Mbit/s) | x one alone | each (Mbit/s) "
-             "| CPU s/GiB senders | CPU s/GiB receiver |",
-             "| ---: | ---: | ---: | --- | ---: | ---: |"]
+             "| CPU s/GiB senders | CPU s/GiB receiver | retransmitted (MiB) |",
+             "| ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for n, r in sorted(scaled.items()):
         each = [f["totalBytes"] * 8 / f["seconds"] / 1e6 for f in r.extra.get("flows", [])
                 if f["status"] == "complete" and f["seconds"]]
         ratio = f"{r.mbps / one.mbps:.2f}" if one is not None and one.mbps else ""
         per_gib = [f"{cpu * GIB / r.delivered:.1f}" if cpu is not None and r.delivered
                    else "" for cpu in (r.cpu_send, r.cpu_recv)]
+        resent = "" if r.retransmitted is None else f"{r.retransmitted / (1 << 20):.1f}"
         lines.append(f"| {n} | {r.mbps:.1f} | {ratio} | "
-                     f"{', '.join(f'{e:.0f}' for e in each)} | {per_gib[0]} | {per_gib[1]} |")
+                     f"{', '.join(f'{e:.0f}' for e in each)} | {per_gib[0]} | {per_gib[1]} "
+                     f"| {resent} |")
     return "\n".join(lines)
 
 

@@ -566,8 +566,8 @@ class SenderCore:
 
     def _tail_wait(self) -> float:
         """How long after its last transmission an unacknowledged block at the end is
-        taken for lost: a round trip, its variation, and the receiver's ACK delay (the
-        ACK of the last blocks may wait that long)."""
+        taken for lost: a round trip, its variation, and how long the receiver may hold
+        the last blocks in its socket and then their ACK."""
         return (self.srtt_s or 0.25) + max(2 * self.rttvar_s, 0.005) + ACK_DELAY_S + \
             RECEIVE_HOLD_S
 
