@@ -453,55 +453,39 @@ class ReceiverCore:
         first, end, file, size = self._span
         if first <= block < end:  # a data block of the file of the last one: most are
             offset = (block - first) * layout.block_size
-            if len(payload) != min(layout.block_size, size - offset):
-                raise Garbage("bad block length")
-            received = self.received
-            if received.end == block:  # in order
-                received.add(block)
-            else:
-                if block > received.end:
-                    self._ack_now = True  # a new gap opened: tell the sender soon
-                if not received.add(block):
-                    self.duplicates += 1
-                    return
-            self.writes.append((file, offset, payload))
-            count = self._file_blocks.get(file, 0) + 1
-            self._file_blocks[file] = count
-            if count == layout.data_blocks[file] + 1:
-                digest, size = self._digests[file]
-                self.events.append(FileReady(file, digest, size))
-            return
-        if block >= layout.total_blocks:
-            raise Garbage("block beyond the transfer")
-        slot = layout.locate(block)
-        if len(payload) != slot.length:
+            length, is_digest = min(layout.block_size, size - offset), False
+        else:
+            if block >= layout.total_blocks:
+                raise Garbage("block beyond the transfer")
+            file, offset, length, is_digest = layout.locate(block)
+            if not is_digest:
+                file_first, file_end = layout.file_range(file)
+                file_size = layout.sizes[file]
+                assert file_size is not None
+                self._span = (file_first, file_end - 1, file, file_size)
+        if len(payload) != length:
             raise Garbage("bad block length")
-        if not slot.digest:
-            file_first, file_end = layout.file_range(slot.file)
-            file_size = layout.sizes[slot.file]
-            assert file_size is not None
-            self._span = (file_first, file_end - 1, slot.file, file_size)
         highest_end = self.received.end
         if not self.received.add(block):
             self.duplicates += 1
             return
         if block > highest_end:
             self._ack_now = True  # a new gap opened: tell the sender soon
-        if slot.digest:
+        if is_digest:
             digest, size = DIGEST.unpack(payload[-DIGEST.size:])
-            if size != layout.sizes[slot.file]:
-                self.fail(f"File {slot.file} changed size during the transfer.")
+            if size != layout.sizes[file]:
+                self.fail(f"File {file} changed size during the transfer.")
                 return
-            self._digests[slot.file] = (digest, size)
+            self._digests[file] = (digest, size)
             if len(payload) > DIGEST.size:  # a small file's bytes, before its digest
-                self.writes.append((slot.file, 0, payload[:-DIGEST.size]))
+                self.writes.append((file, 0, payload[:-DIGEST.size]))
         else:
-            self.writes.append((slot.file, slot.offset, payload))
-        count = self._file_blocks.get(slot.file, 0) + 1
-        self._file_blocks[slot.file] = count
-        if count == layout.data_blocks[slot.file] + 1:
-            digest, size = self._digests[slot.file]
-            self.events.append(FileReady(slot.file, digest, size))
+            self.writes.append((file, offset, payload))
+        count = self._file_blocks.get(file, 0) + 1
+        self._file_blocks[file] = count
+        if count == layout.data_blocks[file] + 1:
+            digest, size = self._digests[file]
+            self.events.append(FileReady(file, digest, size))
 
     # -- outputs and time -------------------------------------------------------------
 
