@@ -446,9 +446,7 @@ class SendSession:
             self._count()
             if core.finished:
                 continue  # failed while producing datagrams: report it above
-            deadlines = [t for t in (core.get_timer(), core.next_send_time(time.monotonic()))
-                         if t is not None]
-            await self._sleep_until(min(deadlines) if deadlines else None)
+            await self._sleep_until(core.next_deadline(time.monotonic()))
 
     async def _sleep_until(self, deadline: float | None) -> None:
         loop = asyncio.get_running_loop()

@@ -586,9 +586,13 @@ class SenderCore:
     def next_event_time(self, now: float) -> float | None:
         """When the adapter should next call :meth:`datagrams_to_send` or
         :meth:`handle_timer`: now if anything is waiting to be sent (or the session just
-        ended), else the earlier of the timer and the pacer's next send, if either."""
+        ended), else :meth:`next_deadline`."""
         if self._control or self.finished:
             return now
+        return self.next_deadline(now)
+
+    def next_deadline(self, now: float) -> float | None:
+        """The earlier of the timer and the pacer's next send, if either."""
         deadlines = [t for t in (self.get_timer(), self.next_send_time(now)) if t is not None]
         return min(deadlines) if deadlines else None
 
